@@ -1,0 +1,3 @@
+from seemrl.cli import main
+
+main()

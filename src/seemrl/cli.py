@@ -1,0 +1,256 @@
+"""Command line entry points, one per pipeline step; the Snakemake rules call these.
+
+Each command reads its inputs, calls the library, and writes its outputs atomically, so a killed
+job never leaves a file that looks finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("seemrl")
+
+
+def _setup(threads: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device 'cuda' requested but torch sees no GPU; use --device auto or cpu")
+    return name
+
+
+# ------------------------------------------------------------------ data
+def cmd_train_behaviour(a: argparse.Namespace) -> None:
+    from seemrl.algos.sac import SACConfig, train_sac
+
+    _setup(a.threads)
+    cfg = SACConfig(total_steps=a.steps)
+    agent = train_sac(a.env_id, cfg, seed=a.seed, log=log.info)
+    agent.save(a.out)
+
+
+def cmd_collect(a: argparse.Namespace) -> None:
+    from seemrl.algos.sac import SACAgent
+    from seemrl.data.minari_source import collect_episodes, write_minari_dataset
+
+    _setup(1)
+    agent = SACAgent.load(a.policy)
+    episodes = collect_episodes(a.env_id, agent, a.transitions, seed=a.seed)
+    returns = [float(sum(e["rewards"])) for e in episodes]
+    log.info("collected %d episodes, mean return %.1f", len(episodes), sum(returns) / len(returns))
+    write_minari_dataset(a.dataset_id, episodes, env_id=a.env_id, ref_min_score=a.ref_min,
+                         ref_max_score=a.ref_max, minari_root=Path(a.minari_root),
+                         algorithm_name="SAC behaviour policy (seemrl)")
+
+
+def cmd_flatten(a: argparse.Namespace) -> None:
+    from seemrl.data.minari_source import minari_to_transitions
+    from seemrl.data.transitions import dataset_card, write_transitions
+    from seemrl.io import write_json_atomic
+
+    _setup()
+    t = minari_to_transitions(a.dataset_id, Path(a.minari_root))
+    write_transitions(a.out, t)
+    card = dataset_card(t, a.out)
+    write_json_atomic(a.card, card)
+    log.info("wrote %s: %s", a.out, json.dumps(card))
+
+
+def cmd_subset(a: argparse.Namespace) -> None:
+    from seemrl.data.subsets import make_subset
+
+    _setup()
+    make_subset(a.src, a.out, percent=a.percent, seed=a.seed)
+
+
+# ------------------------------------------------------------------ training
+def cmd_train(a: argparse.Namespace) -> None:
+    import torch
+
+    from seemrl.algos import td3
+    from seemrl.data.transitions import read_transitions
+    from seemrl.io import atomic_path, write_json_atomic
+
+    _setup(a.threads)
+    try:
+        params = json.loads(a.params)
+        cfg = td3.TD3Config(**params)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise SystemExit(f"bad training parameters {a.params!r}: {exc}")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    device = resolve_device(a.device)
+    t = read_transitions(a.data)
+    mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
+    data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
+    nets = td3.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
+    log.info("training %d seeds on %d transitions from %s, device %s, config %s",
+             len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
+    with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
+        result = td3.train(cfg, seeds, data, nets, Path(ckpt_dir), device=device, log=log.info)
+        with atomic_path(a.metrics) as tmp:
+            result.metrics.to_parquet(tmp, index=False)
+    write_json_atomic(a.run, {
+        "algorithm": "td3",
+        "labels": dict(kv.split("=", 1) for kv in a.label),
+        "config": params,
+        "seeds": seeds,
+        "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
+        "steps": cfg.steps,
+        "steps_per_second": result.steps_per_second,
+        "seed_steps_per_second": result.steps_per_second * len(seeds),
+        "wall_seconds": result.wall_seconds,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "data": {"path": a.data, "n_transitions": len(t), **{k: t.meta.get(k) for k in
+                 ("name", "env_id", "subset_percent", "subset_seed", "parent_sha256")}},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    log.info("done: %.0f steps/s, diverged_step per seed %s", result.steps_per_second, result.diverged_step)
+
+
+# ------------------------------------------------------------------ analysis and report
+def cmd_seem(a: argparse.Namespace) -> None:
+    from seemrl.analysis.seem import analyse_run, divergence_verdict
+    from seemrl.data.transitions import read_transitions
+    from seemrl.io import atomic_path
+
+    _setup(a.threads)
+    t = read_transitions(a.data)
+    arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward}
+    df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
+                     device=resolve_device(a.device))
+    with atomic_path(a.out) as tmp:
+        df.to_parquet(tmp, index=False)
+    log.info("verdict per seed:\n%s", divergence_verdict(df).to_string())
+
+
+def _labelled_frames(seem_paths: list[str], run_paths: list[str]):
+    import pandas as pd
+
+    if len(seem_paths) != len(run_paths):
+        raise SystemExit("report: --seem and --runs must list the same runs in the same order")
+    frames = []
+    for seem_path, run_path in zip(seem_paths, run_paths):
+        labels = json.loads(Path(run_path).read_text())["labels"]
+        df = pd.read_parquet(seem_path)
+        for key, value in labels.items():
+            df[key] = value
+        frames.append(df)
+    return frames
+
+
+def cmd_report_tables(a: argparse.Namespace) -> None:
+    from seemrl import report
+
+    _setup()
+    frames = _labelled_frames(a.seem, a.runs)
+    per_seed = report.seed_table(frames)
+    summary = report.summary_table(frames)
+    report.write_table_csv(per_seed, a.seeds)
+    report.write_table_csv(summary, a.summary)
+    report.write_table_markdown(summary, a.markdown)
+    log.info("summary:\n%s", summary.to_string())
+
+
+def cmd_report_figure(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl import report
+
+    _setup()
+    report.plot_seem_and_q(pd.concat(_labelled_frames(a.seem, a.runs), ignore_index=True), a.out)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seemrl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("train-behaviour", cmd_train_behaviour, "train the online SAC behaviour policy")
+    sp.add_argument("--env-id", required=True)
+    sp.add_argument("--steps", type=int, required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", required=True)
+
+    sp = add("collect", cmd_collect, "collect a Minari dataset with a behaviour policy")
+    sp.add_argument("--env-id", required=True)
+    sp.add_argument("--policy", required=True)
+    sp.add_argument("--dataset-id", required=True)
+    sp.add_argument("--minari-root", required=True)
+    sp.add_argument("--transitions", type=int, required=True)
+    sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--ref-min", type=float)
+    sp.add_argument("--ref-max", type=float)
+
+    sp = add("flatten", cmd_flatten, "flatten a Minari dataset to a Parquet transition table")
+    sp.add_argument("--dataset-id", required=True)
+    sp.add_argument("--minari-root", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--card", required=True)
+
+    sp = add("subset", cmd_subset, "write a seeded X%% transition subset")
+    sp.add_argument("--src", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--percent", type=float, required=True)
+    sp.add_argument("--seed", type=int, required=True)
+
+    sp = add("train", cmd_train, "train all seeds of one cell offline")
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--params", required=True, help="JSON of TD3Config fields")
+    sp.add_argument("--seeds", required=True, help="comma-separated seeds")
+    sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--checkpoints", required=True)
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--run", required=True)
+
+    sp = add("seem", cmd_seem, "SEEM and companions over a run's checkpoints")
+    sp.add_argument("--checkpoints", required=True)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--samples", type=int, required=True)
+    sp.add_argument("--sample-seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--out", required=True)
+
+    for name, fn in (("report-tables", cmd_report_tables), ("report-figure", cmd_report_figure)):
+        sp = add(name, fn, f"{name.split('-')[1]} from SEEM outputs")
+        sp.add_argument("--seem", nargs="+", required=True)
+        sp.add_argument("--runs", nargs="+", required=True)
+    sub.choices["report-tables"].add_argument("--summary", required=True)
+    sub.choices["report-tables"].add_argument("--markdown", required=True)
+    sub.choices["report-tables"].add_argument("--seeds", required=True)
+    sub.choices["report-figure"].add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seemrl.algos import td3
+
+
+def _data(n=500, obs_dim=5, act_dim=2, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    return dict(
+        obs=obs,
+        action=rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
+        reward=rng.normal(size=n).astype(np.float32),
+        next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32),
+        terminal=rng.random(n) < 0.05,
+    )
+
+
+def _train(cfg, seeds, arrays, tmp_path):
+    mean, std = td3.state_normalizer(arrays["obs"], cfg.normalize_states)
+    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+    nets = td3.build_nets(cfg, seeds, arrays["obs"].shape[1], arrays["action"].shape[1], mean, std)
+    result = td3.train(cfg, seeds, data, nets, tmp_path, log=lambda msg: None)
+    return nets, result
+
+
+SMALL = dict(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_every=3)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(critic_norm="layernorm"), dict(tau=0.005, bc_weight=1.0)])
+def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
+    cfg = td3.TD3Config(**SMALL, **extra)
+    arrays = _data()
+    together, _ = _train(cfg, [3, 7], arrays, tmp_path / "together")
+    alone, _ = _train(cfg, [7], arrays, tmp_path / "alone")
+    for name in ("actor", "q1", "q2"):
+        a = dict(getattr(together, name).named_parameters())
+        b = dict(getattr(alone, name).named_parameters())
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key][1], b[key][0], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
+    # and the two seeds of the batch really are different runs
+    assert not torch.allclose(together.q1.weights[0][0], together.q1.weights[0][1])
+
+
+def test_same_seed_same_result(tmp_path):
+    cfg = td3.TD3Config(**SMALL)
+    arrays = _data()
+    a, ra = _train(cfg, [1, 2], arrays, tmp_path / "a")
+    b, rb = _train(cfg, [1, 2], arrays, tmp_path / "b")
+    for pa, pb in zip(a.q1.parameters(), b.q1.parameters()):
+        assert torch.equal(pa, pb)
+    assert ra.metrics["critic_loss"].tolist() == rb.metrics["critic_loss"].tolist()
+
+
+def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
+    cfg = td3.TD3Config(**SMALL)
+    arrays = _data()
+    mean, std = td3.state_normalizer(arrays["obs"], True)
+    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+    nets = td3.build_nets(cfg, [0, 1], 5, 2, mean, std)
+    with torch.no_grad():
+        nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
+    result = td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None)
+    assert result.diverged_step[0] == SMALL["log_every"]  # first logged step
+    assert result.diverged_step[1] is None
+    for p in nets.q1.parameters():
+        assert torch.isfinite(p[1]).all()
+    last = result.metrics[result.metrics.step == SMALL["steps"]].set_index("seed")
+    assert not math.isfinite(last.loc[0, "critic_loss"])
+    assert math.isfinite(last.loc[1, "critic_loss"])
+
+
+def test_checkpoints_round_trip(tmp_path):
+    cfg = td3.TD3Config(**SMALL, critic_norm="layernorm", ln_layers=(1,))
+    nets, _ = _train(cfg, [4, 5], _data(), tmp_path)
+    paths = td3.checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [td3.checkpoint_name(s) for s in (0, 5, 10, 12)]
+    ck = td3.load_checkpoint(paths[-1])
+    assert ck.step == 12 and ck.seeds == [4, 5] and ck.config == cfg
+    assert ck.nets.q1.layer_norm == (1,)
+    x = torch.randn(2, 7, 7)
+    torch.testing.assert_close(ck.nets.q1(x), nets.q1(x))
+    torch.testing.assert_close(ck.nets.obs_mean, nets.obs_mean)
+
+
+def test_load_checkpoint_names_a_bad_file(tmp_path):
+    bad = tmp_path / "step_00000010.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="step_00000010.pt"):
+        td3.load_checkpoint(bad)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="optimizer"):
+        td3.TD3Config(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="critic_norm"):
+        td3.TD3Config(critic_norm="batchnorm")
+    with pytest.raises(TypeError):
+        td3.TD3Config(stpes=10)
+
+
+def test_terminals_stop_bootstrap():
+    arrays = _data(n=4)
+    arrays["terminal"] = np.array([True, False, True, False])
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    assert data.not_done.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]

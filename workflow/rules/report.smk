@@ -1,0 +1,32 @@
+# Tables and figures from the analysis outputs; plotting never retrains (showyourwork style).
+
+
+rule report_tables:
+    input:
+        seem=run_paths("seem.parquet"),
+        runs=run_paths("run.json"),
+    output:
+        summary="results/report/summary.csv",
+        markdown="results/report/summary.md",
+        seeds="results/report/seeds.csv",
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/report_tables.log",
+    shell:
+        "python -m seemrl report-tables --seem {input.seem} --runs {input.runs}"
+        " --summary {output.summary} --markdown {output.markdown} --seeds {output.seeds} > {log} 2>&1"
+
+
+rule report_figure:
+    input:
+        seem=run_paths("seem.parquet"),
+        runs=run_paths("run.json"),
+    output:
+        "results/report/seem_q.png",
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/report_figure.log",
+    shell:
+        "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output} > {log} 2>&1"
