@@ -15,6 +15,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("MINARI_DATASETS_PATH", str(Path("resources/minari").resolve()))
 os.environ.setdefault("MPLCONFIGDIR", str(Path(".cache/matplotlib").resolve()))
 os.environ.setdefault("XDG_CACHE_HOME", str(Path(".cache").resolve()))
+# Job temp files (the profile's tmpdir resource) stay in the project too.
+Path(".cache/tmp").mkdir(parents=True, exist_ok=True)
 CONDA_ENV = "../../envs/seemrl.yaml"
 
 

@@ -1,0 +1,106 @@
+"""The Snakemake workflow as a user runs it: dry-run job counts, config validation, and an
+end-to-end run of the default DAG at tiny size, then a second run that has nothing to do."""
+import copy
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+DEFAULT_CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in `workdir` with `config` as its config/config.yaml."""
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2", *args],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run as {rule: count}."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def test_dry_run_job_counts_of_default_config(tmp_path):
+    out = snakemake(tmp_path, DEFAULT_CONFIG, "-n").stdout
+    exp = DEFAULT_CONFIG["experiment"]
+    n_cells = len(exp["datasets"]) * len(exp["percents"]) * len(exp["algorithms"]) * len(exp["critic_norms"])
+    assert n_cells == 4
+    assert job_counts(out) == {
+        "train_behaviour": 1, "collect_dataset": 1, "flatten_dataset": 1,
+        "subset": len(exp["percents"]), "train": n_cells, "seem": n_cells,
+        "report_tables": 1, "report_figure": 1, "all": 1,
+    }
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["algorithms"]["td3_seem"].__setitem__("stpes", 10), "'stpes' was unexpected"),
+    (lambda c: c.__setitem__("analyses", {}), "'analyses' was unexpected"),
+    (lambda c: c["experiment"].__setitem__("critic_norms", ["none", "lnn"]), "experiment.critic_norms"),
+    (lambda c: c["experiment"].__setitem__("percents", [0]), "percents"),
+])
+def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    mutate(config)
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+
+
+TINY = copy.deepcopy(DEFAULT_CONFIG)
+TINY["datasets"]["hopper-demo"].update(behaviour_steps=300, transitions=400)
+TINY["algorithms"]["td3_seem"].update(steps=30, batch_size=32, hidden=[32, 32], checkpoint_every=10, log_every=5)
+TINY["experiment"]["percents"] = [50, 100]
+TINY["analysis"]["seem_samples"] = 16
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
+    snakemake(tmp_path, TINY)
+
+    # data: a real Minari dataset, a Parquet table, nested subsets
+    assert (tmp_path / "resources/minari/seemrl/hopper-demo-v0/data/main_data.hdf5").is_file()
+    table = pd.read_parquet(tmp_path / "resources/datasets/hopper-demo/transitions.parquet")
+    assert len(table) == 400
+    half = pd.read_parquet(tmp_path / "resources/datasets/hopper-demo/subset-50pct.parquet")
+    assert len(half) == 200
+
+    # training and analysis: every checkpoint of every seed analysed
+    run = tmp_path / "results/runs/hopper-demo/50pct/td3_seem/ln"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        f"step_{s:08d}.pt" for s in (0, 10, 20, 30)]
+    seem = pd.read_parquet(run / "seem.parquet")
+    assert sorted(seem.step.unique()) == [0, 10, 20, 30]
+    assert sorted(seem.seed.unique()) == [0, 1]
+    assert seem["seem"].notna().all()
+
+    # report: one summary row per cell, the figure is a PNG
+    summary = pd.read_csv(tmp_path / "results/report/summary.csv")
+    assert len(summary) == 4
+    assert (tmp_path / "results/report/seem_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "results/report/summary.md").read_text().startswith("|")
+
+    # idempotent: a second run does nothing
+    again = snakemake(tmp_path, TINY)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # changing one training parameter reruns training and what depends on it, nothing else
+    changed = copy.deepcopy(TINY)
+    changed["algorithms"]["td3_seem"]["lr"] = 1e-3
+    assert job_counts(snakemake(tmp_path, changed, "-n").stdout) == {
+        "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "all": 1}
