@@ -1,0 +1,151 @@
+"""Tables and figures of the SEEM study from `seemrl.analysis.seem.analyse_run` frames.
+
+Each input frame is one run (one cell: dataset x subset percent x algorithm x critic
+normalisation, all its seeds) with those identifying columns added. Every file is written
+atomically, so an interrupted report never leaves a plausible-looking partial file.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from seemrl.analysis.seem import DEFAULT_Q_BOUND, divergence_verdict
+from seemrl.io import atomic_path, write_text_atomic
+
+CELL_COLUMNS = ("dataset", "percent", "algo", "critic_norm")
+# Per-seed summaries averaged over the seeds of a cell.
+AGGREGATED = ("final_seem", "max_seem", "final_seem_normalized", "final_q_data_mean", "final_critic_param_norm")
+
+
+# ------------------------------------------------------------------ tables
+def seed_table(seem_frames: Sequence[pd.DataFrame], q_bound: float = DEFAULT_Q_BOUND,
+               cell_columns: Sequence[str] = CELL_COLUMNS) -> pd.DataFrame:
+    """One row per (cell, seed): `divergence_verdict` columns."""
+    df = pd.concat(list(seem_frames), ignore_index=True)
+    missing = [c for c in (*cell_columns, "seed") if c not in df.columns]
+    if missing:
+        raise KeyError(f"SEEM frames lack identifying columns {missing}")
+    return divergence_verdict(df, q_bound=q_bound, by=(*cell_columns, "seed"))
+
+
+def summary_table(seem_frames: Sequence[pd.DataFrame], q_bound: float = DEFAULT_Q_BOUND,
+                  cell_columns: Sequence[str] = CELL_COLUMNS) -> pd.DataFrame:
+    """One row per cell: seeds diverged / total and mean, std over seeds of the per-seed summaries.
+
+    Means and stds are over the seeds where the value is finite (a diverged seed has NaN SEEM);
+    `n_diverged` says how many seeds that leaves out.
+    """
+    seeds = seed_table(seem_frames, q_bound, cell_columns).replace([np.inf, -np.inf], np.nan)
+    rows = []
+    for key, g in seeds.groupby(list(cell_columns), sort=True):
+        row = dict(zip(cell_columns, key))
+        row["n_seeds"], row["n_diverged"] = len(g), int(g["diverged"].sum())
+        for col in AGGREGATED:
+            row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std()  # std: NaN for 1 seed
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def merge_mean_std(df: pd.DataFrame, fmt: str = "{:.3g}") -> pd.DataFrame:
+    """For display: each `X_mean`, `X_std` pair becomes one text column `X` = "mean ± std"."""
+    out = df.copy()
+    for col in [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and f"{c[:-5]}_std" in df.columns]:
+        mean, std = out.pop(f"{col}_mean"), out.pop(f"{col}_std")
+        out[col] = [_fmt(m, fmt) + ("" if pd.isna(s) else " ± " + _fmt(s, fmt)) for m, s in zip(mean, std)]
+    return out
+
+
+def _fmt(value, fmt: str = "{:.4g}") -> str:
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else fmt.format(value)
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
+    cells = [[_fmt(v, fmt).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
+    header = [str(c) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in df.dtypes]
+    widths = [max([len(h), 3, *(len(r[j]) for r in cells)]) for j, h in enumerate(header)]
+    pad = lambda s, j: s.rjust(widths[j]) if numeric[j] else s.ljust(widths[j])
+    lines = ["| " + " | ".join(pad(h, j) for j, h in enumerate(header)) + " |",
+             "|" + "|".join(("-" * (w + 1) + ":") if numeric[j] else "-" * (w + 2)
+                            for j, w in enumerate(widths)) + "|"]
+    lines += ["| " + " | ".join(pad(c, j) for j, c in enumerate(r)) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def write_table_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_table_markdown(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    write_text_atomic(path, to_markdown(df))
+
+
+# ------------------------------------------------------------------ figure
+PANELS = (("seem", "SEEM", "symlog"), ("seem_normalized", "normalised SEEM", "linear"),
+          ("q_data_mean", "mean Q on data", "symlog"), ("critic_param_norm", "critic parameter norm", "symlog"))
+
+
+def _symlog(ax, values: pd.Series) -> None:
+    # Q and norms of a diverging critic span many decades while converging ones stay O(1-100):
+    # a log scale keeps both readable; symlog where values can be zero or negative.
+    finite = values[np.isfinite(values)]
+    if len(finite) and (finite > 0).all():
+        ax.set_yscale("log")
+        return
+    nonzero = finite[finite != 0].abs()
+    ax.set_yscale("symlog", linthresh=float(nonzero.quantile(0.1)) if len(nonzero) else 1.0)
+
+
+def plot_seem_and_q(df: pd.DataFrame, path: str | os.PathLike, hue: str = "critic_norm") -> None:
+    """SEEM, normalised SEEM, mean Q on data and critic norm over training steps, one line per seed.
+
+    Colour is `hue` (LayerNorm on / off); one row of panels per value of the identifying columns
+    (dataset, percent, algo) that vary in `df`. Non-finite values are left out of the lines.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = df.copy()
+    for col, _, _ in PANELS:
+        data[col] = data[col].astype(float).replace([np.inf, -np.inf], np.nan)
+    if hue not in data.columns:
+        data[hue] = "all"
+    data[hue] = data[hue].astype(str)
+    row_keys = [c for c in ("dataset", "percent", "algo") if c in data.columns and data[c].nunique() > 1]
+    data["_row"] = data[row_keys].apply(lambda r: ", ".join(f"{k}={r[k]}" for k in row_keys), axis=1) \
+        if row_keys else ""
+    row_values = sorted(data["_row"].unique())
+    hue_order = sorted(data[hue].unique())
+    fig, axes = plt.subplots(len(row_values), len(PANELS), figsize=(4.2 * len(PANELS), 3.2 * len(row_values)),
+                             squeeze=False)
+    try:
+        for r, row_value in enumerate(row_values):
+            sub = data[data["_row"] == row_value]
+            for c, (col, label, scale) in enumerate(PANELS):
+                ax = axes[r, c]
+                plotted = sub.dropna(subset=[col])
+                if len(plotted):
+                    sns.lineplot(data=plotted, x="step", y=col, hue=hue, hue_order=hue_order, units="seed",
+                                 estimator=None, ax=ax, alpha=0.8, linewidth=1.0,
+                                 legend=(r == 0 and c == 0))
+                if scale == "symlog":
+                    _symlog(ax, sub[col])
+                ax.set_ylabel(label)
+                ax.set_title(f"{label}" + (f"\n{row_value}" if row_value else ""), fontsize=9)
+                if col.startswith("seem"):  # the sign of SEEM is what predicts divergence
+                    ax.axhline(0.0, color="grey", linewidth=0.5)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
