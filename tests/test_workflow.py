@@ -82,7 +82,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
 
     # training and analysis: every checkpoint of every seed analysed
     run = tmp_path / "results/runs/hopper-demo/50pct/td3_seem/ln"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == [
         f"step_{s:08d}.pt" for s in (0, 10, 20, 30)]
     seem = pd.read_parquet(run / "seem.parquet")
     assert sorted(seem.step.unique()) == [0, 10, 20, 30]

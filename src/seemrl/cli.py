@@ -134,7 +134,7 @@ def cmd_seem(a: argparse.Namespace) -> None:
     t = read_transitions(a.data)
     arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward}
     df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
-                     device=resolve_device(a.device))
+                     device=resolve_device(a.device), replace=not a.without_replacement)
     with atomic_path(a.out) as tmp:
         df.to_parquet(tmp, index=False)
     log.info("verdict per seed:\n%s", divergence_verdict(df).to_string())
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True)
     sp.add_argument("--samples", type=int, required=True)
     sp.add_argument("--sample-seed", type=int, default=0)
+    sp.add_argument("--without-replacement", action="store_true",
+                    help="draw the SEEM batch without replacement (default: with, as the authors)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)

@@ -10,6 +10,7 @@ rule seem:
     params:
         n=config["analysis"]["seem_samples"],
         seed=config["analysis"].get("sample_seed", 0),
+        replace="" if config["analysis"].get("with_replacement", True) else "--without-replacement",
         device=config["resources"].get("device", "auto"),
     threads: 1
     resources:
@@ -20,5 +21,5 @@ rule seem:
         RUN + "/seem.log",
     shell:
         "python -m seemrl seem --checkpoints {input.checkpoints} --data {input.data}"
-        " --samples {params.n} --sample-seed {params.seed} --device {params.device}"
+        " --samples {params.n} --sample-seed {params.seed} {params.replace} --device {params.device}"
         " --threads {threads} --out {output} > {log} 2>&1"

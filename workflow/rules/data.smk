@@ -12,7 +12,7 @@ rule train_behaviour:
         env_id=lambda w: dataset_cfg(w)["env_id"],
         steps=lambda w: dataset_cfg(w)["behaviour_steps"],
         seed=lambda w: dataset_cfg(w).get("behaviour_seed", 0),
-    threads: 1
+    threads: 2  # nothing else can run before the data exists
     conda:
         CONDA_ENV
     log:
