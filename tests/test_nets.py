@@ -1,0 +1,46 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators, seed_slice
+
+
+def test_each_seed_matches_a_plain_mlp():
+    """Seed s of a stack computes what an nn.Sequential with its weights computes."""
+    net = StackedMLP(seed_generators([0, 1, 2], 0), 4, 2, hidden=(8, 8), layer_norm=(0, 1))
+    x = torch.randn(3, 5, 4)
+    out = net(x)
+    for s in range(3):
+        plain = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.LayerNorm(8),
+                              nn.ReLU(), nn.Linear(8, 2))
+        with torch.no_grad():
+            for lin, w, b in zip([plain[0], plain[3], plain[6]], net.weights, net.biases):
+                lin.weight.copy_(w[s].T)
+                lin.bias.copy_(b[s, 0])
+        torch.testing.assert_close(out[s], plain(x[s]))
+
+
+def test_seed_initialisation_does_not_depend_on_its_neighbours():
+    a = StackedMLP(seed_generators([5, 9], 1), 3, 1)
+    b = StackedMLP(seed_generators([9], 1), 3, 1)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa[1], pb[0])
+    assert not torch.equal(a.weights[0][0], a.weights[0][1])
+
+
+def test_layer_norm_placement_and_validation():
+    net = StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), layer_norm=(2,), ln_affine=True)
+    assert list(net.ln_weights.keys()) == ["2"]
+    with pytest.raises(ValueError, match=r"layer_norm indices \[3\]"):
+        StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), layer_norm=(3,))
+    with pytest.raises(ValueError, match="unknown activation"):
+        StackedMLP(seed_generators([0], 0), 3, 1, activation="gelu6")
+
+
+def test_seed_slice_and_norm():
+    net = StackedMLP(seed_generators([0, 1], 0), 3, 1, hidden=(4,))
+    params = dict(net.named_parameters())
+    one = seed_slice(params, 1)
+    assert all(v.shape[0] == 1 for v in one.values())
+    expected = torch.sqrt(sum(v[1].pow(2).sum() for v in params.values()))
+    torch.testing.assert_close(per_seed_norm(list(params.values()))[1], expected)
