@@ -143,3 +143,35 @@ def test_dict_observations_concatenate_observation_and_goal():
     assert flat.shape == (4, 29) and flat.dtype == np.float32
     np.testing.assert_array_equal(flat[:, 27:], 3.0)
     np.testing.assert_array_equal(flatten_observations(np.zeros((4, 11))), np.zeros((4, 11)))
+
+
+# ---------------------------------------------------------------- fetching (offline)
+def test_fetch_uses_a_pre_seeded_store_without_network(written, monkeypatch):
+    from seemrl.data.minari_source import fetch_minari
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # any download attempt would fail
+    assert fetch_minari(DATASET, written) == (written / DATASET).resolve()
+
+
+def test_fetch_from_unreachable_hub_fails_fast_with_alternatives(tmp_path, monkeypatch):
+    import time
+
+    from seemrl.data.minari_source import fetch_minari
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.perf_counter()
+    with pytest.raises(DatasetError) as err:
+        fetch_minari("mujoco/hopper/medium-v0", tmp_path / "store")
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    for needle in ("mujoco/hopper/medium-v0", "hf://farama-minari", "MINARI_DATASETS_PATH", "dvc pull", "generate"):
+        assert needle in message
+    assert not (tmp_path / "store" / "mujoco").exists()
+
+
+def test_fetch_rejects_a_broken_pre_seeded_copy(written):
+    from seemrl.data.minari_source import fetch_minari
+
+    (written / DATASET / "data" / "metadata.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="pre-seeded"):
+        fetch_minari(DATASET, written)

@@ -255,3 +255,61 @@ def minari_to_transitions(dataset_id: str, minari_root: str | os.PathLike) -> Tr
         "minari_total_steps": metadata.get("total_steps"),
     }
     return Transitions(**{k: np.concatenate(v) for k, v in columns.items()}, meta=meta)
+
+
+# Seconds before a dataset hub that does not answer is reported, rather than waited on.
+HUB_TIMEOUT_S = 10
+
+
+def fetch_minari(dataset_id: str, minari_root: str | os.PathLike, remote: str | None = None) -> Path:
+    """Make `dataset_id` available under `minari_root`: a pre-seeded copy if there is one, else a
+    download from the Minari hub (`remote`, e.g. `hf://farama-minari`; default `MINARI_REMOTE`).
+
+    Failures name the dataset and the remote and point to the offline alternatives.
+    """
+    import minari
+
+    _check_dataset_id(dataset_id)
+    with use_minari_root(minari_root) as root:
+        local = root / dataset_id
+        if (local / "data").is_dir():
+            try:
+                minari.load_dataset(dataset_id)
+            except Exception as e:  # a broken pre-seeded copy is an error, not a re-download
+                raise DatasetError(f"pre-seeded Minari dataset {dataset_id} at {local} cannot be loaded: {e}") from e
+            return local
+        remote = remote or os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+        # The hub clients read their timeouts from the environment; keep an unreachable hub short.
+        for var in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+            os.environ.setdefault(var, str(HUB_TIMEOUT_S))
+        try:
+            _probe_hub(remote)  # the hub client retries with backoff for ~25 s; answer in seconds
+            minari.download_dataset(f"{remote.rstrip('/')}/{dataset_id}")
+        except Exception as e:
+            raise DatasetError(
+                f"could not download Minari dataset {dataset_id} from {remote}: {type(e).__name__}: {e}\n"
+                f"Offline alternatives: pre-seed it (copy the dataset folder to {local}, i.e. under "
+                f"MINARI_DATASETS_PATH), `dvc pull` the project's resources/, or use a dataset with "
+                f"`source: generate` in config/datasets.yaml."
+            ) from e
+        if not (local / "data").is_dir():
+            raise DatasetError(f"Minari download of {dataset_id} from {remote} left no dataset at {local}")
+        return local
+
+
+def _probe_hub(remote: str) -> None:
+    """Raise ConnectionError within HUB_TIMEOUT_S if the host behind `remote` does not answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    kind = remote.split("://", 1)[0]
+    endpoint = {"hf": os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+                "gcp": "https://storage.googleapis.com"}.get(kind)
+    if endpoint is None:
+        raise ValueError(f"unknown Minari remote {remote!r}: expected hf://... or gcp://...")
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConnectionError(f"{endpoint} unreachable ({e})") from e
