@@ -38,3 +38,19 @@ def test_json_and_checksum(tmp_path):
     write_json_atomic(path, {"a": np.float32(1.5), "b": np.arange(2)})
     assert path.read_text().strip().startswith("{")
     assert len(sha256_file(path)) == 64
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "f") as tmp:
+            tmp.write_text("x")
+        with atomic_path(tmp_path / "d", is_dir=True):
+            pass
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -34,6 +34,10 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create private (0600/0700) entries; give the result normal permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
         if is_dir and final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
