@@ -3,6 +3,7 @@ end-to-end run of the default DAG at tiny size, then a second run that has nothi
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> su
     """Run the project's Snakefile in `workdir` with `config` as its config/config.yaml."""
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    for name in ("datasets.yaml", "datasets.lock.json"):  # the registry and the checksum lock
+        if not (workdir / "config" / name).exists():
+            shutil.copy(ROOT / "config" / name, workdir / "config" / name)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--cores", "2", *args],
@@ -42,7 +46,7 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     n_cells = len(exp["datasets"]) * len(exp["percents"]) * len(exp["algorithms"]) * len(exp["critic_norms"])
     assert n_cells == 4
     assert job_counts(out) == {
-        "train_behaviour": 1, "collect_dataset": 1, "flatten_dataset": 1,
+        "recipe_train": 1, "recipe_dataset": 1, "dataset_table": 1,
         "subset": len(exp["percents"]), "train": n_cells, "seem": n_cells,
         "report_tables": 1, "report_figure": 1, "all": 1,
     }
@@ -53,6 +57,9 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     (lambda c: c.__setitem__("analyses", {}), "'analyses' was unexpected"),
     (lambda c: c["experiment"].__setitem__("critic_norms", ["none", "lnn"]), "experiment.critic_norms"),
     (lambda c: c["experiment"].__setitem__("percents", [0]), "percents"),
+    (lambda c: c["experiment"].__setitem__("datasets", ["hopper-medum-v2"]), "hopper-medium-v2"),
+    (lambda c: c["recipes"]["demo"].__setitem__("sac_step", 5), "'sac_step' was unexpected"),
+    (lambda c: c.__setitem__("registry", "config/nope.yaml"), "config/nope.yaml"),
 ])
 def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
     config = copy.deepcopy(DEFAULT_CONFIG)
@@ -63,7 +70,8 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
 
 
 TINY = copy.deepcopy(DEFAULT_CONFIG)
-TINY["datasets"]["hopper-demo"].update(behaviour_steps=300, transitions=400)
+TINY["recipes"]["demo"].update(sac_steps=300, learning_starts=100, snapshot_every=100, eval_episodes=1,
+                               n_transitions=400)
 TINY["algorithms"]["td3_seem"].update(steps=30, batch_size=32, hidden=[32, 32], checkpoint_every=10, log_every=5)
 TINY["experiment"]["percents"] = [50, 100]
 TINY["analysis"]["seem_samples"] = 16
@@ -74,7 +82,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     snakemake(tmp_path, TINY)
 
     # data: a real Minari dataset, a Parquet table, nested subsets
-    assert (tmp_path / "resources/minari/seemrl/hopper-demo-v0/data/main_data.hdf5").is_file()
+    assert (tmp_path / "resources/generated/demo/Hopper-v5/minari/seemrl/hopper-expert-v0/data/main_data.hdf5").is_file()
     table = pd.read_parquet(tmp_path / "resources/datasets/hopper-demo/transitions.parquet")
     assert len(table) == 400
     half = pd.read_parquet(tmp_path / "resources/datasets/hopper-demo/subset-50pct.parquet")
@@ -104,3 +112,10 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     changed["algorithms"]["td3_seem"]["lr"] = 1e-3
     assert job_counts(snakemake(tmp_path, changed, "-n").stdout) == {
         "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "all": 1}
+
+    # a new dataset size re-collects data and retrains offline, but never reruns the SAC recipe
+    resized = copy.deepcopy(TINY)
+    resized["recipes"]["demo"]["n_transitions"] = 500
+    counts = job_counts(snakemake(tmp_path, resized, "-n").stdout)
+    assert "recipe_train" not in counts
+    assert counts["recipe_dataset"] == 1 and counts["train"] == 4

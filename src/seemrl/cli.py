@@ -36,36 +36,62 @@ def resolve_device(name: str) -> str:
 
 
 # ------------------------------------------------------------------ data
-def cmd_train_behaviour(a: argparse.Namespace) -> None:
-    from seemrl.algos.sac import SACConfig, train_sac
-
-    _setup(a.threads)
-    cfg = SACConfig(total_steps=a.steps)
-    agent = train_sac(a.env_id, cfg, seed=a.seed, log=log.info)
-    agent.save(a.out)
-
-
-def cmd_collect(a: argparse.Namespace) -> None:
-    from seemrl.algos.sac import SACAgent
-    from seemrl.data.minari_source import collect_episodes, write_minari_dataset
-
-    _setup(1)
-    agent = SACAgent.load(a.policy)
-    episodes = collect_episodes(a.env_id, agent, a.transitions, seed=a.seed)
-    returns = [float(sum(e["rewards"])) for e in episodes]
-    log.info("collected %d episodes, mean return %.1f", len(episodes), sum(returns) / len(returns))
-    write_minari_dataset(a.dataset_id, episodes, env_id=a.env_id, ref_min_score=a.ref_min,
-                         ref_max_score=a.ref_max, minari_root=Path(a.minari_root),
-                         algorithm_name="SAC behaviour policy (seemrl)")
-
-
-def cmd_flatten(a: argparse.Namespace) -> None:
-    from seemrl.data.minari_source import minari_to_transitions
-    from seemrl.data.transitions import dataset_card, write_transitions
-    from seemrl.io import write_json_atomic
+def cmd_fetch_d4rl(a: argparse.Namespace) -> None:
+    from seemrl.data import d4rl
+    from seemrl.data.lockfile import verified_download
 
     _setup()
-    t = minari_to_transitions(a.dataset_id, Path(a.minari_root))
+    url = f"{d4rl.base_url(a.base_url)}/{d4rl.file_key(a.name)}"
+    verified_download(d4rl.file_key(a.name), url, Path(a.out), Path(a.lock), log=log.info)
+
+
+def cmd_fetch_minari(a: argparse.Namespace) -> None:
+    from seemrl.data.minari_source import fetch_minari
+    from seemrl.io import sha256_file, write_json_atomic
+
+    _setup()
+    path = fetch_minari(a.minari_id, a.minari_root, remote=a.remote)
+    files = sorted((path / "data").glob("*"))
+    write_json_atomic(a.marker, {"minari_id": a.minari_id, "minari_root": str(Path(a.minari_root)),
+                                 "files": {f.name: sha256_file(f) for f in files if f.is_file()}})
+
+
+def cmd_recipe_train(a: argparse.Namespace) -> None:
+    from seemrl.data.recipe import recipe_train_main
+
+    _setup(a.threads)
+    recipe_train_main(a.env_id, a.out, a.recipe, device=resolve_device(a.device))
+
+
+def cmd_recipe_dataset(a: argparse.Namespace) -> None:
+    from seemrl.data.recipe import recipe_dataset_main
+    from seemrl.io import write_json_atomic
+
+    _setup(1)
+    dataset_id = recipe_dataset_main(a.level, a.env_id, a.training, a.recipe, a.minari_root)
+    write_json_atomic(a.marker, {"minari_id": dataset_id, "minari_root": a.minari_root,
+                                 "level": a.level, "env_id": a.env_id})
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    """Any source's raw dataset -> the Parquet transition table and its card."""
+    from seemrl.data.d4rl import read_d4rl_hdf5
+    from seemrl.data.minari_source import minari_to_transitions
+    from seemrl.data.transitions import dataset_card, write_transitions
+    from seemrl.io import sha256_file, write_json_atomic
+
+    _setup()
+    entry = json.loads(a.entry)
+    if entry["source"] == "d4rl":
+        t = read_d4rl_hdf5(a.raw, a.dataset, entry["env_id"])
+        t.meta["d4rl_file_sha256"] = sha256_file(a.raw)
+    else:  # minari and generate both leave a marker naming a Minari dataset
+        marker = json.loads(Path(a.raw).read_text())
+        t = minari_to_transitions(marker["minari_id"], marker["minari_root"])
+    if t.meta.get("ref_max_score") is None and "ref_max_score" in entry:
+        t.meta.update(ref_min_score=entry["ref_min_score"], ref_max_score=entry["ref_max_score"],
+                      ref_source=f"registry ({entry['source']})")
+    t.meta.update(registry_name=a.dataset, eval_env_id=entry["env_id"])
     write_transitions(a.out, t)
     card = dataset_card(t, a.out)
     write_json_atomic(a.card, card)
@@ -76,7 +102,7 @@ def cmd_subset(a: argparse.Namespace) -> None:
     from seemrl.data.subsets import make_subset
 
     _setup()
-    make_subset(a.src, a.out, percent=a.percent, seed=a.seed)
+    make_subset(a.src, a.out, percent=a.percent, seed=a.seed, min_transitions=a.min_transitions)
 
 
 # ------------------------------------------------------------------ training
@@ -187,26 +213,37 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("train-behaviour", cmd_train_behaviour, "train the online SAC behaviour policy")
+    sp = add("fetch-d4rl", cmd_fetch_d4rl, "download an original D4RL HDF5 file, verified by the lock")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--lock", required=True)
+    sp.add_argument("--base-url")
+
+    sp = add("fetch-minari", cmd_fetch_minari, "a Minari dataset: pre-seeded store or hub download")
+    sp.add_argument("--minari-id", required=True)
+    sp.add_argument("--minari-root", required=True)
+    sp.add_argument("--remote")
+    sp.add_argument("--marker", required=True)
+
+    sp = add("recipe-train", cmd_recipe_train, "D4RL's recipe, step 1: online SAC with snapshots")
     sp.add_argument("--env-id", required=True)
-    sp.add_argument("--steps", type=int, required=True)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--recipe", required=True, help="JSON of RecipeConfig fields")
+    sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
 
-    sp = add("collect", cmd_collect, "collect a Minari dataset with a behaviour policy")
+    sp = add("recipe-dataset", cmd_recipe_dataset, "D4RL's recipe, step 2: one level's Minari dataset")
+    sp.add_argument("--level", required=True)
     sp.add_argument("--env-id", required=True)
-    sp.add_argument("--policy", required=True)
-    sp.add_argument("--dataset-id", required=True)
+    sp.add_argument("--training", required=True)
+    sp.add_argument("--recipe", required=True)
     sp.add_argument("--minari-root", required=True)
-    sp.add_argument("--transitions", type=int, required=True)
-    sp.add_argument("--seed", type=int, default=1)
-    sp.add_argument("--ref-min", type=float)
-    sp.add_argument("--ref-max", type=float)
+    sp.add_argument("--marker", required=True)
 
-    sp = add("flatten", cmd_flatten, "flatten a Minari dataset to a Parquet transition table")
-    sp.add_argument("--dataset-id", required=True)
-    sp.add_argument("--minari-root", required=True)
+    sp = add("table", cmd_table, "a dataset of any source -> Parquet transition table + card")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--entry", required=True, help="the registry entry as JSON")
+    sp.add_argument("--raw", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--card", required=True)
 
@@ -215,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--percent", type=float, required=True)
     sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--min-transitions", type=int, default=2560)
 
     sp = add("train", cmd_train, "train all seeds of one cell offline")
     sp.add_argument("--data", required=True)

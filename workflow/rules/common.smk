@@ -20,19 +20,82 @@ Path(".cache/tmp").mkdir(parents=True, exist_ok=True)
 CONDA_ENV = "../../envs/seemrl.yaml"
 
 
+import difflib
+
+import yaml
+from snakemake.utils import validate as _validate
+
+
+def _load_registry(path):
+    """The dataset registry, validated against its schema; errors name the file."""
+    try:
+        registry = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"config key registry: cannot read dataset registry {path}: {exc}")
+    _validate(registry, str(PROJECT / "workflow/schemas/datasets.schema.yaml"))
+    return registry
+
+
+REGISTRY = _load_registry(config["registry"])
+
+
+def registry_entry(name):
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=3)
+        raise ValueError(
+            f"unknown dataset {name!r}: not in {config['registry']}"
+            + (f"; did you mean {close}?" if close else "")
+        )
+    return REGISTRY[name]
+
+
 def _check_references():
-    """Names in `experiment` must exist in their sections; say which key is wrong."""
+    """Names in `experiment` and the registry must resolve; say which key is wrong."""
     exp = config["experiment"]
-    for section in ("datasets", "algorithms", "critic_norms"):
-        unknown = [n for n in exp[section] if n not in config[section]]
+    sections = {"algorithms": config["algorithms"], "critic_norms": config["critic_norms"],
+                "datasets": REGISTRY}
+    for section, defined in sections.items():
+        unknown = [n for n in exp[section] if n not in defined]
         if unknown:
+            where = config["registry"] if section == "datasets" else section
             raise ValueError(
                 f"config key experiment.{section}: unknown name(s) {unknown}; "
-                f"defined under {section}: {sorted(config[section])}"
+                f"defined in {where}: "
+                + str(difflib.get_close_matches(unknown[0], defined, n=5) or sorted(defined)[:10])
+            )
+    for name in exp["datasets"]:
+        entry = REGISTRY[name]
+        if entry["source"] == "generate" and entry["recipe"] not in config.get("recipes", {}):
+            raise ValueError(
+                f"dataset {name} in {config['registry']}: recipe {entry['recipe']!r} is not a key of "
+                f"`recipes` in the config (defined: {sorted(config.get('recipes', {}))})"
             )
 
 
 _check_references()
+
+
+sys.path.insert(0, str(PROJECT / "src"))  # the workflow's own package, whatever runs Snakemake
+from seemrl.data.recipe import RecipeConfig
+
+
+def recipe_json(recipe, training_only=False):
+    """A recipe's settings as JSON; the training step sees only what changes its outputs, so that
+    e.g. a new dataset size re-collects data without retraining SAC."""
+    settings = config["recipes"][recipe]
+    if training_only:
+        settings = {k: v for k, v in settings.items() if k in RecipeConfig.TRAINING_FIELDS}
+    return json.dumps(settings, sort_keys=True)
+
+
+def raw_dataset_input(wildcards):
+    """What `dataset_table` converts, by the dataset's source."""
+    entry = registry_entry(wildcards.dataset)
+    if entry["source"] == "d4rl":
+        return f"resources/d4rl/{wildcards.dataset}.hdf5"
+    if entry["source"] == "minari":
+        return f"resources/minari-fetched/{wildcards.dataset}.json"
+    return f"resources/generated/{entry['recipe']}/{entry['env_id']}/{entry['level']}.json"
 
 
 def percent_label(p):
@@ -47,13 +110,11 @@ RUN = "results/runs/{dataset}/{percent}pct/{algo}/{norm}"
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    recipe=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    env_id=r"[A-Za-z0-9_]+-v[0-9]+",
     percent=r"[0-9]+(\.[0-9]+)?",
     algo=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     norm=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-
-
-def minari_id(dataset):
-    return f"seemrl/{dataset}-v0"
 
 
 def cells():

@@ -1,67 +1,99 @@
-# Data: behaviour policy -> Minari dataset -> Parquet transition table -> X% subsets.
+# Data: one rule family for the three sources of the registry (config/datasets.yaml), all
+# ending in the same Parquet transition table and card, then X% subsets.
+#   d4rl      fetch_d4rl (verified against config/datasets.lock.json)   -> dataset_table
+#   minari    fetch_minari (pre-seeded store or the hub)                 -> dataset_table
+#   generate  recipe_train -> recipe_dataset (Minari, D4RL's recipe)     -> dataset_table
 
 
-def dataset_cfg(wildcards):
-    return config["datasets"][wildcards.dataset]
-
-
-rule train_behaviour:
+rule fetch_d4rl:
     output:
-        "resources/behaviour/{dataset}/policy.pt",
+        "resources/d4rl/{dataset}.hdf5",
     params:
-        env_id=lambda w: dataset_cfg(w)["env_id"],
-        steps=lambda w: dataset_cfg(w)["behaviour_steps"],
-        seed=lambda w: dataset_cfg(w).get("behaviour_seed", 0),
-    threads: 2  # nothing else can run before the data exists
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/train_behaviour/{dataset}.log",
-    shell:
-        "python -m seemrl train-behaviour --env-id {params.env_id} --steps {params.steps}"
-        " --seed {params.seed} --threads {threads} --out {output} > {log} 2>&1"
-
-
-rule collect_dataset:
-    input:
-        policy="resources/behaviour/{dataset}/policy.pt",
-    output:
-        directory("resources/minari/seemrl/{dataset}-v0"),
-    params:
-        dataset_id=lambda w: minari_id(w.dataset),
-        env_id=lambda w: dataset_cfg(w)["env_id"],
-        transitions=lambda w: dataset_cfg(w)["transitions"],
-        seed=lambda w: dataset_cfg(w).get("collect_seed", 1),
-        ref=lambda w: "--ref-min {} --ref-max {}".format(
-            dataset_cfg(w)["ref_min_score"], dataset_cfg(w)["ref_max_score"]
-        )
-        if "ref_min_score" in dataset_cfg(w)
+        lock=config["data"]["lock"],
+        base_url=lambda w: f"--base-url {config['data']['d4rl_base_url']}"
+        if config["data"].get("d4rl_base_url")
         else "",
-    threads: 1
     conda:
         CONDA_ENV
     log:
-        "results/logs/collect_dataset/{dataset}.log",
+        "results/logs/fetch_d4rl/{dataset}.log",
     shell:
-        "python -m seemrl collect --env-id {params.env_id} --policy {input.policy}"
-        " --dataset-id {params.dataset_id} --minari-root resources/minari"
-        " --transitions {params.transitions} --seed {params.seed} {params.ref} > {log} 2>&1"
+        "python -m seemrl fetch-d4rl --name {wildcards.dataset} --out {output}"
+        " --lock {params.lock} {params.base_url} > {log} 2>&1"
 
 
-rule flatten_dataset:
+rule fetch_minari:
+    output:
+        "resources/minari-fetched/{dataset}.json",
+    params:
+        minari_id=lambda w: registry_entry(w.dataset)["minari_id"],
+        remote=config["data"]["minari_remote"],
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/fetch_minari/{dataset}.log",
+    shell:
+        "python -m seemrl fetch-minari --minari-id {params.minari_id} --minari-root resources/minari"
+        " --remote {params.remote} --marker {output} > {log} 2>&1"
+
+
+rule recipe_train:
+    output:
+        directory("resources/generated/{recipe}/{env_id}/training"),
+    params:
+        recipe=lambda w: recipe_json(w.recipe, training_only=True),
+        device=config["resources"].get("device", "auto"),
+    threads: 2  # the online SAC run is the only job until the data exists
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/recipe_train/{recipe}-{env_id}.log",
+    shell:
+        "python -m seemrl recipe-train --env-id {wildcards.env_id} --recipe '{params.recipe}'"
+        " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule recipe_dataset:
     input:
-        "resources/minari/seemrl/{dataset}-v0",
+        training="resources/generated/{recipe}/{env_id}/training",
+        parts=lambda w: [
+            f"resources/generated/{w.recipe}/{w.env_id}/{part}.json" for part in ("medium", "expert")
+        ]
+        if w.level == "medium-expert"
+        else [],
+    output:
+        "resources/generated/{recipe}/{env_id}/{level}.json",
+    params:
+        recipe=lambda w: recipe_json(w.recipe),
+        minari_root="resources/generated/{recipe}/{env_id}/minari",
+    wildcard_constraints:
+        level="random|medium|medium-replay|expert|medium-expert",
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/recipe_dataset/{recipe}-{env_id}-{level}.log",
+    shell:
+        "python -m seemrl recipe-dataset --level {wildcards.level} --env-id {wildcards.env_id}"
+        " --training {input.training} --recipe '{params.recipe}'"
+        " --minari-root {params.minari_root} --marker {output} > {log} 2>&1"
+
+
+rule dataset_table:
+    input:
+        raw_dataset_input,
     output:
         table="resources/datasets/{dataset}/transitions.parquet",
         card="resources/datasets/{dataset}/card.json",
     params:
-        dataset_id=lambda w: minari_id(w.dataset),
+        entry=lambda w: json.dumps(registry_entry(w.dataset), sort_keys=True),
     conda:
         CONDA_ENV
     log:
-        "results/logs/flatten_dataset/{dataset}.log",
+        "results/logs/dataset_table/{dataset}.log",
     shell:
-        "python -m seemrl flatten --dataset-id {params.dataset_id} --minari-root resources/minari"
+        "python -m seemrl table --dataset {wildcards.dataset} --entry '{params.entry}' --raw {input}"
         " --out {output.table} --card {output.card} > {log} 2>&1"
 
 
@@ -72,10 +104,11 @@ rule subset:
         "resources/datasets/{dataset}/subset-{percent}pct.parquet",
     params:
         seed=config["subsets"]["seed"],
+        min_transitions=config["subsets"].get("min_transitions", 2560),
     conda:
         CONDA_ENV
     log:
         "results/logs/subset/{dataset}-{percent}pct.log",
     shell:
         "python -m seemrl subset --src {input} --out {output} --percent {wildcards.percent}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --seed {params.seed} --min-transitions {params.min_transitions} > {log} 2>&1"
