@@ -7,15 +7,26 @@ Reproducibility on CPU: networks are initialised inside a forked torch RNG seede
 (the caller's global RNG is left alone), action noise comes from a private torch.Generator,
 minibatches from a numpy Generator, the warm-up actions from the seeded action space and the
 environment from `reset(seed=...)`. The caller chooses the number of torch threads.
+
+Devices: the networks train on `device` (CPU or CUDA). They are initialised on the CPU and
+moved, so the initial weights do not depend on the device; the action noise stream does (a CUDA
+generator differs from a CPU one), so runs are reproducible per device, not across devices. The
+replay buffer stays in host memory and each minibatch is copied over. Returned agents and
+snapshots always hold CPU actors.
+
+For D4RL's dataset recipe (seemrl.data.recipe), `train_sac_run` also takes policy snapshots with
+their deterministic evaluation returns every `snapshot_every` steps and returns the replay buffer,
+which records truncations and episode ids so that its first K transitions can be exported as
+whole episodes (`ReplayBuffer.episodes`, `split_episodes`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -77,7 +88,7 @@ class Actor(nn.Module):
         # so its gradient never vanishes at the bounds
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         std = log_std.exp()
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         pre_tanh = mean + std * noise
         squashed = torch.tanh(pre_tanh)
         # log N(pre_tanh; mean, std) minus the log-Jacobian of tanh and of the rescaling
@@ -138,35 +149,172 @@ class SACAgent:
 
 
 class ReplayBuffer:
-    """Fixed-capacity ring buffer of (s, a, r, s', terminated) as float32 numpy arrays."""
+    """Fixed-capacity ring buffer of transitions, in collection order, with episode bookkeeping.
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
+    Updates sample (s, a, r, s', terminated) as float32 tensors. The buffer also records
+    `truncated` and an `episode_id` per transition (episodes are numbered in collection order; a
+    transition that terminates or truncates ends its episode), and keeps observations in
+    `obs_dtype` (the environment's, float64 for MuJoCo) so exported episodes hold the true
+    observations. `prefix(k)` / `episodes(k)` export the first k transitions ever added, which
+    needs that none of them has been overwritten (capacity >= transitions added).
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, obs_dtype=np.float32):
+        self.obs = np.zeros((capacity, obs_dim), obs_dtype)
         self.action = np.zeros((capacity, act_dim), np.float32)
         self.reward = np.zeros(capacity, np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), obs_dtype)
         self.terminated = np.zeros(capacity, np.float32)
+        self.truncated = np.zeros(capacity, bool)
+        self.episode_id = np.zeros(capacity, np.int64)
         self.capacity, self.size, self.pos = capacity, 0, 0
+        self.added = 0  # transitions ever added (> capacity once the ring has wrapped)
+        self.current_episode = 0  # id of the episode the next transition belongs to
 
-    def add(self, obs, action, reward, next_obs, terminated) -> None:
+    def add(self, obs, action, reward, next_obs, terminated, truncated: bool = False) -> None:
         i = self.pos
         self.obs[i], self.action[i], self.reward[i] = obs, action, reward
         self.next_obs[i], self.terminated[i] = next_obs, terminated
+        self.truncated[i], self.episode_id[i] = truncated, self.current_episode
+        if terminated or truncated:
+            self.current_episode += 1
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+        self.added += 1
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> list[torch.Tensor]:
         idx = rng.integers(0, self.size, size=batch_size)
         return [
-            torch.from_numpy(a[idx])
+            torch.from_numpy(np.asarray(a[idx], dtype=np.float32))
             for a in (self.obs, self.action, self.reward, self.next_obs, self.terminated)
         ]
 
+    def prefix(self, k: int) -> dict[str, np.ndarray]:
+        """The first k transitions ever added, as arrays (copies) in collection order.
+
+        Keys: obs, action, reward, next_obs, terminated (bool), truncated, episode_id. If the
+        k-th transition does not end its episode (the episode was in progress at the cut), it is
+        marked truncated: its next_obs is the true next observation, so it ends a valid episode.
+        """
+        if not 0 < k <= min(self.added, self.capacity):
+            raise ValueError(f"cannot export the first {k} transitions: {self.added} added")
+        if self.added > self.capacity:
+            raise ValueError(
+                f"the ring buffer wrapped ({self.added} added, capacity {self.capacity}): its "
+                "first transitions are gone; use a capacity of at least the steps to export"
+            )
+        out = {
+            "obs": self.obs[:k].copy(),
+            "action": self.action[:k].copy(),
+            "reward": self.reward[:k].copy(),
+            "next_obs": self.next_obs[:k].copy(),
+            "terminated": self.terminated[:k].astype(bool),
+            "truncated": self.truncated[:k].copy(),
+            "episode_id": self.episode_id[:k].copy(),
+        }
+        if not (out["terminated"][-1] or out["truncated"][-1]):
+            out["truncated"][-1] = True  # cut mid-episode
+        return out
+
+    def episodes(self, k: int) -> list[dict[str, Any]]:
+        """The first k transitions as episode dicts (see `split_episodes`)."""
+        return split_episodes(self.prefix(k))
+
+
+def split_episodes(t: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Cut transition arrays (as from `ReplayBuffer.prefix`) into episode dicts.
+
+    Each episode has `observations` [T+1, obs_dim] (the T states plus the last next_obs),
+    `actions` [T, act_dim], `rewards`, `terminations`, `truncations` [T] and `seed` None: the
+    format of seemrl.data.minari_source.collect_episodes. An episode ends at each transition
+    that terminates or truncates. Raises ValueError if the arrays are not whole, contiguous
+    episodes (last transition not an episode end, episode ids not constant within an episode
+    or not changing between episodes, or next_obs[t] != obs[t+1] inside an episode).
+    """
+    ends_episode = np.asarray(t["terminated"], bool) | np.asarray(t["truncated"], bool)
+    n = len(ends_episode)
+    ends = np.flatnonzero(ends_episode) + 1
+    if n == 0 or not ends_episode[-1]:
+        raise ValueError("the last transition does not end an episode")
+    episodes = []
+    start = 0
+    for stop in ends:
+        ids = t["episode_id"][start:stop]
+        if (ids != ids[0]).any() or (start > 0 and t["episode_id"][start - 1] == ids[0]):
+            raise ValueError(f"episode ids do not match the episode ends at rows {start}:{stop}")
+        obs, next_obs = t["obs"][start:stop], t["next_obs"][start:stop]
+        if not np.array_equal(obs[1:], next_obs[:-1]):
+            raise ValueError(f"rows {start}:{stop}: next_obs[t] != obs[t+1] inside an episode")
+        episodes.append(
+            {
+                "observations": np.concatenate([obs, next_obs[-1:]]),
+                "actions": np.asarray(t["action"][start:stop], np.float32),
+                "rewards": np.asarray(t["reward"][start:stop], np.float64),
+                "terminations": np.asarray(t["terminated"][start:stop], bool),
+                "truncations": np.asarray(t["truncated"][start:stop], bool),
+                "seed": None,
+            }
+        )
+        start = stop
+    return episodes
+
+
+@dataclass
+class Snapshot:
+    """A copy of the policy after `step` environment steps and its deterministic evaluation."""
+
+    step: int
+    eval_returns: list[float]
+    agent: SACAgent  # CPU actor; agent.info holds step and the evaluation too
+
+    @property
+    def eval_return(self) -> float:
+        return float(np.mean(self.eval_returns))
+
+
+@dataclass
+class SACRun:
+    """What `train_sac_run` returns: the final agent, the snapshots, the replay buffer."""
+
+    agent: SACAgent
+    snapshots: list[Snapshot] = field(default_factory=list)
+    buffer: ReplayBuffer | None = None
+    episode_returns: list[float] = field(default_factory=list)  # training episodes, in order
+
 
 def train_sac(
-    env_id: str, cfg: SACConfig, seed: int, log: Callable[[str], None] = print
+    env_id: str,
+    cfg: SACConfig,
+    seed: int,
+    log: Callable[[str], None] = print,
+    device: str | torch.device = "cpu",
 ) -> SACAgent:
     """Train SAC on `env_id` for cfg.total_steps environment steps; returns the agent."""
+    return train_sac_run(env_id, cfg, seed, log=log, device=device).agent
+
+
+def train_sac_run(
+    env_id: str,
+    cfg: SACConfig,
+    seed: int,
+    log: Callable[[str], None] = print,
+    device: str | torch.device = "cpu",
+    snapshot_every: int = 0,
+    on_snapshot: Callable[[Snapshot], None] | None = None,
+) -> SACRun:
+    """Train SAC like `train_sac`; also returns snapshots and the replay buffer.
+
+    Every `snapshot_every` environment steps (0: never) the current policy is copied and
+    evaluated deterministically over cfg.eval_episodes episodes with the same reset seeds as the
+    final evaluation (seed + 10000 + i), so snapshot returns are comparable with each other and
+    with the final one. `on_snapshot` (optional) is called with each snapshot as it is taken;
+    all of them are also returned in order. A snapshot at the last step doubles as the final
+    evaluation. The buffer holds min(cfg.buffer_size, cfg.total_steps) transitions; to export the
+    first K of them as episodes, it must not have wrapped (buffer_size >= total_steps).
+    """
+    if snapshot_every and not cfg.eval_episodes:
+        raise ValueError("snapshots are evaluated over cfg.eval_episodes episodes; it is 0")
+    device = torch.device(device)
     env = gym.make(env_id)
     obs_dim = env.observation_space.shape[0]
     act_dim = env.action_space.shape[0]
@@ -176,19 +324,31 @@ def train_sac(
         torch.manual_seed(seed)
         actor = Actor(obs_dim, act_dim, cfg.hidden, env.action_space.low, env.action_space.high)
         q1, q2 = (mlp(obs_dim + act_dim, 1, cfg.hidden) for _ in range(2))
-    critics = nn.ModuleList([q1, q2])
+    actor.to(device)
+    critics = nn.ModuleList([q1, q2]).to(device)
     q1_target, q2_target = (_frozen_copy(q) for q in (q1, q2))
-    log_alpha = torch.zeros(1, requires_grad=True)
+    online_params = [*q1.parameters(), *q2.parameters()]
+    target_params = [*q1_target.parameters(), *q2_target.parameters()]
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
     target_entropy = -float(act_dim)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr, fused=True)
     critic_opt = torch.optim.Adam(critics.parameters(), lr=cfg.critic_lr, fused=True)
     alpha_opt = torch.optim.Adam([log_alpha], lr=cfg.alpha_lr, fused=True)
-    noise = torch.Generator().manual_seed(seed)
+    noise = torch.Generator(device=device).manual_seed(seed)
     batch_rng = np.random.default_rng(seed)
-    buffer = ReplayBuffer(min(cfg.buffer_size, cfg.total_steps), obs_dim, act_dim)
+    buffer = ReplayBuffer(
+        min(cfg.buffer_size, cfg.total_steps), obs_dim, act_dim,
+        obs_dtype=env.observation_space.dtype,
+    )
+    snapshots: list[Snapshot] = []
 
-    def update() -> dict[str, float]:
-        obs, action, reward, next_obs, terminated = buffer.sample(batch_rng, cfg.batch_size)
+    def cpu_agent(info: dict) -> SACAgent:
+        return SACAgent(copy.deepcopy(actor).cpu(), cfg, obs_dim, act_dim, info)
+
+    def update() -> dict[str, torch.Tensor]:
+        obs, action, reward, next_obs, terminated = (
+            x.to(device, non_blocking=True) for x in buffer.sample(batch_rng, cfg.batch_size)
+        )
         alpha = log_alpha.exp().detach()
         with torch.no_grad():
             next_action, next_logp, _ = actor(next_obs, noise)
@@ -216,11 +376,10 @@ def train_sac(
         alpha_loss.backward()
         alpha_opt.step()
 
-        with torch.no_grad():
-            for net, target_net in ((q1, q1_target), (q2, q2_target)):
-                for p, tp in zip(net.parameters(), target_net.parameters()):
-                    tp.lerp_(p, cfg.tau)
-        return {"critic_loss": critic_loss.item(), "alpha": alpha.item()}
+        with torch.no_grad():  # one fused call: the update is bound by per-op overhead
+            torch._foreach_lerp_(target_params, online_params, cfg.tau)
+        # tensors, not floats: .item() would synchronise a GPU at every step
+        return {"critic_loss": critic_loss.detach(), "alpha": alpha}
 
     obs, _ = env.reset(seed=seed)
     episode_return, returns, stats = 0.0, [], {}
@@ -231,9 +390,10 @@ def train_sac(
             action = env.action_space.sample()
         else:
             with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32), noise)[0].numpy()
+                x = torch.as_tensor(obs, dtype=torch.float32).to(device)
+                action = actor(x, noise)[0].cpu().numpy()
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
         episode_return += float(reward)
         obs = next_obs
         if terminated or truncated:
@@ -242,27 +402,42 @@ def train_sac(
             obs, _ = env.reset()
         if step > cfg.learning_starts:
             stats = update()
+        if snapshot_every and step % snapshot_every == 0:
+            agent = cpu_agent({"env_id": env_id, "seed": seed, "step": step})
+            eval_returns = evaluate(env_id, agent, cfg.eval_episodes, seed=seed + 10_000)
+            agent.info["eval_returns"] = [float(r) for r in eval_returns]
+            agent.info["eval_return_mean"] = float(np.mean(eval_returns))
+            snapshots.append(Snapshot(step, agent.info["eval_returns"], agent))
+            log(f"sac {env_id} seed {seed} step {step}: snapshot, deterministic eval return "
+                f"{snapshots[-1].eval_return:.1f} over {len(eval_returns)} episodes")
+            if on_snapshot is not None:
+                on_snapshot(snapshots[-1])
         if step % cfg.log_every == 0 or step == cfg.total_steps:
             now = time.perf_counter()
             recent = returns[-10:]
             log(
                 f"sac {env_id} seed {seed} step {step}: episodes {len(returns)}, "
                 f"return(last {len(recent)}) {np.mean(recent) if recent else float('nan'):.1f}, "
-                + "".join(f"{k} {v:.3g}, " for k, v in stats.items())
+                + "".join(f"{k} {float(v):.3g}, " for k, v in stats.items())
                 + f"{(step - step_log) / (now - t_log):.0f} steps/s"
             )
             t_log, step_log = now, step
     env.close()
 
-    info = {"env_id": env_id, "seed": seed, "train_seconds": time.perf_counter() - t0}
-    agent = SACAgent(actor, cfg, obs_dim, act_dim, info)
+    info = {"env_id": env_id, "seed": seed, "train_seconds": time.perf_counter() - t0,
+            "device": str(device)}
+    agent = cpu_agent(info)
     if cfg.eval_episodes:
-        eval_returns = evaluate(env_id, agent, cfg.eval_episodes, seed=seed + 10_000)
+        last = snapshots[-1] if snapshots else None
+        if last is not None and last.step == cfg.total_steps:
+            eval_returns = last.eval_returns  # same policy, same episodes
+        else:
+            eval_returns = evaluate(env_id, agent, cfg.eval_episodes, seed=seed + 10_000)
         info["eval_return_mean"] = float(np.mean(eval_returns))
         info["eval_returns"] = [float(r) for r in eval_returns]
         log(f"sac {env_id} seed {seed}: deterministic eval return {np.mean(eval_returns):.1f} "
             f"over {len(eval_returns)} episodes")
-    return agent
+    return SACRun(agent, snapshots, buffer, returns)
 
 
 def evaluate(
