@@ -175,3 +175,41 @@ def test_fetch_rejects_a_broken_pre_seeded_copy(written):
     (written / DATASET / "data" / "metadata.json").write_text("{not json")
     with pytest.raises(DatasetError, match="pre-seeded"):
         fetch_minari(DATASET, written)
+
+
+def test_dict_observation_dataset_flattens_with_true_next_obs(tmp_path):
+    """An AntMaze-like Minari dataset (Dict observations, a truncated continuing episode)."""
+    from gymnasium import spaces
+    from minari.data_collector import EpisodeBuffer
+
+    obs_space = spaces.Dict({
+        "observation": spaces.Box(-np.inf, np.inf, (27,), np.float64),
+        "achieved_goal": spaces.Box(-np.inf, np.inf, (2,), np.float64),
+        "desired_goal": spaces.Box(-np.inf, np.inf, (2,), np.float64),
+    })
+    act_space = spaces.Box(-1, 1, (8,), np.float32)
+    rng = np.random.default_rng(0)
+    lengths = (5, 7)
+    buffers = [
+        EpisodeBuffer(
+            id=i,
+            observations={k: rng.normal(size=(n + 1, s.shape[0])) for k, s in obs_space.spaces.items()},
+            actions=rng.uniform(-1, 1, size=(n, 8)).astype(np.float32),
+            rewards=[0.0] * (n - 1) + [1.0],
+            terminations=[False] * n,  # continuing task: never terminates
+            truncations=[False] * (n - 1) + [True],
+        )
+        for i, n in enumerate(lengths)
+    ]
+    with use_minari_root(tmp_path / "m"):
+        minari.create_dataset_from_buffers("seemrl-test/antmaze/tiny-v0", buffers, observation_space=obs_space,
+                                           action_space=act_space, algorithm_name="x", author="x",
+                                           author_email="x", code_permalink="x")
+    t = minari_to_transitions("seemrl-test/antmaze/tiny-v0", tmp_path / "m")
+    assert len(t) == sum(lengths) and t.obs_dim == 29 and t.act_dim == 8
+    last = lengths[0] - 1  # the truncated last step of episode 0 keeps its true T+1 observation
+    expected_next = np.concatenate([buffers[0].observations["observation"][last + 1],
+                                    buffers[0].observations["desired_goal"][last + 1]])
+    np.testing.assert_allclose(t.next_obs[last], expected_next, rtol=1e-6)
+    assert t.timeout[last] and not t.terminal.any()
+    np.testing.assert_allclose(t.obs[last + 1, 27:], buffers[1].observations["desired_goal"][0], rtol=1e-6)
