@@ -102,6 +102,9 @@ def _symlog(ax, values: pd.Series) -> None:
         return
     nonzero = finite[finite != 0].abs()
     ax.set_yscale("symlog", linthresh=float(nonzero.quantile(0.1)) if len(nonzero) else 1.0)
+    if len(finite) and finite.min() < 0:
+        # autoscale pads in symlog space, which would add decades of empty negative axis
+        ax.set_ylim(bottom=float(finite.min()) * 1.5)
 
 
 def plot_seem_and_q(df: pd.DataFrame, path: str | os.PathLike, hue: str = "critic_norm") -> None:
