@@ -1,0 +1,19 @@
+"""The benchmark scripts keep working (tiny sizes on CPU); their figures live in benchmarks/README.md."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("data_load_subset.py", ["--rows", "2000"], "target <= 2 s"),
+    ("train_throughput.py", ["--tiny", "--iters", "2", "--seeds", "1", "2"], "| layernorm | seemrl stacked | 2 |"),
+])
+def test_benchmark_runs_at_tiny_size(script, args, needle):
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert needle in proc.stdout
