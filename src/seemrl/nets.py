@@ -2,29 +2,84 @@
 
 A `StackedMLP` holds S independent MLPs: layer k has weight [S, in, out] and bias [S, 1, out],
 and maps inputs [S, B, in] to [S, B, out] with batched matmuls. Nothing is shared across the
-seed dimension (LayerNorm normalises each sample's features, with per-seed affine parameters),
-so the S networks train exactly as S separate runs would, at the cost of one.
+seed dimension (LayerNorm normalises each sample's features, BatchNorm takes its statistics over
+the batch of each seed only, all affine parameters and running statistics are per seed, dropout
+masks come from per-seed generators), so the S networks train exactly as S separate runs would,
+at the cost of one.
 
 Each seed's parameters are initialised from that seed's own generator, with PyTorch's default
 `nn.Linear` scheme (uniform +-1/sqrt(fan_in)), so seed s initialises identically whether it is
-trained alone or among others.
+trained alone or among others. The normalisation options draw nothing from those generators
+(their parameters start at constants, or at a function of the linear weights), so adding one
+never changes the linear layers' initial weights.
+
+Critic normalisation options (the SEEM paper's comparisons, `shared/REFERENCE.md` §2), all built
+from one config dict by `critic_from_config`: LayerNorm or BatchNorm on chosen hidden layers, with
+or without affine; dropout on the hidden activations; WeightNorm on the output layer; Output
+Feature Normalisation (OFN). Weight decay is an optimiser setting and lives with the optimiser.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import numbers
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 ACTIVATIONS = {"relu": F.relu, "mish": F.mish, "tanh": torch.tanh}
+NORMS = ("none", "layernorm", "batchnorm")
+NORM_EPS = 1e-5  # LayerNorm and BatchNorm eps, as nn.LayerNorm / nn.BatchNorm1d
+BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as nn.BatchNorm1d
+OFN_EPS = 1e-6  # OFN divides by max(||x||, OFN_EPS)
 
 
 class StackedMLP(nn.Module):
-    """S independent MLPs; `layer_norm` lists the hidden layers (0-based) that get LayerNorm.
+    """S independent MLPs: Linear -> [norm] -> activation -> [dropout] per hidden layer, then
+    [OFN] -> Linear (optionally weight-normalised) for the output.
 
-    LayerNorm sits between the linear layer and the activation, as in the SEEM paper (App. E).
+    Arguments:
+        generators: one generator per seed, for the linear layers' initial weights.
+        hidden: widths of the hidden layers (indexed 0, 1, ... below).
+        layer_norm: legacy way to ask for LayerNorm: the hidden layers that get it. Same as
+            `norm="layernorm", norm_layers=layer_norm`; cannot be combined with `norm`.
+        ln_affine / norm_affine: learnable per-seed affine (weight 1, bias 0 at init) after the
+            norm; default True. Either name may be used; if both are given they must agree.
+        norm: "none", "layernorm" or "batchnorm", placed between the linear layer and the
+            activation (paper App. E).
+        norm_layers: hidden layers that get `norm`; None = all hidden layers.
+        dropout: probability p in [0, 1) of zeroing a hidden activation (after the activation,
+            survivors scaled by 1 / (1 - p)), on every hidden layer, in train mode only.
+        dropout_generators: one generator per seed for the dropout masks, so that seed s draws
+            the same masks whether it runs alone or among others. Each forward in train mode
+            draws, per seed, `torch.rand((B, sum(hidden)), generator=g, device=g.device)`, keeps
+            the units with u >= p, and splits the columns over the hidden layers in order. The
+            cost is S small RNG calls per forward plus, when the generators live on another
+            device than the input (e.g. CPU generators, GPU net), one copy of a bool mask
+            [S, B, sum(hidden)] to the input's device. None = one draw from the global RNG:
+            faster, but seed s's masks then depend on the other seeds (not batch-invariant).
+            Checkpoint them with `dropout_rng_states` / `set_dropout_rng_states`; they are not
+            in the state_dict. `copy.deepcopy` copies them, so a deep-copied target network
+            replays the online network's mask sequence from the point of the copy.
+        weight_norm_output: the output layer uses w = g * v / ||v|| (norm over the input dim,
+            per seed and output unit); v is stored in `weights[-1]`, g in `wn_gain` [S, 1, out],
+            initialised to ||v|| so the initial function is unchanged.
+        ofn: Output Feature Normalisation: the penultimate features (after the last hidden
+            layer's activation and dropout) are divided by max(||x||, OFN_EPS) over the feature
+            dimension before the output layer.
+
+    Train / eval contract: `forward` follows `self.training` and nothing else; the caller decides
+    the mode of every call. In train mode BatchNorm normalises with the statistics of the batch
+    it is given (per seed, biased variance) and updates its running mean / variance (unbiased
+    variance, momentum 0.1) on *every* forward call, and dropout draws fresh masks (advancing
+    the dropout generators) on every call. In eval mode BatchNorm uses the running statistics
+    and changes nothing, and dropout is the identity. In TD3 the critic is also evaluated on the
+    target batch (s', pi(s')) and on policy actions (s, pi(s)); whether those calls run in train
+    mode (contributing to BN statistics, drawing dropout masks) or in eval mode is the caller's
+    choice, e.g. `net.eval()` around them and `net.train()` back. BatchNorm in train mode needs
+    at least 2 samples per seed. For `torch.func.functional_call` with one seed's parameters
+    (`seed_slice`), slice the BN buffers too (`named_buffers()`) and use eval mode.
     """
 
     def __init__(
@@ -34,20 +89,73 @@ class StackedMLP(nn.Module):
         out_dim: int,
         hidden: Sequence[int] = (256, 256),
         layer_norm: Sequence[int] = (),
-        ln_affine: bool = True,
+        ln_affine: bool | None = None,
         activation: str = "relu",
+        *,
+        norm: str = "none",
+        norm_layers: Sequence[int] | None = None,
+        norm_affine: bool | None = None,
+        dropout: float = 0.0,
+        dropout_generators: Sequence[torch.Generator] | None = None,
+        weight_norm_output: bool = False,
+        ofn: bool = False,
     ):
         super().__init__()
+        generators = list(generators)
+        hidden = tuple(hidden)
+        layer_norm = tuple(layer_norm)
+        if not generators:
+            raise ValueError("need at least one generator (one per seed)")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
-        bad = [i for i in layer_norm if not 0 <= i < len(hidden)]
-        if bad:
-            raise ValueError(f"layer_norm indices {bad} outside the {len(hidden)} hidden layers")
+        if any(not _is_int(h) or h < 1 for h in (in_dim, out_dim, *hidden)):
+            raise ValueError(f"layer widths must be positive integers, got in={in_dim}, hidden={hidden}, out={out_dim}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
+        _check_indices("layer_norm", layer_norm, len(hidden))
+        if layer_norm:
+            if norm != "none" or norm_layers is not None:
+                raise ValueError("give LayerNorm either as layer_norm=(...) or as norm=/norm_layers=, not both")
+            norm, norm_layers = "layernorm", layer_norm
+        if norm == "none":
+            if norm_layers:
+                raise ValueError(f"norm_layers {list(norm_layers)} given but norm is 'none'")
+            norm_layers = ()
+        elif norm_layers is None:
+            norm_layers = tuple(range(len(hidden)))
+        norm_layers = tuple(norm_layers)
+        _check_indices("norm_layers", norm_layers, len(hidden))
+        norm_layers = tuple(int(i) for i in norm_layers)
+        if ln_affine is not None and norm_affine is not None and bool(ln_affine) != bool(norm_affine):
+            raise ValueError(f"ln_affine={ln_affine} and norm_affine={norm_affine} disagree")
+        affine = True if ln_affine is None and norm_affine is None else bool(
+            norm_affine if norm_affine is not None else ln_affine)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        if dropout_generators is not None:
+            dropout_generators = list(dropout_generators)
+            if len(dropout_generators) != len(generators):
+                raise ValueError(f"need one dropout generator per seed: got {len(dropout_generators)} "
+                                 f"for {len(generators)} seeds")
+            if not all(isinstance(g, torch.Generator) for g in dropout_generators):
+                raise ValueError("dropout_generators must be torch.Generator objects")
+        if ofn and not hidden:
+            raise ValueError("ofn normalises the penultimate features, so it needs at least one hidden layer")
+
         self.n_seeds = len(generators)
         self.dims = [in_dim, *hidden, out_dim]
-        self.layer_norm = tuple(sorted(set(layer_norm)))
-        self.ln_affine = ln_affine
         self.activation = activation
+        self.norm = norm
+        self.norm_layers = tuple(sorted(set(norm_layers)))
+        self.norm_affine = affine
+        # legacy attributes: the LayerNorm layers and the affine flag
+        self.layer_norm = self.norm_layers if norm == "layernorm" else ()
+        self.ln_affine = affine
+        self.dropout = float(dropout)
+        self.dropout_generators = dropout_generators
+        self.weight_norm_output = bool(weight_norm_output)
+        self.ofn = bool(ofn)
+
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_in, d_out in zip(self.dims[:-1], self.dims[1:]):
@@ -56,25 +164,173 @@ class StackedMLP(nn.Module):
             b = torch.stack([_uniform((1, d_out), bound, g) for g in generators])
             self.weights.append(nn.Parameter(w.contiguous()))
             self.biases.append(nn.Parameter(b))
+        # LayerNorm affine keeps its original names (ln_weights.N / ln_biases.N), so old
+        # checkpoints load unchanged; BatchNorm gets its own names.
         self.ln_weights = nn.ParameterDict()
         self.ln_biases = nn.ParameterDict()
-        if ln_affine:
-            for i in self.layer_norm:
-                self.ln_weights[str(i)] = nn.Parameter(torch.ones(self.n_seeds, 1, hidden[i]))
-                self.ln_biases[str(i)] = nn.Parameter(torch.zeros(self.n_seeds, 1, hidden[i]))
+        self.bn_weights = nn.ParameterDict()
+        self.bn_biases = nn.ParameterDict()
+        if norm != "none" and affine:
+            w_dict, b_dict = (self.ln_weights, self.ln_biases) if norm == "layernorm" else (self.bn_weights, self.bn_biases)
+            for i in self.norm_layers:
+                w_dict[str(i)] = nn.Parameter(torch.ones(self.n_seeds, 1, hidden[i]))
+                b_dict[str(i)] = nn.Parameter(torch.zeros(self.n_seeds, 1, hidden[i]))
+        if norm == "batchnorm":
+            for i in self.norm_layers:
+                self.register_buffer(f"bn_running_mean_{i}", torch.zeros(self.n_seeds, 1, hidden[i]))
+                self.register_buffer(f"bn_running_var_{i}", torch.ones(self.n_seeds, 1, hidden[i]))
+        if self.weight_norm_output:
+            self.wn_gain = nn.Parameter(self.weights[-1].detach().norm(dim=1, keepdim=True).clone())
 
+    # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = ACTIVATIONS[self.activation]
         n = len(self.weights)
-        for k in range(n):
+        masks = self._dropout_masks(x) if self.training and self.dropout > 0 and n > 1 else None
+        for k in range(n - 1):
             x = torch.baddbmm(self.biases[k], x, self.weights[k])
-            if k < n - 1:
-                if k in self.layer_norm:
-                    x = F.layer_norm(x, x.shape[-1:], eps=1e-5)
-                    if self.ln_affine:
-                        x = x * self.ln_weights[str(k)] + self.ln_biases[str(k)]
-                x = act(x)
+            if k in self.norm_layers:
+                x = self._layer_norm(k, x) if self.norm == "layernorm" else self._batch_norm(k, x)
+            x = act(x)
+            if masks is not None:
+                x = x * masks[k]
+        if self.ofn:
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(OFN_EPS)
+        return torch.baddbmm(self.biases[-1], x, self.output_weight())
+
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's effective weight [S, in, out] (after WeightNorm, if any)."""
+        v = self.weights[-1]
+        if not self.weight_norm_output:
+            return v
+        return self.wn_gain * (v / v.norm(dim=1, keepdim=True))
+
+    def _layer_norm(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, x.shape[-1:], eps=NORM_EPS)
+        if self.norm_affine:
+            x = x * self.ln_weights[str(k)] + self.ln_biases[str(k)]
         return x
+
+    def _batch_norm(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        running_mean = getattr(self, f"bn_running_mean_{k}")
+        running_var = getattr(self, f"bn_running_var_{k}")
+        if self.training:
+            batch = x.shape[1]
+            if batch < 2:
+                raise ValueError(f"BatchNorm in train mode needs more than 1 sample per seed, got {batch}")
+            if x.shape[0] != running_mean.shape[0]:
+                raise ValueError(f"input has {x.shape[0]} seeds but the BatchNorm statistics have {running_mean.shape[0]}")
+            mean = x.mean(1, keepdim=True)
+            var = x.var(1, keepdim=True, unbiased=False)
+            with torch.no_grad():
+                running_mean.mul_(1 - BN_MOMENTUM).add_(BN_MOMENTUM * mean.detach())
+                running_var.mul_(1 - BN_MOMENTUM).add_(BN_MOMENTUM * batch / (batch - 1) * var.detach())
+        else:
+            mean, var = running_mean, running_var
+        x = (x - mean) * torch.rsqrt(var + NORM_EPS)
+        if self.norm_affine:
+            x = x * self.bn_weights[str(k)] + self.bn_biases[str(k)]
+        return x
+
+    def _dropout_masks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per hidden layer, keep-masks scaled by 1 / (1 - p), [S, B, width] (recipe: class doc)."""
+        n_seeds, batch = x.shape[0], x.shape[1]
+        widths = self.dims[1:-1]
+        total = sum(widths)
+        if self.dropout_generators is None:
+            keep = torch.rand((n_seeds, batch, total), device=x.device) >= self.dropout
+        else:
+            if n_seeds != len(self.dropout_generators):
+                raise ValueError(f"input has {n_seeds} seeds but there are {len(self.dropout_generators)} dropout generators")
+            keep = torch.stack([torch.rand((batch, total), generator=g, device=g.device) >= self.dropout
+                                for g in self.dropout_generators]).to(x.device)
+        scaled = keep.to(x.dtype) * (1.0 / (1.0 - self.dropout))
+        return list(scaled.split(widths, dim=-1))
+
+    # ------------------------------------------------------------------ dropout RNG checkpointing
+    def dropout_rng_states(self) -> list[torch.Tensor] | None:
+        """States of the per-seed dropout generators (for checkpoints); None without generators."""
+        if self.dropout_generators is None:
+            return None
+        return [g.get_state() for g in self.dropout_generators]
+
+    def set_dropout_rng_states(self, states: Sequence[torch.Tensor]) -> None:
+        """Restore the states returned by `dropout_rng_states`."""
+        if self.dropout_generators is None:
+            raise ValueError("this network has no dropout generators")
+        states = list(states)
+        if len(states) != len(self.dropout_generators):
+            raise ValueError(f"got {len(states)} dropout generator states for {len(self.dropout_generators)} seeds")
+        for g, s in zip(self.dropout_generators, states):
+            g.set_state(s)
+
+    def extra_repr(self) -> str:
+        parts = [f"seeds={self.n_seeds}", f"dims={self.dims}", f"activation={self.activation}"]
+        if self.norm != "none":
+            parts.append(f"norm={self.norm}{list(self.norm_layers)}, affine={self.norm_affine}")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        if self.weight_norm_output:
+            parts.append("weight_norm_output=True")
+        if self.ofn:
+            parts.append("ofn=True")
+        return ", ".join(parts)
+
+
+CRITIC_SPEC_DEFAULTS: dict[str, Any] = {
+    "norm": "none",  # "none" | "layernorm" | "batchnorm"
+    "norm_layers": None,  # hidden layers with the norm; None = all
+    "affine": True,  # learnable affine after the norm
+    "dropout": 0.0,  # dropout probability on hidden activations
+    "weight_norm_output": False,  # WeightNorm on the output layer
+    "ofn": False,  # Output Feature Normalisation of the penultimate features
+}
+
+
+def critic_from_config(
+    generators: Sequence[torch.Generator],
+    in_dim: int,
+    out_dim: int,
+    hidden: Sequence[int],
+    spec: Mapping[str, Any] | None,
+    activation: str = "relu",
+    dropout_generators: Sequence[torch.Generator] | None = None,
+) -> StackedMLP:
+    """A critic whose normalisation is described by one config dict (keys: CRITIC_SPEC_DEFAULTS,
+    all optional), e.g. {"norm": "layernorm", "norm_layers": [0, 1], "affine": true}.
+    """
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(CRITIC_SPEC_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown critic normalisation key(s) {unknown}; allowed: {sorted(CRITIC_SPEC_DEFAULTS)}")
+    s = {**CRITIC_SPEC_DEFAULTS, **spec}
+    for key in ("affine", "weight_norm_output", "ofn"):
+        if not isinstance(s[key], bool):
+            raise ValueError(f"critic spec {key!r} must be true or false, got {s[key]!r}")
+    if not isinstance(s["norm"], str):
+        raise ValueError(f"critic spec 'norm' must be a string, got {s['norm']!r}")
+    layers = s["norm_layers"]
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+            raise ValueError(f"critic spec 'norm_layers' must be a list of hidden-layer indices or null, got {layers!r}")
+        layers = tuple(layers)
+    return StackedMLP(generators, in_dim, out_dim, hidden, activation=activation, norm=s["norm"],
+                      norm_layers=layers, norm_affine=s["affine"], dropout=s["dropout"],
+                      dropout_generators=dropout_generators, weight_norm_output=s["weight_norm_output"],
+                      ofn=s["ofn"])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_indices(name: str, indices: Sequence, n_hidden: int) -> None:
+    not_int = [i for i in indices if not _is_int(i)]
+    if not_int:
+        raise ValueError(f"{name} indices must be integers, got {not_int}")
+    bad = [i for i in indices if not 0 <= i < n_hidden]
+    if bad:
+        raise ValueError(f"{name} indices {bad} outside the {n_hidden} hidden layers")
 
 
 def _uniform(shape: tuple[int, ...], bound: float, g: torch.Generator) -> torch.Tensor:
@@ -82,7 +338,7 @@ def _uniform(shape: tuple[int, ...], bound: float, g: torch.Generator) -> torch.
 
 
 def seed_slice(params: dict[str, torch.Tensor], seed_index: int) -> dict[str, torch.Tensor]:
-    """Parameters of one seed, keeping a seed dimension of 1 (for `functional_call`)."""
+    """Parameters (or buffers) of one seed, keeping a seed dimension of 1 (for `functional_call`)."""
     return {k: v[seed_index : seed_index + 1] for k, v in params.items()}
 
 
