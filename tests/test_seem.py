@@ -226,3 +226,26 @@ def test_sampling_without_replacement(run_dir):
     with_repeats = analyse_run(run_dir, transitions(), n_samples=32, sample_seed=5)
     assert (with_repeats.n_unique_samples < 32).all()
     assert (with_repeats.seem_normalized.dropna() > -1e-12).all()
+
+
+def test_jacobian_of_a_batchnorm_critic_uses_each_seeds_running_stats():
+    """A multi-seed BatchNorm critic: per-sample gradients in eval mode with the seed's own buffers."""
+    import torch
+
+    from seemrl.analysis.seem import q1_jacobian
+    from seemrl.nets import critic_from_config, seed_generators
+
+    net = critic_from_config(seed_generators([0, 1], 0), 4, 1, (8, 8), {"norm": "batchnorm"})
+    net.train()
+    for _ in range(3):  # move the running stats away from their initial values, differently per seed
+        net(torch.randn(2, 16, 4) * torch.tensor([1.0, 3.0]).view(2, 1, 1))
+    x = torch.randn(5, 4)
+    jac = q1_jacobian(net, 1, x)
+    assert net.training  # mode restored
+    net.eval()
+    n_params = sum(p[1].numel() for p in net.parameters())
+    for i in range(5):  # the per-sample backward loop, seed 1 only
+        net.zero_grad()
+        net(x[i].expand(2, 1, 4))[1].sum().backward()
+        row = torch.cat([p.grad[1].flatten() for p in net.parameters()]) / n_params ** 0.5
+        torch.testing.assert_close(jac[i], row)

@@ -40,14 +40,22 @@ def q1_jacobian(q1: StackedMLP, seed_index: int, x: torch.Tensor, chunk_size: in
     """Per-sample gradients [N, P] of seed `seed_index`'s Q1(x) w.r.t. its P parameters, / sqrt(P).
 
     Columns follow `q1.named_parameters()` order. Runs on the device of `q1`'s parameters.
+    Q is taken in eval mode (per-sample: BatchNorm uses its running statistics, dropout is off),
+    with the seed's buffers alongside its parameters.
     """
     params = seed_slice({k: v.detach() for k, v in q1.named_parameters()}, seed_index)
+    buffers = seed_slice(dict(q1.named_buffers()), seed_index)
     n_params = sum(v.numel() for v in params.values())
 
     def q_of_one_sample(p, xi):
-        return functional_call(q1, p, (xi.reshape(1, 1, -1),)).reshape(())
+        return functional_call(q1, (p, buffers), (xi.reshape(1, 1, -1),)).reshape(())
 
-    grads = vmap(jacrev(q_of_one_sample), in_dims=(None, 0), chunk_size=chunk_size)(params, x)
+    was_training = q1.training
+    q1.eval()
+    try:
+        grads = vmap(jacrev(q_of_one_sample), in_dims=(None, 0), chunk_size=chunk_size)(params, x)
+    finally:
+        q1.train(was_training)
     jac = torch.cat([g.reshape(x.shape[0], -1) for g in grads.values()], dim=1)
     return jac / math.sqrt(n_params)
 
