@@ -1,10 +1,12 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from seemrl.algos import td3
+from seemrl.nets import per_seed_norm
 
 
 def _data(n=500, obs_dim=5, act_dim=2, seed=0):
@@ -101,6 +103,10 @@ def test_config_rejects_bad_values():
         td3.TD3Config(critic_norm="batchnorm")
     with pytest.raises(TypeError):
         td3.TD3Config(stpes=10)
+    with pytest.raises(ValueError, match="eval_episodes"):
+        td3.TD3Config(eval_every=10, eval_episodes=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        td3.TD3Config(eval_every=-1)
 
 
 def test_terminals_stop_bootstrap():
@@ -108,3 +114,62 @@ def test_terminals_stop_bootstrap():
     arrays["terminal"] = np.array([True, False, True, False])
     data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
     assert data.not_done.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_critic_grad_norm_is_the_gradient_the_optimiser_applies(tmp_path):
+    # with SGD a step moves the parameters by exactly lr * gradient; step 1 has no actor update
+    cfg = td3.TD3Config(**SMALL, optimizer="sgd", lr=0.1)
+    arrays = _data()
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    trainer = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cpu")
+    critic = lambda: [p.detach().clone() for m in (trainer.nets.q1, trainer.nets.q2) for p in m.parameters()]
+    before = critic()
+    out = trainer.step(grad_norm=True)
+    moved = per_seed_norm([(a - b) / cfg.lr for a, b in zip(critic(), before)])
+    torch.testing.assert_close(out["critic_grad_norm"], moved, rtol=1e-4, atol=1e-6)
+    assert "critic_grad_norm" not in trainer.step()  # only computed when asked for
+
+
+def test_logged_metrics_include_critic_grad_norm(tmp_path):
+    _, result = _train(td3.TD3Config(**SMALL), [0, 1], _data(), tmp_path)
+    assert result.metrics.critic_grad_norm.gt(0).all()
+    assert result.metrics.step.unique().tolist() == [3, 6, 9, 12]
+
+
+def test_evaluates_every_eval_every_steps_and_at_the_end(tmp_path):
+    cfg = td3.TD3Config(**SMALL, eval_every=5)
+    arrays = _data()
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    nets = td3.build_nets(cfg, [0, 1], 5, 2)
+    calls = []
+
+    def evaluate(nets):
+        calls.append(nets)
+        return [SimpleNamespace(seed=s, return_mean=float(len(calls)), return_std=0.0, normalized_score=None,
+                                nonfinite_actions=False) for s in (0, 1)]
+
+    result = td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None, evaluate=evaluate)
+    ev = result.evaluations
+    assert ev.step.tolist() == [5, 5, 10, 10, 12, 12] and ev.seed.tolist() == [0, 1] * 3
+    assert ev.return_mean.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    assert ev.normalized_score.isna().all() and calls[0] is nets
+    with pytest.raises(ValueError, match="evaluate"):
+        td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None)
+
+
+def test_trainer_state_round_trip_continues_identically(tmp_path):
+    cfg = td3.TD3Config(**SMALL, tau=0.005, bc_weight=1.0)  # EMA targets are part of the state
+    arrays = _data()
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    straight = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cpu")
+    for _ in range(7):
+        straight.step()
+    torch.save(straight.state_dict(), tmp_path / "state.pt")
+    restored = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cpu")
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for _ in range(5):
+        a, b = straight.step(), restored.step()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for m, n in zip((straight.nets.actor, straight.nets.q1, *straight.targets),
+                    (restored.nets.actor, restored.nets.q1, *restored.targets)):
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), n.parameters()))

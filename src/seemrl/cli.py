@@ -107,11 +107,13 @@ def cmd_subset(a: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ training
 def cmd_train(a: argparse.Namespace) -> None:
+    import functools
+
     import torch
 
     from seemrl.algos import td3
     from seemrl.data.transitions import read_transitions
-    from seemrl.io import atomic_path, write_json_atomic
+    from seemrl.io import atomic_path, sha256_file, write_json_atomic
 
     _setup(a.threads)
     try:
@@ -122,24 +124,55 @@ def cmd_train(a: argparse.Namespace) -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     device = resolve_device(a.device)
     t = read_transitions(a.data)
+    evaluate, eval_env_id = None, t.meta.get("eval_env_id") or t.meta.get("env_id")
+    if cfg.eval_every:
+        from seemrl.evaluation import evaluate_policies
+
+        if not eval_env_id:
+            raise SystemExit(f"eval_every={cfg.eval_every} but {a.data} names no eval_env_id or env_id")
+        evaluate = functools.partial(
+            evaluate_policies, seeds=seeds, env_id=eval_env_id, n_episodes=cfg.eval_episodes,
+            eval_seed=cfg.eval_seed, ref_min=t.meta.get("ref_min_score"), ref_max=t.meta.get("ref_max_score"))
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
     data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
     nets = td3.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
+    # the data file's hash, not its path, decides whether a saved state belongs to this run
+    resume = None
+    if a.resume_dir:
+        resume = td3.ResumeDir(a.resume_dir, td3.run_identity(cfg, seeds, sha256_file(a.data)))
     log.info("training %d seeds on %d transitions from %s, device %s, config %s",
              len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
-    with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-        result = td3.train(cfg, seeds, data, nets, Path(ckpt_dir), device=device, log=log.info)
-        with atomic_path(a.metrics) as tmp:
-            result.metrics.to_parquet(tmp, index=False)
+    if resume is None:  # checkpoints go straight into a temporary twin of the output directory
+        with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
+            result = td3.train(cfg, seeds, data, nets, Path(ckpt_dir), device=device, log=log.info,
+                               evaluate=evaluate)
+    else:  # into the resume directory, copied into the output directory (atomically) at the end
+        result = td3.train(cfg, seeds, data, nets, Path(a.checkpoints), device=device, log=log.info,
+                           evaluate=evaluate, resume=resume)
+    with atomic_path(a.metrics) as tmp:
+        result.metrics.to_parquet(tmp, index=False)
+    if a.evaluations:
+        with atomic_path(a.evaluations) as tmp:
+            result.evaluations.to_parquet(tmp, index=False)
+    evaluation = None
+    if cfg.eval_every:
+        from seemrl.evaluation import summarize
+
+        evaluation = {"env_id": eval_env_id, "every": cfg.eval_every, "episodes": cfg.eval_episodes,
+                      "ref_min_score": t.meta.get("ref_min_score"), "ref_max_score": t.meta.get("ref_max_score"),
+                      "per_seed": summarize(result.evaluations)}
+    rate = result.steps_per_second
     write_json_atomic(a.run, {
         "algorithm": "td3",
         "labels": dict(kv.split("=", 1) for kv in a.label),
         "config": params,
         "seeds": seeds,
         "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
+        "evaluation": evaluation,
         "steps": cfg.steps,
-        "steps_per_second": result.steps_per_second,
-        "seed_steps_per_second": result.steps_per_second * len(seeds),
+        "resumed_from_step": result.resumed_from_step,
+        "steps_per_second": rate,  # of this process, i.e. since the resumed step
+        "seed_steps_per_second": None if rate is None else rate * len(seeds),
         "wall_seconds": result.wall_seconds,
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "data": {"path": a.data, "n_transitions": len(t), **{k: t.meta.get(k) for k in
@@ -147,7 +180,11 @@ def cmd_train(a: argparse.Namespace) -> None:
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    log.info("done: %.0f steps/s, diverged_step per seed %s", result.steps_per_second, result.diverged_step)
+    if resume is not None:  # every output is written: nothing left to resume
+        resume.clear()
+        log.info("removed resume state %s", resume.path)
+    log.info("done: %s steps/s, diverged_step per seed %s",
+             "-" if rate is None else f"{rate:.0f}", result.diverged_step)
 
 
 # ------------------------------------------------------------------ analysis and report
@@ -264,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoints", required=True)
     sp.add_argument("--metrics", required=True)
     sp.add_argument("--run", required=True)
+    sp.add_argument("--evaluations", help="Parquet of policy evaluations (empty when eval_every is 0)")
+    sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
+                    "continued if it matches this run, deleted when the run completes")
 
     sp = add("seem", cmd_seem, "SEEM and companions over a run's checkpoints")
     sp.add_argument("--checkpoints", required=True)

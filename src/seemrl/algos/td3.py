@@ -9,12 +9,18 @@ own generators for initialisation, minibatches and target-policy noise, and ever
 per-seed means, so each seed's gradients are exactly those of a run on its own. A seed whose
 losses become non-finite is recorded with the first step it happened and training goes on: a
 diverging run is a result, not a crash.
+
+A run can be killed at any moment and continued (`ResumeDir`): every checkpoint step also saves
+everything the loop depends on (weights, targets, optimisers, every generator, logged rows), so a
+resumed run produces the same outputs, bit for bit on the CPU, as one that was never stopped.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +59,9 @@ class TD3Config:
     normalize_states: bool = True  # standardise states with the dataset mean/std
     checkpoint_every: int = 1000  # steps between checkpoints (step 0 and the last included)
     log_every: int = 100  # steps between logged training metrics
+    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
+    eval_episodes: int = 10  # episodes per seed and evaluation
+    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
@@ -67,6 +76,9 @@ class TD3Config:
         for name in ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
+                             f"and {self.eval_episodes}")
 
     @property
     def critic_ln_layers(self) -> tuple[int, ...]:
@@ -199,12 +211,24 @@ class OfflineData:
         return self.obs.shape[0]
 
 
+# Rows of the evaluations table: one per (evaluation step, seed).
+EVALUATION_COLUMNS = {"step": "int64", "seed": "int64", "return_mean": "float64", "return_std": "float64",
+                      "normalized_score": "float64", "nonfinite_actions": "bool"}
+
+
+def evaluations_frame(rows: list[dict]) -> pd.DataFrame:
+    """The evaluation rows as a table with fixed dtypes (a score of None becomes NaN)."""
+    return pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS)).astype(EVALUATION_COLUMNS)
+
+
 @dataclass
 class TrainResult:
     metrics: pd.DataFrame
     diverged_step: list[int | None]
-    steps_per_second: float
+    steps_per_second: float | None  # over the steps this process ran; None if it ran none
     wall_seconds: float
+    evaluations: pd.DataFrame = field(default_factory=lambda: evaluations_frame([]))
+    resumed_from_step: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -236,8 +260,12 @@ class TD3Trainer:
         d = self.data
         return d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx], noise
 
-    def step(self) -> dict[str, torch.Tensor]:
-        """One critic update (and an actor update every `policy_delay`); per-seed metrics."""
+    def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
+        """One critic update (and an actor update every `policy_delay`); per-seed metrics.
+
+        `grad_norm` adds the critic's gradient norm per seed; only asked for on logged steps,
+        because the step is launch-bound on a GPU and the norm is a dozen more kernels.
+        """
         cfg, nets = self.cfg, self.nets
         self.it += 1
         s, a, r, s2, not_done, noise = self._sample()
@@ -252,8 +280,11 @@ class TD3Trainer:
         critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
-        self.critic_opt.step()
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
+        if grad_norm:  # the gradient the optimiser is about to apply
+            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(),
+                                                                      *nets.q2.parameters())])
+        self.critic_opt.step()
         if self.it % cfg.policy_delay == 0:
             pi = torch.tanh(nets.actor(s))
             q = nets.q1(torch.cat([s, pi], -1))
@@ -270,24 +301,159 @@ class TD3Trainer:
                     torch._foreach_lerp_(tgt, src, cfg.tau)
         return out
 
+    def state_dict(self) -> dict:
+        """Everything `step()` depends on: with it a run continues exactly where it stopped."""
+        return {
+            "nets": {name: getattr(self.nets, name).state_dict() for name in ("actor", "q1", "q2")},
+            "targets": None if self.targets is None else [m.state_dict() for m in self.targets],
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "batch_gens": [g.get_state() for g in self.batch_gens],
+            "noise_gens": [g.get_state() for g in self.noise_gens],
+            "it": self.it,
+        }
 
+    def load_state_dict(self, state: dict) -> None:
+        for name, weights in state["nets"].items():
+            getattr(self.nets, name).load_state_dict(weights)
+        if self.targets is not None:
+            for module, weights in zip(self.targets, state["targets"]):
+                module.load_state_dict(weights)
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        for g, g_state in zip(self.batch_gens + self.noise_gens, state["batch_gens"] + state["noise_gens"]):
+            g.set_state(g_state)
+        self.it = state["it"]
+
+
+# ------------------------------------------------------------------ resumable state
+RESUME_FORMAT = "seemrl.td3.resume.v1"
+
+
+def run_identity(cfg: TD3Config, seeds: list[int], data_sha256: str) -> dict:
+    """What makes two runs the same run, as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps({"config": dataclasses.asdict(cfg), "seeds": list(seeds),
+                                  "data_sha256": data_sha256}))
+
+
+class ResumeDir:
+    """A run's resumable state, kept outside its declared outputs.
+
+    Snakemake deletes a job's outputs before the job starts, so what a restarted job continues
+    from must live elsewhere. The directory holds
+      state.pt      the trainer's state (weights, EMA targets, optimisers, every per-seed
+                    generator, iteration counter), the step, diverged_step, the metric and
+                    evaluation rows so far, and the fingerprint of the run it belongs to;
+      checkpoints/  the checkpoints written so far, copied into the declared directory at the end.
+    A state is only continued by the run it came from: same config, seeds and data file.
+    """
+
+    def __init__(self, path: str | Path, identity: dict):
+        self.path = Path(path)
+        self.identity = identity
+        self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.state_path = self.path / "state.pt"
+        self.checkpoint_dir = self.path / "checkpoints"
+
+    def load(self, log: Callable[[str], None]) -> dict | None:
+        """The saved state if it belongs to this run; otherwise None, with the directory emptied."""
+        if not self.state_path.exists():
+            if self.path.exists():  # killed before its first state: checkpoints alone are no use
+                log(f"{self.path} holds no resume state; starting from step 0")
+            self.clear()
+            return None
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # state.pt is written atomically, so this is a foreign file
+            reason = f"unreadable: {exc}"
+        else:
+            if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+                reason = "not a seemrl resume state"
+            elif state["fingerprint"] != self.fingerprint:
+                reason = f"from a different run: {self._difference(state['identity'])}"
+            else:
+                return state
+        log(f"not resuming from {self.state_path} ({reason}); starting from step 0")
+        self.clear()
+        return None
+
+    def _difference(self, other: dict) -> str:
+        old, new = _flatten(other), _flatten(self.identity)
+        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                   if old.get(k) != new.get(k)]
+        return "; ".join(changed)
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.state_path) as tmp:
+            torch.save({"format": RESUME_FORMAT, "fingerprint": self.fingerprint,
+                        "identity": self.identity, **state}, tmp)
+
+    def drop_checkpoints_after(self, step: int) -> None:
+        # written after the state was saved (killed between the two writes); they are redone
+        for path in checkpoint_paths(self.checkpoint_dir):
+            if int(path.stem.split("_")[1]) > step:
+                path.unlink()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ------------------------------------------------------------------ training loop
 def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, checkpoint_dir: Path,
-          device="cpu", log: Callable[[str], None] = print) -> TrainResult:
-    """Train all seeds for `cfg.steps` steps, writing checkpoints into `checkpoint_dir`."""
+          device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
+          resume: ResumeDir | None = None) -> TrainResult:
+    """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
+
+    evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
+    environment bound) is called every `cfg.eval_every` steps and after the last step.
+    Without `resume`, checkpoints are written straight into `checkpoint_dir` (the caller makes
+    that atomic). With it, they go to the resume directory, each followed by a resume state;
+    training continues from a matching state found there; and at the end `checkpoint_dir` is
+    replaced, atomically, by a directory of every checkpoint.
+    """
+    if cfg.eval_every and evaluate is None:
+        raise ValueError("cfg.eval_every > 0 needs an evaluate function")
     trainer = TD3Trainer(cfg, seeds, data, nets, device)
-    diverged: list[int | None] = [None] * len(seeds)
-    rows: list[dict] = []
-    save_checkpoint(checkpoint_dir / checkpoint_name(0), trainer.nets, cfg, seeds, 0, diverged)
+    work_dir = checkpoint_dir if resume is None else resume.checkpoint_dir
+    state = resume.load(log) if resume is not None else None
+    if state is None:
+        start_step = 0
+        diverged: list[int | None] = [None] * len(seeds)
+        rows: list[dict] = []
+        eval_rows: list[dict] = []
+        # the logged actor loss is the latest one, from up to policy_delay - 1 steps back, so a
+        # resume state carries it
+        last_actor_loss = torch.full((len(seeds),), math.nan)
+        save_checkpoint(work_dir / checkpoint_name(0), trainer.nets, cfg, seeds, 0, diverged)
+    else:
+        trainer.load_state_dict(state["trainer"])
+        start_step, diverged = state["step"], state["diverged_step"]
+        rows, eval_rows = state["metrics"], state["evaluations"]
+        last_actor_loss = state["last_actor_loss"]
+        resume.drop_checkpoints_after(start_step)
+        log(f"resuming from step {start_step} ({resume.state_path})")
+
     start = last_report = time.perf_counter()
-    last_actor_loss = torch.full((len(seeds),), math.nan)
-    for step in range(1, cfg.steps + 1):
-        out = trainer.step()
+    for step in range(start_step + 1, cfg.steps + 1):
+        logged = step % cfg.log_every == 0 or step == cfg.steps
+        out = trainer.step(grad_norm=logged)
         if "actor_loss" in out:
             last_actor_loss = out["actor_loss"]
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if logged:
             critic_loss = out["critic_loss"].cpu()
             q_mean = out["q_mean"].cpu()
             pnorm = per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()]).cpu()
+            gnorm = out["critic_grad_norm"].cpu()
             for i, seed in enumerate(seeds):
                 finite = math.isfinite(critic_loss[i]) and math.isfinite(q_mean[i])
                 if not finite and diverged[i] is None:
@@ -295,14 +461,36 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
                     log(f"seed {seed}: non-finite critic loss or Q at step {step}; recorded, training goes on")
                 rows.append({"step": step, "seed": seed, "critic_loss": float(critic_loss[i]),
                              "actor_loss": float(last_actor_loss[i]), "q_mean": float(q_mean[i]),
-                             "critic_param_norm": float(pnorm[i])})
+                             "critic_param_norm": float(pnorm[i]), "critic_grad_norm": float(gnorm[i])})
             now = time.perf_counter()
             if now - last_report > 10 or step == cfg.steps:
-                rate = step / (now - start)
+                rate = (step - start_step) / (now - start)
                 log(f"step {step}/{cfg.steps}  {rate:.0f} steps/s ({rate * len(seeds):.0f} seed-steps/s)"
                     f"  ETA {(cfg.steps - step) / rate:.0f}s  Q mean per seed {[round(float(q), 2) for q in q_mean]}")
                 last_report = now
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            eval_rows += _evaluation_rows(step, evaluate(trainer.nets), log)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(checkpoint_dir / checkpoint_name(step), trainer.nets, cfg, seeds, step, diverged)
+            save_checkpoint(work_dir / checkpoint_name(step), trainer.nets, cfg, seeds, step, diverged)
+            if resume is not None:  # after the checkpoint: a state never refers to a missing one
+                resume.save({"step": step, "trainer": trainer.state_dict(), "diverged_step": diverged,
+                             "metrics": rows, "evaluations": eval_rows, "last_actor_loss": last_actor_loss.cpu()})
     wall = time.perf_counter() - start
-    return TrainResult(pd.DataFrame(rows), diverged, cfg.steps / wall, wall)
+    if resume is not None:
+        with atomic_path(checkpoint_dir, is_dir=True) as tmp:
+            for path in checkpoint_paths(resume.checkpoint_dir):
+                shutil.copyfile(path, tmp / path.name)
+    ran = cfg.steps - start_step
+    return TrainResult(pd.DataFrame(rows), diverged, ran / wall if ran else None, wall,
+                       evaluations=evaluations_frame(eval_rows),
+                       resumed_from_step=None if state is None else start_step)
+
+
+def _evaluation_rows(step: int, results: list, log: Callable[[str], None]) -> list[dict]:
+    rows = [{"step": step, "seed": r.seed, "return_mean": r.return_mean, "return_std": r.return_std,
+             "normalized_score": r.normalized_score, "nonfinite_actions": r.nonfinite_actions}
+            for r in results]
+    flagged = [r.seed for r in results if r.nonfinite_actions]
+    log(f"evaluation at step {step}: mean return per seed {[round(r.return_mean, 1) for r in results]}"
+        + (f"; non-finite actions (replaced by 0) from seeds {flagged}" if flagged else ""))
+    return rows
