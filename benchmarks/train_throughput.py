@@ -39,7 +39,7 @@ class PlainTD3BC:
     """Single-seed TD3+BC as commonly written (CORL-style)."""
 
     def __init__(self, cfg: td3.TD3Config, data: td3.OfflineData, device):
-        ln = cfg.critic_norm == "layernorm"
+        ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data, self.it = cfg, data, 0
         self.actor = _mlp(OBS, ACT, cfg.hidden, False).to(device)
         self.q1, self.q2 = (_mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
@@ -118,7 +118,7 @@ def main():
     print("| critic | implementation | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|")
     for norm in ("none", "layernorm"):
-        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic_norm=norm)
+        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm})
         plain = PlainTD3BC(cfg, data, device)
         base = steps_per_second(plain.step, device, warmup=10, iters=iters)
         print(f"| {norm} | plain PyTorch | 1 | {base:.0f} | {base:.0f} | 1.0x | - |")

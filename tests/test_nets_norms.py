@@ -210,7 +210,7 @@ def _run(net, x):
     net.zero_grad()
     y = net(x)
     y.sum().backward()  # as in training: a sum of per-seed losses
-    grads = {n: p.grad[0].clone() for n, p in net.named_parameters()}
+    grads = {n: p.grad[0].clone() for n, p in net.named_parameters() if p.grad is not None}
     bufs = {n: b[0].clone() for n, b in net.named_buffers()}
     return y[0].detach(), grads, bufs
 

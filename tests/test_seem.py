@@ -243,9 +243,11 @@ def test_jacobian_of_a_batchnorm_critic_uses_each_seeds_running_stats():
     jac = q1_jacobian(net, 1, x)
     assert net.training  # mode restored
     net.eval()
-    n_params = sum(p[1].numel() for p in net.parameters())
+    used = [p for k, p in net.named_parameters() if k not in {f"biases.{j}" for j in net.unused_biases}]
+    n_params = sum(p[1].numel() for p in used)  # the pre-BatchNorm biases are not parameters of Q
+    assert jac.shape == (5, n_params)
     for i in range(5):  # the per-sample backward loop, seed 1 only
         net.zero_grad()
         net(x[i].expand(2, 1, 4))[1].sum().backward()
-        row = torch.cat([p.grad[1].flatten() for p in net.parameters()]) / n_params ** 0.5
+        row = torch.cat([p.grad[1].flatten() for p in used]) / n_params ** 0.5
         torch.testing.assert_close(jac[i], row)

@@ -32,7 +32,11 @@ def _train(cfg, seeds, arrays, tmp_path):
 SMALL = dict(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_every=3)
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(critic_norm="layernorm"), dict(tau=0.005, bc_weight=1.0)])
+@pytest.mark.parametrize("extra", [
+    dict(), dict(critic={"norm": "layernorm"}), dict(tau=0.005, bc_weight=1.0),
+    dict(critic={"norm": "batchnorm"}), dict(critic={"dropout": 0.2}), dict(tau=0.005, critic={"norm": "batchnorm"}),
+    dict(critic={"weight_norm_output": True, "ofn": True, "weight_decay": 1e-3}),
+])
 def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     cfg = td3.TD3Config(**SMALL, **extra)
     arrays = _data()
@@ -77,7 +81,7 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
 
 
 def test_checkpoints_round_trip(tmp_path):
-    cfg = td3.TD3Config(**SMALL, critic_norm="layernorm", ln_layers=(1,))
+    cfg = td3.TD3Config(**SMALL, critic={"norm": "layernorm", "norm_layers": [1]})
     nets, _ = _train(cfg, [4, 5], _data(), tmp_path)
     paths = td3.checkpoint_paths(tmp_path)
     assert [p.name for p in paths] == [td3.checkpoint_name(s) for s in (0, 5, 10, 12)]
@@ -99,8 +103,10 @@ def test_load_checkpoint_names_a_bad_file(tmp_path):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="optimizer"):
         td3.TD3Config(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="critic_norm"):
-        td3.TD3Config(critic_norm="batchnorm")
+    with pytest.raises(ValueError, match="layer_norm"):
+        td3.TD3Config(critic={"layer_norm": True})
+    with pytest.raises(ValueError, match="weight_decay"):
+        td3.TD3Config(critic={"weight_decay": -1.0})
     with pytest.raises(TypeError):
         td3.TD3Config(stpes=10)
     with pytest.raises(ValueError, match="eval_episodes"):

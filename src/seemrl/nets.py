@@ -164,6 +164,14 @@ class StackedMLP(nn.Module):
             b = torch.stack([_uniform((1, d_out), bound, g) for g in generators])
             self.weights.append(nn.Parameter(w.contiguous()))
             self.biases.append(nn.Parameter(b))
+        # A bias right before BatchNorm is removed by the batch mean: its gradient is zero up to
+        # rounding, which Adam would turn into +-lr steps of noise (and seeds trained in a batch
+        # would then drift from the same seeds alone). Such biases are zero and left out of the
+        # forward pass (their gradient is None), as `nn.Linear(bias=False)` before BatchNorm.
+        self.unused_biases = tuple(k for k in self.norm_layers if norm == "batchnorm")
+        with torch.no_grad():
+            for k in self.unused_biases:
+                self.biases[k].zero_()
         # LayerNorm affine keeps its original names (ln_weights.N / ln_biases.N), so old
         # checkpoints load unchanged; BatchNorm gets its own names.
         self.ln_weights = nn.ParameterDict()
@@ -188,7 +196,10 @@ class StackedMLP(nn.Module):
         n = len(self.weights)
         masks = self._dropout_masks(x) if self.training and self.dropout > 0 and n > 1 else None
         for k in range(n - 1):
-            x = torch.baddbmm(self.biases[k], x, self.weights[k])
+            if k in self.unused_biases:
+                x = torch.bmm(x, self.weights[k])
+            else:
+                x = torch.baddbmm(self.biases[k], x, self.weights[k])
             if k in self.norm_layers:
                 x = self._layer_norm(k, x) if self.norm == "layernorm" else self._batch_norm(k, x)
             x = act(x)

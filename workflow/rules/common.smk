@@ -137,7 +137,7 @@ def train_params(wildcards):
     """Algorithm and critic-normalisation settings of one cell, as one JSON string."""
     algo = dict(config["algorithms"][wildcards.algo])
     algo.pop("trainer")
-    algo.update(config["critic_norms"][wildcards.norm])
+    algo["critic"] = config["critic_norms"][wildcards.norm]
     return json.dumps(algo, sort_keys=True)
 
 

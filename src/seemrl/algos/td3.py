@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 
 from seemrl.io import atomic_path, write_json_atomic
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators
+from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
 
-CHECKPOINT_FORMAT = "seemrl.td3.v1"
+CHECKPOINT_FORMAT = "seemrl.td3.v2"  # v2: critic normalisation as one `critic` spec
 # Independent random streams per seed, so that e.g. changing the batch size never changes init.
-STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NOISE = range(5)
+STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NOISE, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2 = range(7)
 
 
 @dataclass
@@ -54,8 +54,7 @@ class TD3Config:
     alpha: float = 2.5  # actor loss is -(alpha / mean|Q|) * Q
     bc_weight: float = 0.0  # weight of the BC term (pi - a)^2; 0 in the SEEM setting
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor and critic
-    critic_norm: str = "none"  # "none" or "layernorm"
-    ln_layers: tuple[int, ...] | None = None  # hidden layers with LayerNorm; None = all
+    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
     normalize_states: bool = True  # standardise states with the dataset mean/std
     checkpoint_every: int = 1000  # steps between checkpoints (step 0 and the last included)
     log_every: int = 100  # steps between logged training metrics
@@ -65,12 +64,15 @@ class TD3Config:
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
-        if self.ln_layers is not None:
-            self.ln_layers = tuple(self.ln_layers)
+        self.critic = dict(self.critic)
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.critic_norm not in ("none", "layernorm"):
-            raise ValueError(f"critic_norm must be 'none' or 'layernorm', got {self.critic_norm!r}")
+        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
+        if unknown:
+            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
+                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
+        if not self.critic.get("weight_decay", 0.0) >= 0:
+            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         for name in ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"):
@@ -80,11 +82,6 @@ class TD3Config:
             raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
                              f"and {self.eval_episodes}")
 
-    @property
-    def critic_ln_layers(self) -> tuple[int, ...]:
-        if self.critic_norm == "none":
-            return ()
-        return tuple(range(len(self.hidden))) if self.ln_layers is None else self.ln_layers
 
 
 @dataclass
@@ -113,10 +110,12 @@ class TD3Nets:
 def build_nets(cfg: TD3Config, seeds: list[int], obs_dim: int, act_dim: int,
                obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> TD3Nets:
     actor = StackedMLP(seed_generators(seeds, STREAM_ACTOR), obs_dim, act_dim, cfg.hidden)
+    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
+    dropout = spec.get("dropout", 0.0) > 0
     q1, q2 = (
-        StackedMLP(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden,
-                   layer_norm=cfg.critic_ln_layers)
-        for stream in (STREAM_Q1, STREAM_Q2)
+        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
+                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
+        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
     )
     mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
     std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
@@ -197,7 +196,7 @@ class OfflineData:
 
     @classmethod
     def from_arrays(cls, obs, action, reward, next_obs, terminal, mean, std, device) -> "OfflineData":
-        f = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=device)
+        f = lambda x: torch.as_tensor(np.array(x, np.float32), device=device)  # a writable copy
         mean_t, std_t = f(mean), f(std)
         return cls(
             obs=(f(obs) - mean_t) / std_t,
@@ -241,12 +240,14 @@ class TD3Trainer:
         self.S = len(seeds)
         opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.optimizer]
         self.actor_opt = opt(nets.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = opt([*nets.q1.parameters(), *nets.q2.parameters()], lr=cfg.lr)
+        # weight decay is the optimiser's (coupled) L2 penalty on the critic only
+        self.critic_opt = opt([*nets.q1.parameters(), *nets.q2.parameters()], lr=cfg.lr,
+                              weight_decay=cfg.critic.get("weight_decay", 0.0))
         self.batch_gens = seed_generators(seeds, STREAM_BATCH)
         self.noise_gens = seed_generators(seeds, STREAM_NOISE)
         if cfg.tau < 1.0:
             import copy
-            self.targets = tuple(copy.deepcopy(m) for m in (nets.actor, nets.q1, nets.q2))
+            self.targets = tuple(copy.deepcopy(m).eval() for m in (nets.actor, nets.q1, nets.q2))
         else:
             self.targets = None  # the target networks are the current ones
         self.it = 0
@@ -270,20 +271,25 @@ class TD3Trainer:
         self.it += 1
         s, a, r, s2, not_done, noise = self._sample()
         actor_t, q1_t, q2_t = self.targets or (nets.actor, nets.q1, nets.q2)
+        # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
+        # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
+        self._critic_mode(train=False)
         with torch.no_grad():
             noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a2 = (torch.tanh(actor_t(s2)) + noise).clamp(-1.0, 1.0)
             x2 = torch.cat([s2, a2], -1)
             target = r + cfg.gamma * not_done * torch.minimum(q1_t(x2), q2_t(x2))
         x = torch.cat([s, a], -1)
+        self._critic_mode(train=True)
         q1, q2 = nets.q1(x), nets.q2(x)
+        self._critic_mode(train=False)
         critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
-            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(),
-                                                                      *nets.q2.parameters())])
+            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
+                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
         self.critic_opt.step()
         if self.it % cfg.policy_delay == 0:
             pi = torch.tanh(nets.actor(s))
@@ -295,11 +301,15 @@ class TD3Trainer:
             self.actor_opt.step()
             out["actor_loss"] = actor_loss.detach()
             if self.targets is not None:
-                with torch.no_grad():
-                    src = [p for m in (nets.actor, nets.q1, nets.q2) for p in m.parameters()]
-                    tgt = [p for m in self.targets for p in m.parameters()]
+                with torch.no_grad():  # parameters and (BatchNorm) buffers follow the online nets
+                    src = [t for m in (nets.actor, nets.q1, nets.q2) for t in (*m.parameters(), *m.buffers())]
+                    tgt = [t for m in self.targets for t in (*m.parameters(), *m.buffers())]
                     torch._foreach_lerp_(tgt, src, cfg.tau)
         return out
+
+    def _critic_mode(self, train: bool) -> None:
+        self.nets.q1.train(train)
+        self.nets.q2.train(train)
 
     def state_dict(self) -> dict:
         """Everything `step()` depends on: with it a run continues exactly where it stopped."""
@@ -310,6 +320,7 @@ class TD3Trainer:
             "critic_opt": self.critic_opt.state_dict(),
             "batch_gens": [g.get_state() for g in self.batch_gens],
             "noise_gens": [g.get_state() for g in self.noise_gens],
+            "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
             "it": self.it,
         }
 
@@ -323,6 +334,9 @@ class TD3Trainer:
         self.critic_opt.load_state_dict(state["critic_opt"])
         for g, g_state in zip(self.batch_gens + self.noise_gens, state["batch_gens"] + state["noise_gens"]):
             g.set_state(g_state)
+        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
+            if states is not None:
+                net.set_dropout_rng_states(states)
         self.it = state["it"]
 
 

@@ -39,11 +39,13 @@ DEFAULT_Q_BOUND = 1e4
 def q1_jacobian(q1: StackedMLP, seed_index: int, x: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
     """Per-sample gradients [N, P] of seed `seed_index`'s Q1(x) w.r.t. its P parameters, / sqrt(P).
 
-    Columns follow `q1.named_parameters()` order. Runs on the device of `q1`'s parameters.
+    Columns follow `q1.named_parameters()` order, less the biases a BatchNorm critic leaves unused. Runs on the device of `q1`'s parameters.
     Q is taken in eval mode (per-sample: BatchNorm uses its running statistics, dropout is off),
     with the seed's buffers alongside its parameters.
     """
-    params = seed_slice({k: v.detach() for k, v in q1.named_parameters()}, seed_index)
+    # parameters the output depends on (a bias before BatchNorm is not one: StackedMLP skips it)
+    unused = {f"biases.{k}" for k in getattr(q1, "unused_biases", ())}
+    params = seed_slice({k: v.detach() for k, v in q1.named_parameters() if k not in unused}, seed_index)
     buffers = seed_slice(dict(q1.named_buffers()), seed_index)
     n_params = sum(v.numel() for v in params.values())
 
