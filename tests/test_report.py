@@ -108,3 +108,20 @@ def test_plot_failure_leaves_nothing(frames, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         plot_seem_and_q(pd.concat(frames), tmp_path / "seem.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluation_scores_join_the_seed_and_summary_tables():
+    from seemrl.report import evaluation_rows
+
+    frames = [fake_run("none", 1), fake_run("layernorm", 1)]
+    labels = {"dataset": "hopper-medium", "percent": 1, "algo": "td3", "critic_norm": "layernorm"}
+    evaluation = {"per_seed": {str(s): {"final_score": 10.0 * (s + 1), "last10_score": 5.0, "best_score": 30.0,
+                                        "final_return": 100.0} for s in range(3)}}
+    scores = pd.DataFrame(evaluation_rows(labels, evaluation))
+    assert evaluation_rows(labels, None) == []
+    seeds = seed_table(frames, scores=scores)
+    ln = seeds[seeds.critic_norm == "layernorm"].sort_values("seed")
+    assert ln.final_score.tolist() == [10.0, 20.0, 30.0]
+    assert seeds[seeds.critic_norm == "none"].final_score.isna().all()  # not evaluated
+    row = summary_table(frames, scores=scores).set_index("critic_norm").loc["layernorm"]
+    assert row.final_score_mean == 20.0 and row.final_score_std == 10.0

@@ -222,9 +222,13 @@ def cmd_report_tables(a: argparse.Namespace) -> None:
     from seemrl import report
 
     _setup()
+    import pandas as pd
+
     frames = _labelled_frames(a.seem, a.runs)
-    per_seed = report.seed_table(frames)
-    summary = report.summary_table(frames)
+    runs = [json.loads(Path(p).read_text()) for p in a.runs]
+    scores = pd.DataFrame([row for run in runs for row in report.evaluation_rows(run["labels"], run.get("evaluation"))])
+    per_seed = report.seed_table(frames, scores=scores)
+    summary = report.summary_table(frames, scores=scores)
     report.write_table_csv(per_seed, a.seeds)
     report.write_table_csv(summary, a.summary)
     report.write_table_markdown(summary, a.markdown)

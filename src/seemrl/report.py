@@ -21,30 +21,47 @@ CELL_COLUMNS = ("dataset", "percent", "algo", "critic_norm")
 AGGREGATED = ("final_seem", "max_seem", "final_seem_normalized", "final_q_data_mean", "final_critic_param_norm")
 
 
+# Per-seed policy evaluation summaries (run.json), D4RL-normalised scores and raw returns.
+SCORE_COLUMNS = ("final_score", "last10_score", "best_score", "final_return")
+
+
 # ------------------------------------------------------------------ tables
+def evaluation_rows(labels: dict, evaluation: dict | None) -> list[dict]:
+    """Rows (cell labels, seed, SCORE_COLUMNS) from one run.json's `evaluation`; none if the run
+    was not evaluated."""
+    if not evaluation:
+        return []
+    return [{**labels, "seed": int(seed), **{k: summary.get(k) for k in SCORE_COLUMNS}}
+            for seed, summary in evaluation["per_seed"].items()]
+
+
 def seed_table(seem_frames: Sequence[pd.DataFrame], q_bound: float = DEFAULT_Q_BOUND,
-               cell_columns: Sequence[str] = CELL_COLUMNS) -> pd.DataFrame:
-    """One row per (cell, seed): `divergence_verdict` columns."""
+               cell_columns: Sequence[str] = CELL_COLUMNS, scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (cell, seed): `divergence_verdict` columns, then evaluation `scores` if given."""
     df = pd.concat(list(seem_frames), ignore_index=True)
     missing = [c for c in (*cell_columns, "seed") if c not in df.columns]
     if missing:
         raise KeyError(f"SEEM frames lack identifying columns {missing}")
-    return divergence_verdict(df, q_bound=q_bound, by=(*cell_columns, "seed"))
+    table = divergence_verdict(df, q_bound=q_bound, by=(*cell_columns, "seed"))
+    if scores is not None and len(scores):
+        table = table.merge(scores, on=[*cell_columns, "seed"], how="left", validate="one_to_one")
+    return table
 
 
 def summary_table(seem_frames: Sequence[pd.DataFrame], q_bound: float = DEFAULT_Q_BOUND,
-                  cell_columns: Sequence[str] = CELL_COLUMNS) -> pd.DataFrame:
+                  cell_columns: Sequence[str] = CELL_COLUMNS, scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per cell: seeds diverged / total and mean, std over seeds of the per-seed summaries.
 
     Means and stds are over the seeds where the value is finite (a diverged seed has NaN SEEM);
     `n_diverged` says how many seeds that leaves out.
     """
-    seeds = seed_table(seem_frames, q_bound, cell_columns).replace([np.inf, -np.inf], np.nan)
+    seeds = seed_table(seem_frames, q_bound, cell_columns, scores).replace([np.inf, -np.inf], np.nan)
+    aggregated = [*AGGREGATED, *(c for c in SCORE_COLUMNS if c in seeds.columns)]
     rows = []
     for key, g in seeds.groupby(list(cell_columns), sort=True):
         row = dict(zip(cell_columns, key))
         row["n_seeds"], row["n_diverged"] = len(g), int(g["diverged"].sum())
-        for col in AGGREGATED:
+        for col in aggregated:
             row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std()  # std: NaN for 1 seed
         rows.append(row)
     return pd.DataFrame(rows)
