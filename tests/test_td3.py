@@ -36,6 +36,7 @@ SMALL = dict(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_e
     dict(), dict(critic={"norm": "layernorm"}), dict(tau=0.005, bc_weight=1.0),
     dict(critic={"norm": "batchnorm"}), dict(critic={"dropout": 0.2}), dict(tau=0.005, critic={"norm": "batchnorm"}),
     dict(critic={"weight_norm_output": True, "ofn": True, "weight_decay": 1e-3}),
+    dict(twin_q=False, policy_noise=0.0, policy_delay=1, tau=0.005),
 ])
 def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     cfg = td3.TD3Config(**SMALL, **extra)
@@ -179,3 +180,16 @@ def test_trainer_state_round_trip_continues_identically(tmp_path):
     for m, n in zip((straight.nets.actor, straight.nets.q1, *straight.targets),
                     (restored.nets.actor, restored.nets.q1, *restored.targets)):
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), n.parameters()))
+
+
+def test_ddpg_single_critic_leaves_q2_untouched(tmp_path):
+    cfg = td3.TD3Config(**SMALL, twin_q=False, policy_noise=0.0, policy_delay=1)
+    arrays = _data()
+    mean, std = td3.state_normalizer(arrays["obs"], True)
+    nets = td3.build_nets(cfg, [0], 5, 2, mean, std)
+    q2_before = [p.detach().clone() for p in nets.q2.parameters()]
+    q1_before = [p.detach().clone() for p in nets.q1.parameters()]
+    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+    td3.train(cfg, [0], data, nets, tmp_path, log=lambda msg: None)
+    assert all(torch.equal(a, b) for a, b in zip(q2_before, nets.q2.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(q1_before, nets.q1.parameters()))

@@ -2,7 +2,8 @@
 
 The paper's divergence study (Sec. 3; `shared/REFERENCE.md` §2) uses offline TD3 with no
 behaviour-cloning term and no EMA: the target networks are the current networks (tau = 1).
-Setting `bc_weight=1` and `tau=0.005` gives TD3+BC.
+Setting `bc_weight=1` and `tau=0.005` gives TD3+BC; `twin_q=False, policy_noise=0, policy_delay=1`
+gives DDPG (with or without EMA through `tau`), the start of the paper's ablation chain (Fig. 12).
 
 S seeds train in one process with stacked weights (`seemrl.nets.StackedMLP`). Each seed has its
 own generators for initialisation, minibatches and target-policy noise, and every loss is a sum of
@@ -51,6 +52,7 @@ class TD3Config:
     policy_noise: float = 0.2  # std of target-policy smoothing noise
     noise_clip: float = 0.5  # clip of that noise
     policy_delay: int = 2  # critic updates per actor update
+    twin_q: bool = True  # clipped double Q (min of two critics); False = DDPG's single critic
     alpha: float = 2.5  # actor loss is -(alpha / mean|Q|) * Q
     bc_weight: float = 0.0  # weight of the BC term (pi - a)^2; 0 in the SEEM setting
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor and critic
@@ -278,12 +280,15 @@ class TD3Trainer:
             noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a2 = (torch.tanh(actor_t(s2)) + noise).clamp(-1.0, 1.0)
             x2 = torch.cat([s2, a2], -1)
-            target = r + cfg.gamma * not_done * torch.minimum(q1_t(x2), q2_t(x2))
+            q_next = torch.minimum(q1_t(x2), q2_t(x2)) if cfg.twin_q else q1_t(x2)
+            target = r + cfg.gamma * not_done * q_next
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        q1, q2 = nets.q1(x), nets.q2(x)
+        q1 = nets.q1(x)
+        critic_loss = ((q1 - target) ** 2).mean((1, 2))
+        if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
+            critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
         self._critic_mode(train=False)
-        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
