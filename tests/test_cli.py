@@ -17,3 +17,15 @@ def test_missing_dataset_is_named(tmp_path):
         main(["train", "--data", str(missing), "--params", "{}", "--seeds", "0", "--device", "cpu",
               "--checkpoints", str(tmp_path / "c"), "--metrics", str(tmp_path / "m"), "--run", str(tmp_path / "r")])
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
+def test_device_resolution():
+    import torch
+
+    from seemrl.devices import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from seemrl.devices import resolve_device
+
 log = logging.getLogger("seemrl")
 
 
@@ -23,16 +25,6 @@ def _setup(threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("device 'cuda' requested but torch sees no GPU; use --device auto or cpu")
-    return name
 
 
 # ------------------------------------------------------------------ data

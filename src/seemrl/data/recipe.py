@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from seemrl.devices import resolve_device
 from seemrl.io import atomic_path, sha256_file, write_json_atomic
 
 RECIPE_FORMAT = "seemrl.recipe.v1"
@@ -157,15 +158,6 @@ def select_medium_snapshot(steps: Sequence[int], returns: Sequence[float], exper
 
 
 # ------------------------------------------------------------------ step 1: train SAC
-def resolve_device(device: str | None) -> str:
-    """'auto' (or None) -> 'cuda' when torch sees a GPU, else 'cpu'; other names pass through."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLike,
                         device: str = "auto",
                         log: Callable[[str], None] = logger.info) -> dict[str, Any]:
