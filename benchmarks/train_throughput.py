@@ -3,7 +3,8 @@
 Measured side by side in one run on one device:
   plain    the usual single-seed PyTorch implementation (nn.Sequential critic and actor, Adam,
            polyak targets), one seed at a time: the baseline everybody starts from
-  seemrl   seemrl.algos.td3.TD3Trainer with S seeds stacked in one process
+  seemrl   seemrl.algos.td3.TD3Trainer with S seeds stacked in one process, eager
+           (cuda_graph=False) and, on a GPU, with the step replayed as a CUDA graph
 for critics without and with LayerNorm, and prints steps/s per seed, seed-steps/s summed over
 seeds, the speed-up over plain and the peak GPU memory.
 
@@ -122,15 +123,22 @@ def main():
         plain = PlainTD3BC(cfg, data, device)
         base = steps_per_second(plain.step, device, warmup=10, iters=iters)
         print(f"| {norm} | plain PyTorch | 1 | {base:.0f} | {base:.0f} | 1.0x | - |")
-        for s in seeds_list:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            seeds = list(range(s))
-            nets = td3.build_nets(cfg, seeds, OBS, ACT)
-            trainer = td3.TD3Trainer(cfg, seeds, data, nets, device)
-            rate = steps_per_second(trainer.step, device, warmup=10, iters=iters)
-            mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-            print(f"| {norm} | seemrl stacked | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x | {mem} |")
+        modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
+        for label, graph in modes:
+            for s in seeds_list:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                seeds = list(range(s))
+                run_cfg = td3.TD3Config(**{**cfg.__dict__, "cuda_graph": graph})
+                nets = td3.build_nets(run_cfg, seeds, OBS, ACT)
+                trainer = td3.TD3Trainer(run_cfg, seeds, data, nets, device)
+                # the graphed step captures its graphs in the first call (part of the warm-up);
+                # its timed steps include drawing the batch windows on the CPU
+                rate = steps_per_second(trainer.step, device, warmup=10, iters=iters * (4 if graph else 1))
+                mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
+                print(f"| {norm} | {label} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x | {mem} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class TD3Config:
     eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
     eval_episodes: int = 10  # episodes per seed and evaluation
     eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
+    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
@@ -233,18 +234,120 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+class _Window:
+    """Batch indices and target-policy noise of up to `rows` consecutive steps, drawn ahead.
+
+    The draws come from the same per-seed CPU generators, in the same order, as `_sample()`'s
+    step-by-step draws: one (W, B) `randint` per seed equals W successive (B,) draws, and so does
+    one `randn` when B * act_dim is a multiple of 16 (CPU normal sampling works in blocks of 16;
+    otherwise the noise is drawn step by step). The window is copied to the device once; each step
+    reads the row at a device-side counter and advances it, so a captured CUDA graph stays static.
+    """
+
+    def __init__(self, trainer: "TD3Trainer", rows: int):
+        self.t = trainer
+        S, B, A = trainer.S, trainer.cfg.batch_size, trainer.data.action.shape[1]
+        pin = trainer.device.type == "cuda"
+        self.rows, self.batched_noise = rows, (B * A) % 16 == 0
+        self.idx_host = torch.zeros((rows, S, B), dtype=torch.int64, pin_memory=pin)
+        self.noise_host = torch.zeros((rows, S, B, A), pin_memory=pin)
+        # zero-filled: rows never drawn still index the data safely (graph warm-up reads them)
+        self.idx = torch.zeros((rows, S, B), dtype=torch.int64, device=trainer.device)
+        self.noise = torch.zeros((rows, S, B, A), device=trainer.device)
+        self.ptr = torch.zeros(1, dtype=torch.int64, device=trainer.device)  # next row, on the device
+        self.size = self.used = 0  # rows drawn into the window, rows consumed (host-side count)
+        self.snapshot: list[torch.Tensor] | None = None  # generator states at the window's start
+        self.copied: torch.cuda.Event | None = None
+
+    def _draw(self, batch_gens, noise_gens, w: int, into_idx=None, into_noise=None) -> None:
+        n, B, A = len(self.t.data), self.t.cfg.batch_size, self.t.data.action.shape[1]
+        for s, g in enumerate(batch_gens):
+            x = torch.randint(n, (w, B), generator=g)
+            if into_idx is not None:
+                into_idx[:w, s].copy_(x)
+        for s, g in enumerate(noise_gens):
+            if self.batched_noise:
+                x = torch.randn(w, B, A, generator=g)
+            else:
+                x = torch.stack([torch.randn(B, A, generator=g) for _ in range(w)])
+            if into_noise is not None:
+                into_noise[:w, s].copy_(x)
+
+    def refill(self, w: int) -> None:
+        t = self.t
+        if self.copied is not None:  # the previous window's copy has left the pinned buffers
+            self.copied.synchronize()
+        self.snapshot = [g.get_state() for g in t.batch_gens + t.noise_gens]
+        self._draw(t.batch_gens, t.noise_gens, w, self.idx_host, self.noise_host)
+        self.idx[:w].copy_(self.idx_host[:w], non_blocking=True)
+        self.noise[:w].copy_(self.noise_host[:w], non_blocking=True)
+        self.ptr.zero_()
+        if t.device.type == "cuda":
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        self.size, self.used = w, 0
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's indices [S, B] and noise [S, B, act]; advances the device counter."""
+        idx = self.idx.index_select(0, self.ptr)[0]
+        noise = self.noise.index_select(0, self.ptr)[0]
+        self.ptr.add_(1)
+        return idx, noise
+
+    def generator_states(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """States of the batch and noise generators after exactly the consumed steps."""
+        t = self.t
+        if self.used == self.size or self.snapshot is None:  # nothing drawn ahead
+            return [g.get_state() for g in t.batch_gens], [g.get_state() for g in t.noise_gens]
+        gens = [torch.Generator() for _ in self.snapshot]
+        for g, state in zip(gens, self.snapshot):
+            g.set_state(state)
+        if self.used:
+            self._draw(gens[:t.S], gens[t.S:], self.used)
+        return [g.get_state() for g in gens[:t.S]], [g.get_state() for g in gens[t.S:]]
+
+    def discard(self) -> None:
+        """Forget the rows drawn ahead (the generators were set from outside)."""
+        self.size = self.used = 0
+        self.snapshot = None
+
+
 class TD3Trainer:
-    """One update step for all seeds: `step()`; everything else is bookkeeping."""
+    """One update step for all seeds: `step()`; everything else is bookkeeping.
+
+    On CUDA with `cfg.cuda_graph` (and no critic dropout, whose masks come from CPU generators
+    inside the forward), each step replays a captured CUDA graph: one per kind of step (with or
+    without actor update, with or without the gradient norm), all reading their batch from a
+    window of pre-drawn batch indices and noise (`_Window`). The math is the same as the eager
+    step; the optimisers are the capturable (fused) Adam. Elsewhere the step runs eagerly.
+    """
+
+    WINDOW_BYTES = 64 * 2**20  # device memory for pre-drawn indices and noise (at most 1000 steps)
 
     def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device):
         self.cfg, self.seeds, self.data, self.nets = cfg, list(seeds), data, nets.to(device)
-        self.device = device
+        self.device = torch.device(device)
         self.S = len(seeds)
+        dropout = cfg.critic.get("dropout", 0.0) > 0
+        self.graphed = cfg.cuda_graph and self.device.type == "cuda" and not dropout
+        if self.device.type != "cuda":
+            self.mode = "eager (CPU)"
+        elif self.graphed:
+            self.mode = "CUDA graph"
+        elif not cfg.cuda_graph:
+            self.mode = "eager (cuda_graph=False)"
+        else:
+            self.mode = "eager (critic dropout draws its masks from CPU generators inside the step)"
         opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.optimizer]
-        self.actor_opt = opt(nets.actor.parameters(), lr=cfg.lr)
+        # On CUDA, Adam is the fused capturable kernel in both modes, so a graphed run and an eager
+        # one compute bitwise the same (measured on an H200); the CPU keeps PyTorch's default Adam.
+        kw = dict(capturable=True, fused=True) if self.device.type == "cuda" and cfg.optimizer == "adam" else {}
+        self.actor_opt = opt(nets.actor.parameters(), lr=cfg.lr, **kw)
         # weight decay is the optimiser's (coupled) L2 penalty on the critic only
         self.critic_opt = opt([*nets.q1.parameters(), *nets.q2.parameters()], lr=cfg.lr,
-                              weight_decay=cfg.critic.get("weight_decay", 0.0))
+                              weight_decay=cfg.critic.get("weight_decay", 0.0), **kw)
+        self._opt_flags = [{k: grp[k] for k in ("capturable", "fused", "foreach") if k in grp}
+                           for grp in (self.actor_opt.param_groups[0], self.critic_opt.param_groups[0])]
         self.batch_gens = seed_generators(seeds, STREAM_BATCH)
         self.noise_gens = seed_generators(seeds, STREAM_NOISE)
         if cfg.tau < 1.0:
@@ -253,25 +356,74 @@ class TD3Trainer:
         else:
             self.targets = None  # the target networks are the current ones
         self.it = 0
+        self.window: _Window | None = None
+        self.use_window = self.graphed  # also settable on CPU (tests: the window draws what _sample draws)
+        self._graphs: dict | None = None
 
-    def _sample(self):
+    def _sample_indices(self):
         # Per-seed generators on the CPU: seed s draws the same batches alone or among others.
         n, b = len(self.data), self.cfg.batch_size
         idx = torch.stack([torch.randint(n, (b,), generator=g) for g in self.batch_gens]).to(self.device)
         act_dim = self.data.action.shape[1]
         noise = torch.stack([torch.randn(b, act_dim, generator=g) for g in self.noise_gens]).to(self.device)
+        return idx, noise
+
+    def _sample(self):
+        idx, noise = self._sample_indices()
         d = self.data
         return d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx], noise
 
+    # ------------------------------------------------------------------ the pre-drawn window
+    def _window_rows(self) -> int:
+        S, B, A = self.S, self.cfg.batch_size, self.data.action.shape[1]
+        return int(max(1, min(1000, self.WINDOW_BYTES // (S * B * (8 + 4 * A)))))
+
+    def _next_window_size(self) -> int:
+        # windows end at checkpoint steps (and the last step), so the generator states saved with
+        # a checkpoint are those of the steps taken, without redrawing
+        ce, done = self.cfg.checkpoint_every, self.it
+        w = min(self.window.rows, ce - done % ce)
+        if done < self.cfg.steps:
+            w = min(w, self.cfg.steps - done)
+        return w
+
+    def _ensure_window(self) -> None:
+        if self.window is None:
+            self.window = _Window(self, self._window_rows())
+        if self.window.used == self.window.size:
+            self.window.refill(self._next_window_size())
+
+    # ------------------------------------------------------------------ the step
     def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
         """One critic update (and an actor update every `policy_delay`); per-seed metrics.
 
         `grad_norm` adds the critic's gradient norm per seed; only asked for on logged steps,
         because the step is launch-bound on a GPU and the norm is a dozen more kernels.
         """
-        cfg, nets = self.cfg, self.nets
+        actor = (self.it + 1) % self.cfg.policy_delay == 0
+        if self.graphed:
+            self._ensure_window()
+            if self._graphs is None:
+                self._capture()
+            graph, keys, out = self._graphs[actor, grad_norm]
+            graph.replay()
+            values = out.clone()  # the static output is overwritten by the next replay
+        elif self.use_window:
+            self._ensure_window()
+            out = self._update(*self.window.take(), actor, grad_norm, set_to_none=True)
+        else:
+            out = self._update(*self._sample_indices(), actor, grad_norm, set_to_none=True)
+        if self.use_window:
+            self.window.used += 1
         self.it += 1
-        s, a, r, s2, not_done, noise = self._sample()
+        if self.graphed:
+            return dict(zip(keys, values.unbind(0)))
+        return out
+
+    def _update(self, idx: torch.Tensor, noise: torch.Tensor, actor_update: bool, grad_norm: bool,
+                set_to_none: bool) -> dict[str, torch.Tensor]:
+        cfg, nets, d = self.cfg, self.nets, self.data
+        s, a, r, s2, not_done = d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx]
         actor_t, q1_t, q2_t = self.targets or (nets.actor, nets.q1, nets.q2)
         # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
         # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
@@ -289,19 +441,19 @@ class TD3Trainer:
         if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
             critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
         self._critic_mode(train=False)
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=set_to_none)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
                                                      if p.grad is not None])  # None: unused (pre-BatchNorm bias)
         self.critic_opt.step()
-        if self.it % cfg.policy_delay == 0:
+        if actor_update:
             pi = torch.tanh(nets.actor(s))
             q = nets.q1(torch.cat([s, pi], -1))
             lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
             actor_loss = -lmbda * q.mean((1, 2)) + cfg.bc_weight * ((pi - a) ** 2).mean((1, 2))
-            self.actor_opt.zero_grad(set_to_none=True)
+            self.actor_opt.zero_grad(set_to_none=set_to_none)
             actor_loss.sum().backward()
             self.actor_opt.step()
             out["actor_loss"] = actor_loss.detach()
@@ -316,15 +468,66 @@ class TD3Trainer:
         self.nets.q1.train(train)
         self.nets.q2.train(train)
 
+    # ------------------------------------------------------------------ CUDA graphs
+    def _state_tensors(self) -> list[torch.Tensor]:
+        mods = [self.nets.actor, self.nets.q1, self.nets.q2, *(self.targets or ())]
+        return [t for m in mods for t in (*m.parameters(), *m.buffers())]
+
+    def _opt_state_tensors(self) -> list[torch.Tensor]:
+        return [v for o in (self.actor_opt, self.critic_opt) for st in o.state.values()
+                for v in st.values() if isinstance(v, torch.Tensor)]
+
+    def _capture(self) -> None:
+        """Capture one graph per kind of step; the warm-up before it changes nothing."""
+        w = self.window
+        kinds = [(actor, gn) for actor in sorted({False, True} if self.cfg.policy_delay > 1 else {True})
+                 for gn in (False, True)]
+        saved = [t.detach().clone() for t in (*self._state_tensors(), w.ptr)]
+        opt_before = {id(t): t.detach().clone() for t in self._opt_state_tensors()}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up: allocates gradients and optimiser states
+            for kind in kinds:
+                for _ in range(3):
+                    w.ptr.zero_()
+                    self._update(*w.take(), *kind, set_to_none=False)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
+        def restore():
+            with torch.no_grad():
+                for t, v in zip((*self._state_tensors(), w.ptr), saved):
+                    t.copy_(v)
+                for t in self._opt_state_tensors():  # states created by the warm-up start fresh
+                    t.copy_(opt_before[id(t)]) if id(t) in opt_before else t.zero_()
+
+        restore()
+        graphs = {}
+        for kind in kinds:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._update(*w.take(), *kind, set_to_none=False)
+                keys = list(out)
+                static = torch.stack([out[k] for k in keys])
+            graphs[kind] = (graph, keys, static)
+        restore()  # capturing runs nothing; the counter alone is put back to be sure
+        torch.cuda.synchronize(self.device)
+        self._graphs = graphs
+
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Everything `step()` depends on: with it a run continues exactly where it stopped."""
+        if self.use_window and self.window is not None:
+            batch_states, noise_states = self.window.generator_states()
+        else:
+            batch_states = [g.get_state() for g in self.batch_gens]
+            noise_states = [g.get_state() for g in self.noise_gens]
         return {
             "nets": {name: getattr(self.nets, name).state_dict() for name in ("actor", "q1", "q2")},
             "targets": None if self.targets is None else [m.state_dict() for m in self.targets],
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
-            "batch_gens": [g.get_state() for g in self.batch_gens],
-            "noise_gens": [g.get_state() for g in self.noise_gens],
+            "batch_gens": batch_states,
+            "noise_gens": noise_states,
             "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
             "it": self.it,
         }
@@ -335,14 +538,24 @@ class TD3Trainer:
         if self.targets is not None:
             for module, weights in zip(self.targets, state["targets"]):
                 module.load_state_dict(weights)
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        for o, flags, o_state in zip((self.actor_opt, self.critic_opt), self._opt_flags,
+                                     (state["actor_opt"], state["critic_opt"])):
+            o.load_state_dict(o_state)
+            for grp in o.param_groups:  # a state saved by an eager (or graphed) run keeps this run's kind
+                grp.update(flags)
+            on_device = flags.get("capturable", False) or flags.get("fused", False)
+            for p, st in o.state.items():
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(p.device if on_device else "cpu", torch.float32)
         for g, g_state in zip(self.batch_gens + self.noise_gens, state["batch_gens"] + state["noise_gens"]):
             g.set_state(g_state)
         for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
             if states is not None:
                 net.set_dropout_rng_states(states)
         self.it = state["it"]
+        if self.window is not None:
+            self.window.discard()
+        self._graphs = None  # the optimisers' states are new tensors: capture again
 
 
 # ------------------------------------------------------------------ resumable state
@@ -351,7 +564,9 @@ RESUME_FORMAT = "seemrl.td3.resume.v1"
 
 def run_identity(cfg: TD3Config, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
-    return json.loads(json.dumps({"config": dataclasses.asdict(cfg), "seeds": list(seeds),
+    config = dataclasses.asdict(cfg)
+    config.pop("cuda_graph")  # how the step executes, not which run this is
+    return json.loads(json.dumps({"config": config, "seeds": list(seeds),
                                   "data_sha256": data_sha256}))
 
 
@@ -443,6 +658,7 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
     if cfg.eval_every and evaluate is None:
         raise ValueError("cfg.eval_every > 0 needs an evaluate function")
     trainer = TD3Trainer(cfg, seeds, data, nets, device)
+    log(f"update step: {trainer.mode}")
     work_dir = checkpoint_dir if resume is None else resume.checkpoint_dir
     state = resume.load(log) if resume is not None else None
     if state is None:
