@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 from seemrl.devices import resolve_device
+from seemrl.resume import ResumeDir
 
 log = logging.getLogger("seemrl")
 
@@ -131,7 +131,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     # the data file's hash, not its path, decides whether a saved state belongs to this run
     resume = None
     if a.resume_dir:
-        resume = td3.ResumeDir(a.resume_dir, td3.run_identity(cfg, seeds, sha256_file(a.data)))
+        resume = ResumeDir(a.resume_dir, td3.run_identity(cfg, seeds, sha256_file(a.data)))
     log.info("training %d seeds on %d transitions from %s, device %s, config %s",
              len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
     if resume is None:  # checkpoints go straight into a temporary twin of the output directory

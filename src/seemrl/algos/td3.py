@@ -11,14 +11,13 @@ per-seed means, so each seed's gradients are exactly those of a run on its own. 
 losses become non-finite is recorded with the first step it happened and training goes on: a
 diverging run is a result, not a crash.
 
-A run can be killed at any moment and continued (`ResumeDir`): every checkpoint step also saves
+A run can be killed at any moment and continued (`seemrl.resume.ResumeDir`): every checkpoint step also saves
 everything the loop depends on (weights, targets, optimisers, every generator, logged rows), so a
 resumed run produces the same outputs, bit for bit on the CPU, as one that was never stopped.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -31,8 +30,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from seemrl.io import atomic_path, write_json_atomic
+from seemrl.io import atomic_path
 from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.td3.v2"  # v2: critic normalisation as one `critic` spec
 # Independent random streams per seed, so that e.g. changing the batch size never changes init.
@@ -175,15 +175,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for name in ("actor", "q1", "q2"):
         getattr(nets, name).load_state_dict(payload[name])
     return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
-
-
-def checkpoint_paths(checkpoint_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run in step order."""
-    return sorted(Path(checkpoint_dir).glob("step_*.pt"))
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
 
 
 # ------------------------------------------------------------------ training
@@ -559,87 +550,12 @@ class TD3Trainer:
 
 
 # ------------------------------------------------------------------ resumable state
-RESUME_FORMAT = "seemrl.td3.resume.v1"
-
-
 def run_identity(cfg: TD3Config, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
     config = dataclasses.asdict(cfg)
     config.pop("cuda_graph")  # how the step executes, not which run this is
     return json.loads(json.dumps({"config": config, "seeds": list(seeds),
                                   "data_sha256": data_sha256}))
-
-
-class ResumeDir:
-    """A run's resumable state, kept outside its declared outputs.
-
-    Snakemake deletes a job's outputs before the job starts, so what a restarted job continues
-    from must live elsewhere. The directory holds
-      state.pt      the trainer's state (weights, EMA targets, optimisers, every per-seed
-                    generator, iteration counter), the step, diverged_step, the metric and
-                    evaluation rows so far, and the fingerprint of the run it belongs to;
-      checkpoints/  the checkpoints written so far, copied into the declared directory at the end.
-    A state is only continued by the run it came from: same config, seeds and data file.
-    """
-
-    def __init__(self, path: str | Path, identity: dict):
-        self.path = Path(path)
-        self.identity = identity
-        self.fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        self.state_path = self.path / "state.pt"
-        self.checkpoint_dir = self.path / "checkpoints"
-
-    def load(self, log: Callable[[str], None]) -> dict | None:
-        """The saved state if it belongs to this run; otherwise None, with the directory emptied."""
-        if not self.state_path.exists():
-            if self.path.exists():  # killed before its first state: checkpoints alone are no use
-                log(f"{self.path} holds no resume state; starting from step 0")
-            self.clear()
-            return None
-        try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # state.pt is written atomically, so this is a foreign file
-            reason = f"unreadable: {exc}"
-        else:
-            if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
-                reason = "not a seemrl resume state"
-            elif state["fingerprint"] != self.fingerprint:
-                reason = f"from a different run: {self._difference(state['identity'])}"
-            else:
-                return state
-        log(f"not resuming from {self.state_path} ({reason}); starting from step 0")
-        self.clear()
-        return None
-
-    def _difference(self, other: dict) -> str:
-        old, new = _flatten(other), _flatten(self.identity)
-        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
-                   if old.get(k) != new.get(k)]
-        return "; ".join(changed)
-
-    def save(self, state: dict) -> None:
-        with atomic_path(self.state_path) as tmp:
-            torch.save({"format": RESUME_FORMAT, "fingerprint": self.fingerprint,
-                        "identity": self.identity, **state}, tmp)
-
-    def drop_checkpoints_after(self, step: int) -> None:
-        # written after the state was saved (killed between the two writes); they are redone
-        for path in checkpoint_paths(self.checkpoint_dir):
-            if int(path.stem.split("_")[1]) > step:
-                path.unlink()
-
-    def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ------------------------------------------------------------------ training loop
