@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.algos import td3
+from seemrl.devices import matmul_precision
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
@@ -107,6 +109,10 @@ def main():
     p.add_argument("--tiny", action="store_true", help="small sizes on CPU (smoke run)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--precision", nargs="+", default=["tf32", "ieee"], choices=["tf32", "ieee"],
+                   help="CUDA float32 matmul precisions of the seemrl rows (the plain baseline runs "
+                        "in the first one)")
+    p.add_argument("--norms", nargs="+", default=["none", "layernorm"], choices=["none", "layernorm"])
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     seeds_list = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
@@ -116,29 +122,31 @@ def main():
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; TD3+BC, hidden {hidden}, batch 256, "
           f"{iters} timed steps after warm-up")
-    print("| critic | implementation | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for norm in ("none", "layernorm"):
+    print("| critic | implementation | matmul | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    precisions = args.precision if device.type == "cuda" else ["ieee"]  # the CPU is always full fp32
+    for norm in args.norms:
         cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm})
         plain = PlainTD3BC(cfg, data, device)
-        base = steps_per_second(plain.step, device, warmup=10, iters=iters)
-        print(f"| {norm} | plain PyTorch | 1 | {base:.0f} | {base:.0f} | 1.0x | - |")
+        with matmul_precision(precisions[0]):
+            base = steps_per_second(plain.step, device, warmup=10, iters=iters)
+        print(f"| {norm} | plain PyTorch | {precisions[0]} | 1 | {base:.0f} | {base:.0f} | 1.0x | - |")
         modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
-        for label, graph in modes:
-            for s in seeds_list:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                seeds = list(range(s))
-                run_cfg = td3.TD3Config(**{**cfg.__dict__, "cuda_graph": graph})
-                nets = td3.build_nets(run_cfg, seeds, OBS, ACT)
-                trainer = td3.TD3Trainer(run_cfg, seeds, data, nets, device)
-                # the graphed step captures its graphs in the first call (part of the warm-up);
-                # its timed steps include drawing the batch windows on the CPU
-                rate = steps_per_second(trainer.step, device, warmup=10, iters=iters * (4 if graph else 1))
-                mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-                print(f"| {norm} | {label} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x | {mem} |",
-                      flush=True)
+        for (label, graph), precision, s in itertools.product(modes, precisions, seeds_list):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            seeds = list(range(s))
+            run_cfg = td3.TD3Config(**{**cfg.__dict__, "cuda_graph": graph, "matmul_precision": precision})
+            nets = td3.build_nets(run_cfg, seeds, OBS, ACT)
+            trainer = td3.TD3Trainer(run_cfg, seeds, data, nets, device)
+            # the graphed step captures its graphs in the first call (part of the warm-up);
+            # its timed steps include drawing the batch windows on the CPU
+            rate = steps_per_second(trainer.step, device, warmup=10, iters=iters * (4 if graph else 1))
+            mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
+            print(f"| {norm} | {label} | {precision} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x "
+                  f"| {mem} |", flush=True)
+            del trainer, nets
 
 
 if __name__ == "__main__":

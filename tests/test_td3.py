@@ -72,7 +72,7 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
     result = td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None)
-    assert result.diverged_step[0] == SMALL["log_every"]  # first logged step
+    assert result.diverged_step[0] == 1  # detected at the step it happened, not at a logged step
     assert result.diverged_step[1] is None
     for p in nets.q1.parameters():
         assert torch.isfinite(p[1]).all()
@@ -193,3 +193,34 @@ def test_ddpg_single_critic_leaves_q2_untouched(tmp_path):
     td3.train(cfg, [0], data, nets, tmp_path, log=lambda msg: None)
     assert all(torch.equal(a, b) for a, b in zip(q2_before, nets.q2.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(q1_before, nets.q1.parameters()))
+
+
+def test_divergence_step_is_exact_between_logged_steps():
+    cfg = td3.TD3Config(**{**SMALL, "log_every": 1000})
+    arrays = _data()
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    trainer = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cpu")
+    for _ in range(7):
+        trainer.step()
+    assert trainer.first_nonfinite_steps() == [None, None]
+    with torch.no_grad():
+        trainer.nets.q2.weights[0][1].fill_(math.nan)  # seed 1's second critic, before step 8
+    for _ in range(5):
+        trainer.step()
+    assert trainer.first_nonfinite_steps() == [None, 8]
+    state = trainer.state_dict()  # the record survives a resume
+    other = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cpu")
+    other.load_state_dict(state)
+    assert other.first_nonfinite_steps() == [None, 8]
+
+
+def test_matmul_precision_is_scoped_and_validated():
+    from seemrl.devices import matmul_precision
+
+    backend = torch.backends.cuda.matmul
+    before = backend.fp32_precision
+    with matmul_precision("tf32"):
+        assert backend.fp32_precision == "tf32"
+    assert backend.fp32_precision == before
+    with pytest.raises(ValueError, match="matmul_precision"):
+        td3.TD3Config(matmul_precision="fp16")

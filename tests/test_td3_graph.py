@@ -170,5 +170,21 @@ def test_nan_in_one_seed_stays_there_on_cuda(tmp_path):
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)
     result = td3.train(cfg, [0, 1], data, nets, tmp_path, device="cuda", log=lambda m: None)
-    assert result.diverged_step == [3, None]
+    assert result.diverged_step == [1, None]
     assert all(torch.isfinite(p[1]).all() for p in nets.q1.parameters())
+
+
+@gpu
+def test_divergence_step_is_exact_inside_the_graph():
+    cfg = td3.TD3Config(steps=100, batch_size=32, hidden=(16, 16), checkpoint_every=50)
+    arrays = _arrays()
+    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cuda")
+    trainer = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cuda")
+    assert trainer.graphed
+    for _ in range(7):
+        trainer.step()
+    with torch.no_grad():
+        trainer.nets.q1.weights[1][0].fill_(math.inf)  # in place: the graph reads the same tensor
+    for _ in range(5):
+        trainer.step()
+    assert trainer.first_nonfinite_steps() == [8, None]

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from seemrl.devices import MATMUL_PRECISIONS, matmul_precision
 from seemrl.io import atomic_path
 from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
@@ -64,6 +65,7 @@ class TD3Config:
     eval_episodes: int = 10  # episodes per seed and evaluation
     eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
     cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
+    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee" (full fp32); CPU: always ieee
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
@@ -81,6 +83,8 @@ class TD3Config:
         for name in ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
         if self.eval_every < 0 or self.eval_episodes < 1:
             raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
                              f"and {self.eval_episodes}")
@@ -347,6 +351,11 @@ class TD3Trainer:
         else:
             self.targets = None  # the target networks are the current ones
         self.it = 0
+        # Divergence is detected on the device at every step (a few tiny kernels, no host sync):
+        # the first step whose critic loss is not finite, per seed (-1 = none yet), read on logged
+        # and checkpoint steps (`first_nonfinite_steps`).
+        self.nonfinite_step = torch.full((self.S,), -1, dtype=torch.int64, device=self.device)
+        self._step_count = torch.zeros((), dtype=torch.int64, device=self.device)  # = it, on the device
         self.window: _Window | None = None
         self.use_window = self.graphed  # also settable on CPU (tests: the window draws what _sample draws)
         self._graphs: dict | None = None
@@ -391,6 +400,10 @@ class TD3Trainer:
         `grad_norm` adds the critic's gradient norm per seed; only asked for on logged steps,
         because the step is launch-bound on a GPU and the norm is a dozen more kernels.
         """
+        with matmul_precision(self.cfg.matmul_precision):
+            return self._step(grad_norm)
+
+    def _step(self, grad_norm: bool) -> dict[str, torch.Tensor]:
         actor = (self.it + 1) % self.cfg.policy_delay == 0
         if self.graphed:
             self._ensure_window()
@@ -434,6 +447,10 @@ class TD3Trainer:
         self._critic_mode(train=False)
         self.critic_opt.zero_grad(set_to_none=set_to_none)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
+        with torch.no_grad():
+            self._step_count.add_(1)
+            newly = ~torch.isfinite(critic_loss.detach()) & (self.nonfinite_step < 0)
+            self.nonfinite_step.copy_(torch.where(newly, self._step_count, self.nonfinite_step))
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
@@ -455,6 +472,10 @@ class TD3Trainer:
                     torch._foreach_lerp_(tgt, src, cfg.tau)
         return out
 
+    def first_nonfinite_steps(self) -> list[int | None]:
+        """Per seed, the first step whose critic loss was NaN or inf (None if none yet)."""
+        return [None if v < 0 else int(v) for v in self.nonfinite_step.tolist()]
+
     def _critic_mode(self, train: bool) -> None:
         self.nets.q1.train(train)
         self.nets.q2.train(train)
@@ -473,7 +494,8 @@ class TD3Trainer:
         w = self.window
         kinds = [(actor, gn) for actor in sorted({False, True} if self.cfg.policy_delay > 1 else {True})
                  for gn in (False, True)]
-        saved = [t.detach().clone() for t in (*self._state_tensors(), w.ptr)]
+        counters = (w.ptr, self.nonfinite_step, self._step_count)
+        saved = [t.detach().clone() for t in (*self._state_tensors(), *counters)]
         opt_before = {id(t): t.detach().clone() for t in self._opt_state_tensors()}
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -486,7 +508,7 @@ class TD3Trainer:
 
         def restore():
             with torch.no_grad():
-                for t, v in zip((*self._state_tensors(), w.ptr), saved):
+                for t, v in zip((*self._state_tensors(), *counters), saved):
                     t.copy_(v)
                 for t in self._opt_state_tensors():  # states created by the warm-up start fresh
                     t.copy_(opt_before[id(t)]) if id(t) in opt_before else t.zero_()
@@ -521,6 +543,7 @@ class TD3Trainer:
             "noise_gens": noise_states,
             "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
             "it": self.it,
+            "nonfinite_step": self.nonfinite_step.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -544,6 +567,10 @@ class TD3Trainer:
             if states is not None:
                 net.set_dropout_rng_states(states)
         self.it = state["it"]
+        with torch.no_grad():
+            self._step_count.fill_(self.it)
+            if "nonfinite_step" in state:
+                self.nonfinite_step.copy_(state["nonfinite_step"])
         if self.window is not None:
             self.window.discard()
         self._graphs = None  # the optimisers' states are new tensors: capture again
@@ -605,11 +632,8 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
             q_mean = out["q_mean"].cpu()
             pnorm = per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()]).cpu()
             gnorm = out["critic_grad_norm"].cpu()
+            _record_divergence(trainer, seeds, diverged, log)
             for i, seed in enumerate(seeds):
-                finite = math.isfinite(critic_loss[i]) and math.isfinite(q_mean[i])
-                if not finite and diverged[i] is None:
-                    diverged[i] = step
-                    log(f"seed {seed}: non-finite critic loss or Q at step {step}; recorded, training goes on")
                 rows.append({"step": step, "seed": seed, "critic_loss": float(critic_loss[i]),
                              "actor_loss": float(last_actor_loss[i]), "q_mean": float(q_mean[i]),
                              "critic_param_norm": float(pnorm[i]), "critic_grad_norm": float(gnorm[i])})
@@ -622,6 +646,7 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             eval_rows += _evaluation_rows(step, evaluate(trainer.nets), log)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _record_divergence(trainer, seeds, diverged, log)
             save_checkpoint(work_dir / checkpoint_name(step), trainer.nets, cfg, seeds, step, diverged)
             if resume is not None:  # after the checkpoint: a state never refers to a missing one
                 resume.save({"step": step, "trainer": trainer.state_dict(), "diverged_step": diverged,
@@ -635,6 +660,15 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
     return TrainResult(pd.DataFrame(rows), diverged, ran / wall if ran else None, wall,
                        evaluations=evaluations_frame(eval_rows),
                        resumed_from_step=None if state is None else start_step)
+
+
+def _record_divergence(trainer: TD3Trainer, seeds: list[int], diverged: list[int | None],
+                       log: Callable[[str], None]) -> None:
+    """Copy the trainer's per-step divergence record into `diverged` (in place), logging news."""
+    for i, (seed, first) in enumerate(zip(seeds, trainer.first_nonfinite_steps())):
+        if first is not None and diverged[i] is None:
+            diverged[i] = first
+            log(f"seed {seed}: non-finite critic loss at step {first}; recorded, training goes on")
 
 
 def _evaluation_rows(step: int, results: list, log: Callable[[str], None]) -> list[dict]:
