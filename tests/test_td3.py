@@ -177,8 +177,8 @@ def test_trainer_state_round_trip_continues_identically(tmp_path):
     for _ in range(5):
         a, b = straight.step(), restored.step()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    for m, n in zip((straight.nets.actor, straight.nets.q1, *straight.targets),
-                    (restored.nets.actor, restored.nets.q1, *restored.targets)):
+    for m, n in zip((straight.nets.actor, straight.nets.q1, *straight.targets.values()),
+                    (restored.nets.actor, restored.nets.q1, *restored.targets.values())):
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), n.parameters()))
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seemrl.algos import td3
+from seemrl.engine import Window
 
 CUDA = torch.cuda.is_available()
 
@@ -35,7 +36,7 @@ def _trainer(cfg, seeds, arrays, device, use_window=None):
 
 
 def _params(t):
-    return [p.detach().cpu() for m in (t.nets.actor, t.nets.q1, t.nets.q2, *(t.targets or ()))
+    return [p.detach().cpu() for m in (t.nets.actor, t.nets.q1, t.nets.q2, *t.targets.values())
             for p in (*m.parameters(), *m.buffers())]
 
 
@@ -46,13 +47,14 @@ def test_window_draws_are_the_step_by_step_draws(batch, act_dim, rows):
     arrays = _arrays(act_dim=act_dim)
     t = _trainer(cfg, [0, 5], arrays, "cpu")
     ref = _trainer(cfg, [0, 5], arrays, "cpu")
-    w = td3._Window(t, rows)
+    w = Window(t, rows)
     w.refill(rows)
     for r in range(rows):
-        idx, noise = ref._sample_indices()
-        assert torch.equal(w.idx[r], idx) and torch.equal(w.noise[r], noise), r
-    for g, h in zip(t.batch_gens + t.noise_gens, ref.batch_gens + ref.noise_gens):
-        assert torch.equal(g.get_state(), h.get_state())
+        draws = ref.sample_draws()
+        assert torch.equal(w.dev["idx"][r], draws["idx"]) and torch.equal(w.dev["noise"][r], draws["noise"]), r
+    for name in ("idx", "noise"):
+        for g, h in zip(t.generators[name], ref.generators[name]):
+            assert torch.equal(g.get_state(), h.get_state())
 
 
 @pytest.mark.parametrize("extra", [
@@ -71,8 +73,8 @@ def test_windowed_run_is_bitwise_the_step_by_step_run(tmp_path, monkeypatch, ext
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
         if step in (4, 10, 11):  # resume states mid-window and at window ends are the plain ones
             sa, sb = plain.state_dict(), windowed.state_dict()
-            for key in ("batch_gens", "noise_gens"):
-                assert all(torch.equal(x, y) for x, y in zip(sa[key], sb[key])), (step, key)
+            for key in ("idx", "noise"):
+                assert all(torch.equal(x, y) for x, y in zip(sa["generators"][key], sb["generators"][key])), (step, key)
         if step == 11:  # a fresh windowed trainer continues from the state
             torch.save(windowed.state_dict(), tmp_path / "s.pt")
             windowed = _trainer(cfg, [1, 2], arrays, "cpu", use_window=True)

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
-from seemrl.devices import MATMUL_PRECISIONS, matmul_precision
+from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.engine import (EVALUATION_COLUMNS, Draw, LoopSettings, OfflineData, StackedTrainer,  # noqa: F401
+                           TrainResult, evaluations_frame, make_optimizer, train_loop)
 from seemrl.io import atomic_path
 from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
@@ -181,254 +179,58 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
 
 
-# ------------------------------------------------------------------ training
-@dataclass
-class OfflineData:
-    """Training transitions as tensors on the training device; states normalised."""
+# ------------------------------------------------------------------ the update step
+class TD3Trainer(StackedTrainer):
+    """TD3's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
 
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_obs: torch.Tensor
-    not_done: torch.Tensor  # 0 at true terminals: no bootstrap there; timeouts do bootstrap
-
-    @classmethod
-    def from_arrays(cls, obs, action, reward, next_obs, terminal, mean, std, device) -> "OfflineData":
-        f = lambda x: torch.as_tensor(np.array(x, np.float32), device=device)  # a writable copy
-        mean_t, std_t = f(mean), f(std)
-        return cls(
-            obs=(f(obs) - mean_t) / std_t,
-            action=f(action),
-            reward=f(reward).reshape(-1, 1),
-            next_obs=(f(next_obs) - mean_t) / std_t,
-            not_done=1.0 - f(terminal).reshape(-1, 1),
-        )
-
-    def __len__(self) -> int:
-        return self.obs.shape[0]
-
-
-# Rows of the evaluations table: one per (evaluation step, seed).
-EVALUATION_COLUMNS = {"step": "int64", "seed": "int64", "return_mean": "float64", "return_std": "float64",
-                      "normalized_score": "float64", "nonfinite_actions": "bool"}
-
-
-def evaluations_frame(rows: list[dict]) -> pd.DataFrame:
-    """The evaluation rows as a table with fixed dtypes (a score of None becomes NaN)."""
-    return pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS)).astype(EVALUATION_COLUMNS)
-
-
-@dataclass
-class TrainResult:
-    metrics: pd.DataFrame
-    diverged_step: list[int | None]
-    steps_per_second: float | None  # over the steps this process ran; None if it ran none
-    wall_seconds: float
-    evaluations: pd.DataFrame = field(default_factory=lambda: evaluations_frame([]))
-    resumed_from_step: int | None = None
-    extra: dict = field(default_factory=dict)
-
-
-class _Window:
-    """Batch indices and target-policy noise of up to `rows` consecutive steps, drawn ahead.
-
-    The draws come from the same per-seed CPU generators, in the same order, as `_sample()`'s
-    step-by-step draws: one (W, B) `randint` per seed equals W successive (B,) draws, and so does
-    one `randn` when B * act_dim is a multiple of 16 (CPU normal sampling works in blocks of 16;
-    otherwise the noise is drawn step by step). The window is copied to the device once; each step
-    reads the row at a device-side counter and advances it, so a captured CUDA graph stays static.
+    Step kinds: with or without the (delayed) actor update. Critics with dropout draw their masks
+    from CPU generators inside the forward pass, so they run eagerly.
     """
-
-    def __init__(self, trainer: "TD3Trainer", rows: int):
-        self.t = trainer
-        S, B, A = trainer.S, trainer.cfg.batch_size, trainer.data.action.shape[1]
-        pin = trainer.device.type == "cuda"
-        self.rows, self.batched_noise = rows, (B * A) % 16 == 0
-        self.idx_host = torch.zeros((rows, S, B), dtype=torch.int64, pin_memory=pin)
-        self.noise_host = torch.zeros((rows, S, B, A), pin_memory=pin)
-        # zero-filled: rows never drawn still index the data safely (graph warm-up reads them)
-        self.idx = torch.zeros((rows, S, B), dtype=torch.int64, device=trainer.device)
-        self.noise = torch.zeros((rows, S, B, A), device=trainer.device)
-        self.ptr = torch.zeros(1, dtype=torch.int64, device=trainer.device)  # next row, on the device
-        self.size = self.used = 0  # rows drawn into the window, rows consumed (host-side count)
-        self.snapshot: list[torch.Tensor] | None = None  # generator states at the window's start
-        self.copied: torch.cuda.Event | None = None
-
-    def _draw(self, batch_gens, noise_gens, w: int, into_idx=None, into_noise=None) -> None:
-        n, B, A = len(self.t.data), self.t.cfg.batch_size, self.t.data.action.shape[1]
-        for s, g in enumerate(batch_gens):
-            x = torch.randint(n, (w, B), generator=g)
-            if into_idx is not None:
-                into_idx[:w, s].copy_(x)
-        for s, g in enumerate(noise_gens):
-            if self.batched_noise:
-                x = torch.randn(w, B, A, generator=g)
-            else:
-                x = torch.stack([torch.randn(B, A, generator=g) for _ in range(w)])
-            if into_noise is not None:
-                into_noise[:w, s].copy_(x)
-
-    def refill(self, w: int) -> None:
-        t = self.t
-        if self.copied is not None:  # the previous window's copy has left the pinned buffers
-            self.copied.synchronize()
-        self.snapshot = [g.get_state() for g in t.batch_gens + t.noise_gens]
-        self._draw(t.batch_gens, t.noise_gens, w, self.idx_host, self.noise_host)
-        self.idx[:w].copy_(self.idx_host[:w], non_blocking=True)
-        self.noise[:w].copy_(self.noise_host[:w], non_blocking=True)
-        self.ptr.zero_()
-        if t.device.type == "cuda":
-            self.copied = torch.cuda.Event()
-            self.copied.record()
-        self.size, self.used = w, 0
-
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's indices [S, B] and noise [S, B, act]; advances the device counter."""
-        idx = self.idx.index_select(0, self.ptr)[0]
-        noise = self.noise.index_select(0, self.ptr)[0]
-        self.ptr.add_(1)
-        return idx, noise
-
-    def generator_states(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """States of the batch and noise generators after exactly the consumed steps."""
-        t = self.t
-        if self.used == self.size or self.snapshot is None:  # nothing drawn ahead
-            return [g.get_state() for g in t.batch_gens], [g.get_state() for g in t.noise_gens]
-        gens = [torch.Generator() for _ in self.snapshot]
-        for g, state in zip(gens, self.snapshot):
-            g.set_state(state)
-        if self.used:
-            self._draw(gens[:t.S], gens[t.S:], self.used)
-        return [g.get_state() for g in gens[:t.S]], [g.get_state() for g in gens[t.S:]]
-
-    def discard(self) -> None:
-        """Forget the rows drawn ahead (the generators were set from outside)."""
-        self.size = self.used = 0
-        self.snapshot = None
-
-
-class TD3Trainer:
-    """One update step for all seeds: `step()`; everything else is bookkeeping.
-
-    On CUDA with `cfg.cuda_graph` (and no critic dropout, whose masks come from CPU generators
-    inside the forward), each step replays a captured CUDA graph: one per kind of step (with or
-    without actor update, with or without the gradient norm), all reading their batch from a
-    window of pre-drawn batch indices and noise (`_Window`). The math is the same as the eager
-    step; the optimisers are the capturable (fused) Adam. Elsewhere the step runs eagerly.
-    """
-
-    WINDOW_BYTES = 64 * 2**20  # device memory for pre-drawn indices and noise (at most 1000 steps)
 
     def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device):
-        self.cfg, self.seeds, self.data, self.nets = cfg, list(seeds), data, nets.to(device)
-        self.device = torch.device(device)
-        self.S = len(seeds)
-        dropout = cfg.critic.get("dropout", 0.0) > 0
-        self.graphed = cfg.cuda_graph and self.device.type == "cuda" and not dropout
-        if self.device.type != "cuda":
-            self.mode = "eager (CPU)"
-        elif self.graphed:
-            self.mode = "CUDA graph"
-        elif not cfg.cuda_graph:
-            self.mode = "eager (cuda_graph=False)"
-        else:
-            self.mode = "eager (critic dropout draws its masks from CPU generators inside the step)"
-        opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[cfg.optimizer]
-        # On CUDA, Adam is the fused capturable kernel in both modes, so a graphed run and an eager
-        # one compute bitwise the same (measured on an H200); the CPU keeps PyTorch's default Adam.
-        kw = dict(capturable=True, fused=True) if self.device.type == "cuda" and cfg.optimizer == "adam" else {}
-        self.actor_opt = opt(nets.actor.parameters(), lr=cfg.lr, **kw)
-        # weight decay is the optimiser's (coupled) L2 penalty on the critic only
-        self.critic_opt = opt([*nets.q1.parameters(), *nets.q2.parameters()], lr=cfg.lr,
-                              weight_decay=cfg.critic.get("weight_decay", 0.0), **kw)
-        self._opt_flags = [{k: grp[k] for k in ("capturable", "fused", "foreach") if k in grp}
-                           for grp in (self.actor_opt.param_groups[0], self.critic_opt.param_groups[0])]
-        self.batch_gens = seed_generators(seeds, STREAM_BATCH)
-        self.noise_gens = seed_generators(seeds, STREAM_NOISE)
+        self.cfg, self.nets = cfg, nets.to(device)
+        self.matmul_precision = cfg.matmul_precision
+        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                         cuda_graph=cfg.cuda_graph)
+        self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         if cfg.tau < 1.0:
             import copy
-            self.targets = tuple(copy.deepcopy(m).eval() for m in (nets.actor, nets.q1, nets.q2))
-        else:
-            self.targets = None  # the target networks are the current ones
-        self.it = 0
-        # Divergence is detected on the device at every step (a few tiny kernels, no host sync):
-        # the first step whose critic loss is not finite, per seed (-1 = none yet), read on logged
-        # and checkpoint steps (`first_nonfinite_steps`).
-        self.nonfinite_step = torch.full((self.S,), -1, dtype=torch.int64, device=self.device)
-        self._step_count = torch.zeros((), dtype=torch.int64, device=self.device)  # = it, on the device
-        self.window: _Window | None = None
-        self.use_window = self.graphed  # also settable on CPU (tests: the window draws what _sample draws)
-        self._graphs: dict | None = None
+            self.targets = {name: copy.deepcopy(m).eval() for name, m in self.networks.items()}
+        # (tau = 1: the target networks are the current ones)
+        self.optimizers = {
+            "actor": make_optimizer(cfg.optimizer, nets.actor.parameters(), cfg.lr, self.device),
+            # weight decay is the optimiser's (coupled) L2 penalty on the critic only
+            "critic": make_optimizer(cfg.optimizer, [*nets.q1.parameters(), *nets.q2.parameters()], cfg.lr,
+                                     self.device, weight_decay=cfg.critic.get("weight_decay", 0.0)),
+        }
+        self.finish_setup()
 
-    def _sample_indices(self):
-        # Per-seed generators on the CPU: seed s draws the same batches alone or among others.
-        n, b = len(self.data), self.cfg.batch_size
-        idx = torch.stack([torch.randint(n, (b,), generator=g) for g in self.batch_gens]).to(self.device)
-        act_dim = self.data.action.shape[1]
-        noise = torch.stack([torch.randn(b, act_dim, generator=g) for g in self.noise_gens]).to(self.device)
-        return idx, noise
+    @property
+    def draws(self) -> list[Draw]:
+        b, act_dim = self.cfg.batch_size, self.data.action.shape[1]
+        return [Draw("idx", "randint", (b,), STREAM_BATCH, high=len(self.data)),
+                Draw("noise", "normal", (b, act_dim), STREAM_NOISE)]
 
-    def _sample(self):
-        idx, noise = self._sample_indices()
-        d = self.data
-        return d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx], noise
+    @property
+    def graphable(self) -> bool:
+        return not self.cfg.critic.get("dropout", 0.0) > 0
 
-    # ------------------------------------------------------------------ the pre-drawn window
-    def _window_rows(self) -> int:
-        S, B, A = self.S, self.cfg.batch_size, self.data.action.shape[1]
-        return int(max(1, min(1000, self.WINDOW_BYTES // (S * B * (8 + 4 * A)))))
+    def not_graphable_reason(self) -> str:
+        return "critic dropout draws its masks from CPU generators inside the step"
 
-    def _next_window_size(self) -> int:
-        # windows end at checkpoint steps (and the last step), so the generator states saved with
-        # a checkpoint are those of the steps taken, without redrawing
-        ce, done = self.cfg.checkpoint_every, self.it
-        w = min(self.window.rows, ce - done % ce)
-        if done < self.cfg.steps:
-            w = min(w, self.cfg.steps - done)
-        return w
+    def step_kinds(self) -> list[bool]:
+        return [False, True] if self.cfg.policy_delay > 1 else [True]
 
-    def _ensure_window(self) -> None:
-        if self.window is None:
-            self.window = _Window(self, self._window_rows())
-        if self.window.used == self.window.size:
-            self.window.refill(self._next_window_size())
+    def step_kind(self, it: int) -> bool:
+        return (it + 1) % self.cfg.policy_delay == 0  # whether this step updates the actor
 
-    # ------------------------------------------------------------------ the step
-    def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
-        """One critic update (and an actor update every `policy_delay`); per-seed metrics.
-
-        `grad_norm` adds the critic's gradient norm per seed; only asked for on logged steps,
-        because the step is launch-bound on a GPU and the norm is a dozen more kernels.
-        """
-        with matmul_precision(self.cfg.matmul_precision):
-            return self._step(grad_norm)
-
-    def _step(self, grad_norm: bool) -> dict[str, torch.Tensor]:
-        actor = (self.it + 1) % self.cfg.policy_delay == 0
-        if self.graphed:
-            self._ensure_window()
-            if self._graphs is None:
-                self._capture()
-            graph, keys, out = self._graphs[actor, grad_norm]
-            graph.replay()
-            values = out.clone()  # the static output is overwritten by the next replay
-        elif self.use_window:
-            self._ensure_window()
-            out = self._update(*self.window.take(), actor, grad_norm, set_to_none=True)
-        else:
-            out = self._update(*self._sample_indices(), actor, grad_norm, set_to_none=True)
-        if self.use_window:
-            self.window.used += 1
-        self.it += 1
-        if self.graphed:
-            return dict(zip(keys, values.unbind(0)))
-        return out
-
-    def _update(self, idx: torch.Tensor, noise: torch.Tensor, actor_update: bool, grad_norm: bool,
+    def _update(self, draws: dict[str, torch.Tensor], actor_update: bool, grad_norm: bool,
                 set_to_none: bool) -> dict[str, torch.Tensor]:
         cfg, nets, d = self.cfg, self.nets, self.data
+        idx, noise = draws["idx"], draws["noise"]
         s, a, r, s2, not_done = d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx]
-        actor_t, q1_t, q2_t = self.targets or (nets.actor, nets.q1, nets.q2)
+        t = self.targets
+        actor_t, q1_t, q2_t = (t["actor"], t["q1"], t["q2"]) if t else (nets.actor, nets.q1, nets.q2)
         # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
         # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
         self._critic_mode(train=False)
@@ -445,135 +247,39 @@ class TD3Trainer:
         if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
             critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
         self._critic_mode(train=False)
-        self.critic_opt.zero_grad(set_to_none=set_to_none)
+        critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
+        critic_opt.zero_grad(set_to_none=set_to_none)
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
-        with torch.no_grad():
-            self._step_count.add_(1)
-            newly = ~torch.isfinite(critic_loss.detach()) & (self.nonfinite_step < 0)
-            self.nonfinite_step.copy_(torch.where(newly, self._step_count, self.nonfinite_step))
+        self.record_nonfinite(critic_loss)
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
                                                      if p.grad is not None])  # None: unused (pre-BatchNorm bias)
-        self.critic_opt.step()
+        critic_opt.step()
         if actor_update:
             pi = torch.tanh(nets.actor(s))
             q = nets.q1(torch.cat([s, pi], -1))
             lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
             actor_loss = -lmbda * q.mean((1, 2)) + cfg.bc_weight * ((pi - a) ** 2).mean((1, 2))
-            self.actor_opt.zero_grad(set_to_none=set_to_none)
+            actor_opt.zero_grad(set_to_none=set_to_none)
             actor_loss.sum().backward()
-            self.actor_opt.step()
+            actor_opt.step()
             out["actor_loss"] = actor_loss.detach()
-            if self.targets is not None:
-                with torch.no_grad():  # parameters and (BatchNorm) buffers follow the online nets
-                    src = [t for m in (nets.actor, nets.q1, nets.q2) for t in (*m.parameters(), *m.buffers())]
-                    tgt = [t for m in self.targets for t in (*m.parameters(), *m.buffers())]
-                    torch._foreach_lerp_(tgt, src, cfg.tau)
+            if self.targets:  # parameters and (BatchNorm) buffers follow the online nets
+                self.update_targets(cfg.tau)
         return out
-
-    def first_nonfinite_steps(self) -> list[int | None]:
-        """Per seed, the first step whose critic loss was NaN or inf (None if none yet)."""
-        return [None if v < 0 else int(v) for v in self.nonfinite_step.tolist()]
 
     def _critic_mode(self, train: bool) -> None:
         self.nets.q1.train(train)
         self.nets.q2.train(train)
 
-    # ------------------------------------------------------------------ CUDA graphs
-    def _state_tensors(self) -> list[torch.Tensor]:
-        mods = [self.nets.actor, self.nets.q1, self.nets.q2, *(self.targets or ())]
-        return [t for m in mods for t in (*m.parameters(), *m.buffers())]
+    def extra_state(self) -> dict:
+        return {"dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()]}
 
-    def _opt_state_tensors(self) -> list[torch.Tensor]:
-        return [v for o in (self.actor_opt, self.critic_opt) for st in o.state.values()
-                for v in st.values() if isinstance(v, torch.Tensor)]
-
-    def _capture(self) -> None:
-        """Capture one graph per kind of step; the warm-up before it changes nothing."""
-        w = self.window
-        kinds = [(actor, gn) for actor in sorted({False, True} if self.cfg.policy_delay > 1 else {True})
-                 for gn in (False, True)]
-        counters = (w.ptr, self.nonfinite_step, self._step_count)
-        saved = [t.detach().clone() for t in (*self._state_tensors(), *counters)]
-        opt_before = {id(t): t.detach().clone() for t in self._opt_state_tensors()}
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up: allocates gradients and optimiser states
-            for kind in kinds:
-                for _ in range(3):
-                    w.ptr.zero_()
-                    self._update(*w.take(), *kind, set_to_none=False)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-
-        def restore():
-            with torch.no_grad():
-                for t, v in zip((*self._state_tensors(), *counters), saved):
-                    t.copy_(v)
-                for t in self._opt_state_tensors():  # states created by the warm-up start fresh
-                    t.copy_(opt_before[id(t)]) if id(t) in opt_before else t.zero_()
-
-        restore()
-        graphs = {}
-        for kind in kinds:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._update(*w.take(), *kind, set_to_none=False)
-                keys = list(out)
-                static = torch.stack([out[k] for k in keys])
-            graphs[kind] = (graph, keys, static)
-        restore()  # capturing runs nothing; the counter alone is put back to be sure
-        torch.cuda.synchronize(self.device)
-        self._graphs = graphs
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        """Everything `step()` depends on: with it a run continues exactly where it stopped."""
-        if self.use_window and self.window is not None:
-            batch_states, noise_states = self.window.generator_states()
-        else:
-            batch_states = [g.get_state() for g in self.batch_gens]
-            noise_states = [g.get_state() for g in self.noise_gens]
-        return {
-            "nets": {name: getattr(self.nets, name).state_dict() for name in ("actor", "q1", "q2")},
-            "targets": None if self.targets is None else [m.state_dict() for m in self.targets],
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "batch_gens": batch_states,
-            "noise_gens": noise_states,
-            "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
-            "it": self.it,
-            "nonfinite_step": self.nonfinite_step.cpu(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, weights in state["nets"].items():
-            getattr(self.nets, name).load_state_dict(weights)
-        if self.targets is not None:
-            for module, weights in zip(self.targets, state["targets"]):
-                module.load_state_dict(weights)
-        for o, flags, o_state in zip((self.actor_opt, self.critic_opt), self._opt_flags,
-                                     (state["actor_opt"], state["critic_opt"])):
-            o.load_state_dict(o_state)
-            for grp in o.param_groups:  # a state saved by an eager (or graphed) run keeps this run's kind
-                grp.update(flags)
-            on_device = flags.get("capturable", False) or flags.get("fused", False)
-            for p, st in o.state.items():
-                if isinstance(st.get("step"), torch.Tensor):
-                    st["step"] = st["step"].to(p.device if on_device else "cpu", torch.float32)
-        for g, g_state in zip(self.batch_gens + self.noise_gens, state["batch_gens"] + state["noise_gens"]):
-            g.set_state(g_state)
+    def load_extra_state(self, state: dict) -> None:
         for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
             if states is not None:
                 net.set_dropout_rng_states(states)
-        self.it = state["it"]
-        with torch.no_grad():
-            self._step_count.fill_(self.it)
-            if "nonfinite_step" in state:
-                self.nonfinite_step.copy_(state["nonfinite_step"])
-        if self.window is not None:
-            self.window.discard()
-        self._graphs = None  # the optimisers' states are new tensors: capture again
 
 
 # ------------------------------------------------------------------ resumable state
@@ -586,96 +292,26 @@ def run_identity(cfg: TD3Config, seeds: list[int], data_sha256: str) -> dict:
 
 
 # ------------------------------------------------------------------ training loop
+METRIC_KEYS = ("critic_loss", "actor_loss", "q_mean")
+
+
 def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
 
     evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
-    environment bound) is called every `cfg.eval_every` steps and after the last step.
-    Without `resume`, checkpoints are written straight into `checkpoint_dir` (the caller makes
-    that atomic). With it, they go to the resume directory, each followed by a resume state;
-    training continues from a matching state found there; and at the end `checkpoint_dir` is
-    replaced, atomically, by a directory of every checkpoint.
+    environment bound) is called every `cfg.eval_every` steps and after the last step. For
+    `resume` see `seemrl.engine.train_loop`.
     """
-    if cfg.eval_every and evaluate is None:
-        raise ValueError("cfg.eval_every > 0 needs an evaluate function")
     trainer = TD3Trainer(cfg, seeds, data, nets, device)
-    log(f"update step: {trainer.mode}")
-    work_dir = checkpoint_dir if resume is None else resume.checkpoint_dir
-    state = resume.load(log) if resume is not None else None
-    if state is None:
-        start_step = 0
-        diverged: list[int | None] = [None] * len(seeds)
-        rows: list[dict] = []
-        eval_rows: list[dict] = []
-        # the logged actor loss is the latest one, from up to policy_delay - 1 steps back, so a
-        # resume state carries it
-        last_actor_loss = torch.full((len(seeds),), math.nan)
-        save_checkpoint(work_dir / checkpoint_name(0), trainer.nets, cfg, seeds, 0, diverged)
-    else:
-        trainer.load_state_dict(state["trainer"])
-        start_step, diverged = state["step"], state["diverged_step"]
-        rows, eval_rows = state["metrics"], state["evaluations"]
-        last_actor_loss = state["last_actor_loss"]
-        resume.drop_checkpoints_after(start_step)
-        log(f"resuming from step {start_step} ({resume.state_path})")
 
-    start = last_report = time.perf_counter()
-    for step in range(start_step + 1, cfg.steps + 1):
-        logged = step % cfg.log_every == 0 or step == cfg.steps
-        out = trainer.step(grad_norm=logged)
-        if "actor_loss" in out:
-            last_actor_loss = out["actor_loss"]
-        if logged:
-            critic_loss = out["critic_loss"].cpu()
-            q_mean = out["q_mean"].cpu()
-            pnorm = per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()]).cpu()
-            gnorm = out["critic_grad_norm"].cpu()
-            _record_divergence(trainer, seeds, diverged, log)
-            for i, seed in enumerate(seeds):
-                rows.append({"step": step, "seed": seed, "critic_loss": float(critic_loss[i]),
-                             "actor_loss": float(last_actor_loss[i]), "q_mean": float(q_mean[i]),
-                             "critic_param_norm": float(pnorm[i]), "critic_grad_norm": float(gnorm[i])})
-            now = time.perf_counter()
-            if now - last_report > 10 or step == cfg.steps:
-                rate = (step - start_step) / (now - start)
-                log(f"step {step}/{cfg.steps}  {rate:.0f} steps/s ({rate * len(seeds):.0f} seed-steps/s)"
-                    f"  ETA {(cfg.steps - step) / rate:.0f}s  Q mean per seed {[round(float(q), 2) for q in q_mean]}")
-                last_report = now
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            eval_rows += _evaluation_rows(step, evaluate(trainer.nets), log)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _record_divergence(trainer, seeds, diverged, log)
-            save_checkpoint(work_dir / checkpoint_name(step), trainer.nets, cfg, seeds, step, diverged)
-            if resume is not None:  # after the checkpoint: a state never refers to a missing one
-                resume.save({"step": step, "trainer": trainer.state_dict(), "diverged_step": diverged,
-                             "metrics": rows, "evaluations": eval_rows, "last_actor_loss": last_actor_loss.cpu()})
-    wall = time.perf_counter() - start
-    if resume is not None:
-        with atomic_path(checkpoint_dir, is_dir=True) as tmp:
-            for path in checkpoint_paths(resume.checkpoint_dir):
-                shutil.copyfile(path, tmp / path.name)
-    ran = cfg.steps - start_step
-    return TrainResult(pd.DataFrame(rows), diverged, ran / wall if ran else None, wall,
-                       evaluations=evaluations_frame(eval_rows),
-                       resumed_from_step=None if state is None else start_step)
+    def save(path: Path, step: int, diverged: list) -> None:
+        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
 
+    def param_norms() -> dict[str, torch.Tensor]:
+        return {"critic_param_norm": per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()])}
 
-def _record_divergence(trainer: TD3Trainer, seeds: list[int], diverged: list[int | None],
-                       log: Callable[[str], None]) -> None:
-    """Copy the trainer's per-step divergence record into `diverged` (in place), logging news."""
-    for i, (seed, first) in enumerate(zip(seeds, trainer.first_nonfinite_steps())):
-        if first is not None and diverged[i] is None:
-            diverged[i] = first
-            log(f"seed {seed}: non-finite critic loss at step {first}; recorded, training goes on")
-
-
-def _evaluation_rows(step: int, results: list, log: Callable[[str], None]) -> list[dict]:
-    rows = [{"step": step, "seed": r.seed, "return_mean": r.return_mean, "return_std": r.return_std,
-             "normalized_score": r.normalized_score, "nonfinite_actions": r.nonfinite_actions}
-            for r in results]
-    flagged = [r.seed for r in results if r.nonfinite_actions]
-    log(f"evaluation at step {step}: mean return per seed {[round(r.return_mean, 1) for r in results]}"
-        + (f"; non-finite actions (replaced by 0) from seeds {flagged}" if flagged else ""))
-    return rows
+    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
+                      checkpoint_dir, save, (*METRIC_KEYS, "critic_grad_norm"), param_norms, log=log,
+                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
