@@ -112,3 +112,41 @@ def test_first_nonfinite_step_per_seed():
     t.step()
     assert t.first_nonfinite_steps() == [None, None, 5]
     assert all(torch.isfinite(p[:2]).all() for p in t.q.parameters())
+
+
+def test_reward_transforms_and_oper_r_sampling():
+    from seemrl.engine import (episode_returns, return_priorities, sampling_cdf, transform_reward,
+                               weighted_indices)
+
+    r = np.array([0.0, 1.0, 0.0, 0.0], np.float32)
+    assert transform_reward(r, "x10").tolist() == [0, 10, 0, 0]
+    assert transform_reward(r, "minus1").tolist() == [-1, 0, -1, -1]
+    assert transform_reward(r, "diffql").tolist() == [-2, 2, -2, -2]
+    with pytest.raises(ValueError, match="reward transform"):
+        transform_reward(r, "x100")
+    returns = episode_returns(np.array([1.0, 2.0, 5.0, 1.0]), np.array([7, 7, 3, 9]))
+    assert returns.tolist() == [3.0, 3.0, 5.0, 1.0]
+    p = return_priorities(returns)
+    assert p.tolist() == pytest.approx([0.5 / 2, 0.5 / 2, 1.0 / 2, 0.0])
+    assert return_priorities(np.ones(3)).tolist() == pytest.approx([1 / 3] * 3)
+    cdf = sampling_cdf(p, "cpu")
+    u = torch.rand(100_000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(weighted_indices(cdf, u), minlength=4).double() / len(u)
+    assert counts.tolist() == pytest.approx(p.tolist(), abs=0.01)
+    assert counts[3] == 0  # the worst episode (base 0) is never drawn
+
+
+def test_per_seed_gradient_clipping_and_learning_rate_schedule():
+    from seemrl.engine import clip_grad_norm_per_seed, cosine_lr, set_lr
+
+    w = torch.zeros(2, 3, requires_grad=True)
+    w.grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])
+    norms = clip_grad_norm_per_seed([w], max_norm=1.0)
+    assert norms.tolist() == pytest.approx([5.0, 0.5])
+    assert w.grad[0].norm().item() == pytest.approx(1.0, rel=1e-5)  # clipped
+    assert w.grad[1].tolist() == pytest.approx([0.3, 0.4, 0.0])  # under the limit: untouched
+    assert cosine_lr(1.0, 0, 10) == 1.0 and cosine_lr(1.0, 5, 10) == pytest.approx(0.5)
+    assert cosine_lr(1.0, 10, 10) == pytest.approx(0.0)
+    opt = make_optimizer("adam", [w], 1e-3, torch.device("cpu"))
+    set_lr(opt, 5e-4)
+    assert opt.param_groups[0]["lr"] == 5e-4

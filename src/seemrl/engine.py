@@ -20,12 +20,13 @@ The engine supplies the rest:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -192,13 +193,87 @@ class Window:
         self.snapshot = None
 
 
+# ------------------------------------------------------------------ rewards and sampling weights
+REWARD_TRANSFORMS = {
+    "none": lambda r: r,
+    "x10": lambda r: r * 10.0,  # the SEEM authors' AntMaze setting (sparse 0/10)
+    "minus1": lambda r: r - 1.0,  # IQL / CQL on AntMaze
+    "diffql": lambda r: (r - 0.5) * 4.0,  # original Diffusion-QL on AntMaze
+}
+
+
+def transform_reward(reward: np.ndarray, name: str) -> np.ndarray:
+    """One of REWARD_TRANSFORMS applied to the rewards (before training; terminals unchanged)."""
+    if name not in REWARD_TRANSFORMS:
+        raise ValueError(f"unknown reward transform {name!r}; choose from {sorted(REWARD_TRANSFORMS)}")
+    return REWARD_TRANSFORMS[name](np.asarray(reward, np.float32)).astype(np.float32)
+
+
+def episode_returns(reward: np.ndarray, episode_id: np.ndarray) -> np.ndarray:
+    """Per transition, the summed reward of the rows of its episode present in the table (an X%
+    subset holds part of each episode: its returns are those of the rows it kept)."""
+    _, inverse = np.unique(np.asarray(episode_id), return_inverse=True)
+    totals = np.bincount(inverse, weights=np.asarray(reward, np.float64))
+    return totals[inverse]
+
+
+def return_priorities(returns: np.ndarray) -> np.ndarray:
+    """OPER-R sampling probabilities: proportional to min-max normalised episode return (base 0),
+    uniform when every return is the same. Sums to 1."""
+    r = np.asarray(returns, np.float64)
+    span = r.max() - r.min()
+    w = np.ones_like(r) if span <= 0 else (r - r.min()) / span
+    return w / w.sum()
+
+
+def sampling_cdf(probabilities: np.ndarray, device) -> torch.Tensor:
+    """Cumulative probabilities (float64, last entry 1) for `weighted_indices`."""
+    cdf = torch.as_tensor(np.cumsum(np.asarray(probabilities, np.float64)), device=device)
+    return cdf / cdf[-1]
+
+
+def weighted_indices(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices drawn with the probabilities behind `cdf` from uniform draws u in [0, 1) (e.g. a
+    "uniform" `Draw`): inverse-CDF sampling on the device, so it runs inside a CUDA graph."""
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype), right=True)
+    return idx.clamp_max(cdf.shape[0] - 1)
+
+
 # ------------------------------------------------------------------ optimisers
 def make_optimizer(kind: str, params, lr: float, device: torch.device, weight_decay: float = 0.0):
     """Adam or SGD; on CUDA Adam is the fused capturable kernel (graphed and eager runs then
-    compute bitwise the same, measured on an H200). Weight decay is the coupled L2 penalty."""
+    compute bitwise the same, measured on an H200) with its learning rate in a device tensor, so
+    a schedule (`set_lr`) reaches a captured graph. Weight decay is the coupled L2 penalty."""
     opt = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[kind]
-    kw = dict(capturable=True, fused=True) if device.type == "cuda" and kind == "adam" else {}
-    return opt(params, lr=lr, weight_decay=weight_decay, **kw)
+    if device.type == "cuda" and kind == "adam":
+        return opt(params, lr=torch.tensor(float(lr), device=device), weight_decay=weight_decay,
+                   capturable=True, fused=True)
+    return opt(params, lr=lr, weight_decay=weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every group (in place for a tensor learning rate)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from `base` at step 0 to 0 at `total` (PyTorch's CosineAnnealingLR, eta_min 0)."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def clip_grad_norm_per_seed(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale each seed's gradients (stacked params [S, ...]) so their joint L2 norm is at most
+    `max_norm`, seed by seed, on the device (no host sync). Returns the norms before clipping [S]."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.reshape(-1, *([1] * (g.dim() - 1))))
+    return norms
 
 
 # ------------------------------------------------------------------ the trainer
@@ -420,9 +495,13 @@ class StackedTrainer:
                 module.load_state_dict(state[kind][name])
         for name, o in self.optimizers.items():
             flags = self._opt_flags[name]
+            lr_tensors = [grp["lr"] for grp in o.param_groups]
             o.load_state_dict(state["optimizers"][name])
-            for grp in o.param_groups:  # a state saved by an eager (or graphed) run keeps this run's kind
-                grp.update(flags)
+            for grp, lr in zip(o.param_groups, lr_tensors):
+                grp.update(flags)  # a state saved by an eager (or graphed) run keeps this run's kind
+                if isinstance(lr, torch.Tensor):  # the device tensor stays, with the saved value
+                    lr.fill_(float(grp["lr"]))
+                    grp["lr"] = lr
             on_device = flags.get("capturable", False) or flags.get("fused", False)
             for p, st in o.state.items():
                 if isinstance(st.get("step"), torch.Tensor):
@@ -438,6 +517,45 @@ class StackedTrainer:
         if self.window is not None:
             self.window.discard()
         self._graphs = None  # the optimisers' states are new tensors: capture again
+
+
+# ------------------------------------------------------------------ checkpoints
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. `nets` has at least `q1` (a StackedMLP over [state, action]),
+    `normalize(obs)` and `policy(obs_normalised) -> actions in [-1, 1]`: what the SEEM analysis
+    and the evaluation use, whatever the algorithm."""
+
+    step: int
+    seeds: list[int]
+    config: Any
+    nets: Any
+    diverged_step: list[int | None]
+
+
+def write_checkpoint(path: Path, fmt: str, *, step: int, seeds: Sequence[int], config,
+                     diverged_step: Sequence[int | None], modules: dict[str, nn.Module], **extra) -> None:
+    """Atomically write a checkpoint: format tag, step, seeds, config (a dataclass), divergence
+    record, the state dicts of `modules` under their names, and `extra` values (tensors on CPU)."""
+    payload = {"format": fmt, "step": step, "seeds": list(seeds), "config": dataclasses.asdict(config),
+               "diverged_step": list(diverged_step),
+               **{name: {k: v.cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
+               **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in extra.items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path, fmt: str | None = None) -> dict:
+    """The payload of a checkpoint, checked to carry format `fmt` (any seemrl format if None);
+    an unreadable, truncated or foreign file raises ValueError naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: say which one
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if fmt is None and not (isinstance(found, str) and found.startswith("seemrl.")) or fmt is not None and found != fmt:
+        raise ValueError(f"{path} is not a {fmt or 'seemrl'} checkpoint (format {found!r})")
+    return payload
 
 
 # ------------------------------------------------------------------ results

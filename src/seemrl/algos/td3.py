@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from seemrl.devices import MATMUL_PRECISIONS
-from seemrl.engine import (EVALUATION_COLUMNS, Draw, LoopSettings, OfflineData, StackedTrainer,  # noqa: F401
-                           TrainResult, evaluations_frame, make_optimizer, train_loop)
-from seemrl.io import atomic_path
+from seemrl.engine import (EVALUATION_COLUMNS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
+                           StackedTrainer, TrainResult, evaluations_frame, make_optimizer, read_checkpoint,
+                           train_loop, write_checkpoint)
 from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
@@ -137,40 +137,14 @@ def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.nda
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: TD3Nets, cfg: TD3Config, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "seeds": list(seeds),
-        "config": dataclasses.asdict(cfg),
-        "obs_dim": nets.actor.dims[0],
-        "act_dim": nets.actor.dims[-1],
-        "obs_mean": nets.obs_mean.cpu(),
-        "obs_std": nets.obs_std.cpu(),
-        "actor": {k: v.cpu() for k, v in nets.actor.state_dict().items()},
-        "q1": {k: v.cpu() for k, v in nets.q1.state_dict().items()},
-        "q2": {k: v.cpu() for k, v in nets.q2.state_dict().items()},
-        "diverged_step": list(diverged_step),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-@dataclass
-class Checkpoint:
-    step: int
-    seeds: list[int]
-    config: TD3Config
-    nets: TD3Nets
-    diverged_step: list[int | None]
+    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
+                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2},
+                     obs_dim=nets.actor.dims[0], act_dim=nets.actor.dims[-1],
+                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file: say which one
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
     cfg = TD3Config(**payload["config"])
     nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
                       payload["obs_mean"], payload["obs_std"])
