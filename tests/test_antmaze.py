@@ -249,17 +249,18 @@ def test_makers_vectorise():
 
 
 # ------------------------------------------------------------------ Minari layout
-def test_minari_observation_is_observation_plus_desired_goal_in_gr_frame(tmp_path):
-    """Without the dataset on disk: the fallback eval spec; obs = observation (27) + desired_goal (2)
-    exactly as seemrl.data.minari_source flattens the data."""
+def test_minari_observation_is_position_observation_and_goal_in_gr_frame(tmp_path):
+    """Without the dataset on disk: the fallback eval spec; obs = achieved_goal (2, the torso's
+    x, y) + observation (27) + desired_goal (2), exactly as seemrl.data.minari_source flattens the data."""
     env = antmaze_env_fn("minari-antmaze-medium-diverse-v1", minari_root=tmp_path)()
     obs, info = env.reset(seed=3)
     u = env.unwrapped
     qpos, qvel = u.ant_env.data.qpos, u.ant_env.data.qvel
-    assert obs.shape == (29,) and obs.dtype == np.float32 and env.observation_space.shape == (29,)
-    np.testing.assert_allclose(obs[:13], qpos[2:15], rtol=1e-6, atol=1e-6)  # no torso x, y
-    np.testing.assert_allclose(obs[13:27], qvel[:14], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(obs[27:], u.goal, rtol=1e-6)  # GR frame, no offset
+    assert obs.shape == (31,) and obs.dtype == np.float32 and env.observation_space.shape == (31,)
+    np.testing.assert_allclose(obs[:2], qpos[:2], rtol=1e-6, atol=1e-6)  # the torso's x, y (GR frame)
+    np.testing.assert_allclose(obs[2:15], qpos[2:15], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(obs[15:29], qvel[:14], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(obs[29:], u.goal, rtol=1e-6)  # GR frame, no offset
     # the eval map puts the goal in cell (6, 6) of Gymnasium-Robotics' map
     assert tuple(u.maze.cell_xy_to_rowcol(u.goal)) == (6, 6)
     assert env.spec.max_episode_steps == 1000 and u.continuing_task is True
@@ -279,7 +280,7 @@ def test_minari_eval_env_comes_from_the_dataset_metadata(tmp_path, monkeypatch):
     # envs made here directly leave Gymnasium-Robotics' maze files in the temp dir: keep it ours
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    _ = antmaze_env_fn("antmaze-umaze-v2")  # registers the Gymnasium-Robotics envs
+    antmaze._register()  # the Gymnasium-Robotics envs
     custom = [[1, 1, 1, 1, 1], [1, "r", 0, "g", 1], [1, 1, 1, 1, 1]]
     spec = dataclasses.replace(gym.spec("AntMaze_UMaze-v5"), max_episode_steps=123, kwargs={
         "maze_map": custom, "reward_type": "sparse", "continuing_task": True,
@@ -302,7 +303,7 @@ def test_minari_eval_env_comes_from_the_dataset_metadata(tmp_path, monkeypatch):
     assert "eval_env_spec" in source and got.kwargs["maze_map"] == custom
     env = antmaze_env_fn("my-antmaze", entry=entry, minari_root=tmp_path)()
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (29,) and tuple(env.unwrapped.maze.cell_xy_to_rowcol(obs[27:])) == (1, 3)
+    assert obs.shape == (31,) and tuple(env.unwrapped.maze.cell_xy_to_rowcol(obs[29:])) == (1, 3)
     assert env.spec.max_episode_steps == 40  # the registry's cap
     env.close()
     res = evaluate_antmaze(lambda o: np.zeros(o.shape[:2] + (8,)), [0, 1], "my-antmaze", 1,

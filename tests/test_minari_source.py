@@ -140,8 +140,10 @@ def test_dict_observations_concatenate_observation_and_goal():
         "desired_goal": np.full((4, 2), 3.0),
     }
     flat = flatten_observations(obs)
-    assert flat.shape == (4, 29) and flat.dtype == np.float32
-    np.testing.assert_array_equal(flat[:, 27:], 3.0)
+    assert flat.shape == (4, 31) and flat.dtype == np.float32
+    np.testing.assert_array_equal(flat[:, :2], 2.0)  # the ant's position first
+    np.testing.assert_array_equal(flat[:, 2:29], 1.0)
+    np.testing.assert_array_equal(flat[:, 29:], 3.0)
     np.testing.assert_array_equal(flatten_observations(np.zeros((4, 11))), np.zeros((4, 11)))
 
 
@@ -206,10 +208,10 @@ def test_dict_observation_dataset_flattens_with_true_next_obs(tmp_path):
                                            action_space=act_space, algorithm_name="x", author="x",
                                            author_email="x", code_permalink="x")
     t = minari_to_transitions("seemrl-test/antmaze/tiny-v0", tmp_path / "m")
-    assert len(t) == sum(lengths) and t.obs_dim == 29 and t.act_dim == 8
+    assert len(t) == sum(lengths) and t.obs_dim == 31 and t.act_dim == 8
     last = lengths[0] - 1  # the truncated last step of episode 0 keeps its true T+1 observation
-    expected_next = np.concatenate([buffers[0].observations["observation"][last + 1],
-                                    buffers[0].observations["desired_goal"][last + 1]])
+    expected_next = np.concatenate([buffers[0].observations[k][last + 1]
+                                    for k in ("achieved_goal", "observation", "desired_goal")])
     np.testing.assert_allclose(t.next_obs[last], expected_next, rtol=1e-6)
     assert t.timeout[last] and not t.terminal.any()
-    np.testing.assert_allclose(t.obs[last + 1, 27:], buffers[1].observations["desired_goal"][0], rtol=1e-6)
+    np.testing.assert_allclose(t.obs[last + 1, 29:], buffers[1].observations["desired_goal"][0], rtol=1e-6)

@@ -45,7 +45,8 @@ mapping against the compiled MuJoCo model (wall geoms, free cells, goal and star
 
 **Minari `D4RL/antmaze/*-v1`** (`obs_layout: minari_obs_goal`): regenerated on Gymnasium-Robotics
 itself, so its own frame; the observation is `flatten_observations` of the dict
-(observation 27 + desired_goal 2), exactly as `seemrl.data.minari_source` flattens the data. The
+(achieved_goal 2 = the torso's x, y + observation 27 + desired_goal 2), exactly as
+`seemrl.data.minari_source` flattens the data. The
 env is the dataset's evaluation env spec (`eval_env_spec` in its metadata) when the dataset is on
 disk; otherwise `MINARI_EVAL_FALLBACK`, the spec Minari's generation script sets
 (Farama-Foundation/minari-dataset-generation-scripts, scripts/D4RL/antmaze) - an assumption,
@@ -385,12 +386,13 @@ class D4RLAntMaze(gym.Wrapper):
 
 
 class MinariAntMaze(gym.ObservationWrapper):
-    """Flattens the dict observation as the Minari data is flattened (observation + desired_goal)."""
+    """Flattens the dict observation as the Minari data is flattened
+    (achieved_goal + observation + desired_goal)."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
         space = env.observation_space
-        dim = space["observation"].shape[0] + space["desired_goal"].shape[0]
+        dim = sum(space[k].shape[0] for k in ("achieved_goal", "observation", "desired_goal") if k in space.spaces)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
 
     def observation(self, observation):

@@ -98,49 +98,75 @@ def cmd_subset(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ training
-def cmd_train(a: argparse.Namespace) -> None:
+def _evaluator(t, cfg, seeds: list[int], data_path: str):
+    """The evaluate(nets) function of a run (None without evaluation) and a description of it.
+    AntMaze datasets are evaluated in the maze, start and goal of their data
+    (`seemrl.antmaze`); everything else in the registry's evaluation environment."""
     import functools
 
+    if not cfg.eval_every:
+        return None, None
+    name = t.meta.get("registry_name") or t.meta.get("name", "")
+    ref = {"ref_min_score": t.meta.get("ref_min_score"), "ref_max_score": t.meta.get("ref_max_score")}
+    if "antmaze" in name:
+        import numpy as np
+        import torch
+
+        from seemrl.antmaze import evaluate_antmaze
+
+        def evaluate(nets):
+            def policy_fn(obs: np.ndarray) -> np.ndarray:
+                x = torch.as_tensor(obs, dtype=torch.float32, device=nets.obs_mean.device)
+                return nets.policy(nets.normalize(x)).cpu().numpy()
+            return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed)
+        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.antmaze)", **ref}
+    from seemrl.evaluation import evaluate_policies
+
+    env_id = t.meta.get("eval_env_id") or t.meta.get("env_id")
+    if not env_id:
+        raise SystemExit(f"eval_every={cfg.eval_every} but {data_path} names no eval_env_id or env_id")
+    evaluate = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
+                                 eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
+    return evaluate, {"env_id": env_id, **ref}
+
+
+def cmd_train(a: argparse.Namespace) -> None:
     import torch
 
-    from seemrl.algos import td3
+    from seemrl.algos import td3, trainer_module
     from seemrl.data.transitions import read_transitions
     from seemrl.io import atomic_path, sha256_file, write_json_atomic
 
     _setup(a.threads)
+    algo = trainer_module(a.trainer)
     try:
         params = json.loads(a.params)
-        cfg = td3.TD3Config(**params)
+        cfg = algo.Config(**params)
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise SystemExit(f"bad training parameters {a.params!r}: {exc}")
+        raise SystemExit(f"bad {a.trainer} training parameters {a.params!r}: {exc}")
     seeds = [int(s) for s in a.seeds.split(",")]
     device = resolve_device(a.device)
     t = read_transitions(a.data)
-    evaluate, eval_env_id = None, t.meta.get("eval_env_id") or t.meta.get("env_id")
-    if cfg.eval_every:
-        from seemrl.evaluation import evaluate_policies
-
-        if not eval_env_id:
-            raise SystemExit(f"eval_every={cfg.eval_every} but {a.data} names no eval_env_id or env_id")
-        evaluate = functools.partial(
-            evaluate_policies, seeds=seeds, env_id=eval_env_id, n_episodes=cfg.eval_episodes,
-            eval_seed=cfg.eval_seed, ref_min=t.meta.get("ref_min_score"), ref_max=t.meta.get("ref_max_score"))
+    evaluate, eval_info = _evaluator(t, cfg, seeds, a.data)
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
-    data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
-    nets = td3.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
+    extras = {}
+    if hasattr(algo, "prepare_data"):  # reward transforms, sampling weights: the algorithm's own
+        data, extras = algo.prepare_data(t, cfg, device)
+    else:
+        data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
+    nets = algo.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
     # the data file's hash, not its path, decides whether a saved state belongs to this run
     resume = None
     if a.resume_dir:
-        resume = ResumeDir(a.resume_dir, td3.run_identity(cfg, seeds, sha256_file(a.data)))
-    log.info("training %d seeds on %d transitions from %s, device %s, config %s",
+        resume = ResumeDir(a.resume_dir, algo.run_identity(cfg, seeds, sha256_file(a.data)))
+    log.info("training %s, %d seeds on %d transitions from %s, device %s, config %s", a.trainer,
              len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
+    kw = dict(device=device, log=log.info, evaluate=evaluate, **extras)
     if resume is None:  # checkpoints go straight into a temporary twin of the output directory
         with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-            result = td3.train(cfg, seeds, data, nets, Path(ckpt_dir), device=device, log=log.info,
-                               evaluate=evaluate)
+            result = algo.train(cfg, seeds, data, nets, Path(ckpt_dir), **kw)
     else:  # into the resume directory, copied into the output directory (atomically) at the end
-        result = td3.train(cfg, seeds, data, nets, Path(a.checkpoints), device=device, log=log.info,
-                           evaluate=evaluate, resume=resume)
+        result = algo.train(cfg, seeds, data, nets, Path(a.checkpoints), resume=resume, **kw)
     with atomic_path(a.metrics) as tmp:
         result.metrics.to_parquet(tmp, index=False)
     if a.evaluations:
@@ -150,12 +176,11 @@ def cmd_train(a: argparse.Namespace) -> None:
     if cfg.eval_every:
         from seemrl.evaluation import summarize
 
-        evaluation = {"env_id": eval_env_id, "every": cfg.eval_every, "episodes": cfg.eval_episodes,
-                      "ref_min_score": t.meta.get("ref_min_score"), "ref_max_score": t.meta.get("ref_max_score"),
+        evaluation = {**eval_info, "every": cfg.eval_every, "episodes": cfg.eval_episodes,
                       "per_seed": summarize(result.evaluations)}
     rate = result.steps_per_second
     write_json_atomic(a.run, {
-        "algorithm": "td3",
+        "algorithm": a.trainer,
         "labels": dict(kv.split("=", 1) for kv in a.label),
         "config": params,
         "seeds": seeds,
@@ -289,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train", cmd_train, "train all seeds of one cell offline")
     sp.add_argument("--data", required=True)
-    sp.add_argument("--params", required=True, help="JSON of TD3Config fields")
+    sp.add_argument("--trainer", default="td3", help="algorithm module (seemrl.algos.TRAINERS)")
+    sp.add_argument("--params", required=True, help="JSON of the algorithm's Config fields")
     sp.add_argument("--seeds", required=True, help="comma-separated seeds")
     sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
     sp.add_argument("--device", default="auto")

@@ -15,6 +15,7 @@ rule train:
         evaluations=RUN + "/evaluations.parquet",
         run=RUN + "/run.json",
     params:
+        trainer=lambda wc: config["algorithms"][wc.algo]["trainer"],
         algo=train_params,
         seeds=",".join(str(s) for s in SEEDS),
         device=config["resources"].get("device", "auto"),
@@ -27,7 +28,8 @@ rule train:
     log:
         RUN + "/train.log",
     shell:
-        "python -m seemrl train --data {input} --params '{params.algo}' --seeds {params.seeds}"
+        "python -m seemrl train --trainer {params.trainer} --data {input} --params '{params.algo}'"
+        " --seeds {params.seeds}"
         " --label dataset={wildcards.dataset} --label percent={wildcards.percent}"
         " --label algo={wildcards.algo} --label critic_norm={wildcards.norm}"
         " --device {params.device} --threads {threads} --resume-dir {params.resume_dir}"

@@ -89,6 +89,9 @@ class TD3Config:
 
 
 
+Config = TD3Config  # the name every algorithm module offers (seemrl.algos)
+
+
 @dataclass
 class TD3Nets:
     """Actor and twin critics of S seeds; the policy is tanh(actor(normalised state))."""

@@ -198,13 +198,16 @@ def _copy_namespace_metadata(staging: Path, root: Path, dataset_id: str) -> None
 def flatten_observations(observations: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
     """[T+1, obs_dim] float32 from an episode's observations.
 
-    Dict observations (goal-conditioned AntMaze) become concat(observation, desired_goal), the
-    D4RL-style input of an offline agent; achieved_goal is dropped (it is part of the body state).
+    Dict observations (goal-conditioned AntMaze) become concat(achieved_goal, observation,
+    desired_goal): Gymnasium-Robotics' `observation` leaves out the torso's x, y (the ant's
+    position is `achieved_goal`), so without it a policy would not know where it is. The first
+    29 entries then follow D4RL's layout (qpos with x, y first, then qvel), in the env's frame.
     """
     if isinstance(observations, dict):
-        observations = np.concatenate(
-            [observations["observation"], observations["desired_goal"]], axis=-1
-        )
+        parts = [observations["observation"], observations["desired_goal"]]
+        if "achieved_goal" in observations:
+            parts.insert(0, observations["achieved_goal"])
+        observations = np.concatenate(parts, axis=-1)
     return np.asarray(observations, dtype=np.float32)
 
 
