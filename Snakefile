@@ -16,8 +16,10 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/online.smk"
 
 
 rule all:
     input:
         report_outputs(),
+        ["results/report/online_sac.png"] if config.get("online", {}).get("envs") else [],

@@ -119,3 +119,29 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     counts = job_counts(snakemake(tmp_path, resized, "-n").stdout)
     assert "recipe_train" not in counts
     assert counts["recipe_dataset"] == 1 and counts["train"] == 4
+
+
+@pytest.mark.slow
+def test_online_sac_runs_and_plots_through_the_workflow(tmp_path):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["online"] = {
+        "envs": ["Hopper-v5"], "seeds": [0, 1],
+        "settings": {"steps": 200, "learning_starts": 100, "batch_size": 32, "hidden": [16, 16],
+                     "checkpoint_every": 100, "log_every": 50, "eval_every": 200, "eval_episodes": 1},
+        "variants": {"sac_ema": {"tau": 0.005}, "sac_no_ema_ln": {"tau": 1.0, "critic": {"norm": "layernorm"}}},
+    }
+    dry = job_counts(snakemake(tmp_path, config, "-n", "results/report/online_sac.png").stdout)
+    assert dry == {"train_online": 2, "report_online": 1}
+    snakemake(tmp_path, config, "results/report/online_sac.png")
+    run = tmp_path / "results/online/Hopper-v5/sac_no_ema_ln"
+    metrics = pd.read_parquet(run / "metrics.parquet")
+    assert sorted(metrics.seed.unique()) == [0, 1] and metrics.step.max() == 200
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.pt")) == [
+        f"step_{s:08d}.pt" for s in (0, 100, 200)]
+    evaluations = pd.read_parquet(run / "evaluations.parquet")
+    assert evaluations.normalized_score.notna().all()  # Hopper's D4RL reference scores
+    assert (tmp_path / "results/report/online_sac.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only the changed variant reruns
+    config["online"]["variants"]["sac_ema"]["tau"] = 0.01
+    assert job_counts(snakemake(tmp_path, config, "-n", "results/report/online_sac.png").stdout) == {
+        "train_online": 1, "report_online": 1}

@@ -204,6 +204,71 @@ def cmd_train(a: argparse.Namespace) -> None:
              "-" if rate is None else f"{rate:.0f}", result.diverged_step)
 
 
+def cmd_train_online(a: argparse.Namespace) -> None:
+    import torch
+
+    from seemrl.algos import online_sac
+    from seemrl.data.d4rl import D4RL_REF_SCORES
+    from seemrl.io import atomic_path, write_json_atomic
+
+    _setup(a.threads)
+    try:
+        params = json.loads(a.params)
+        cfg = online_sac.OnlineSACConfig(**params)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise SystemExit(f"bad online SAC parameters {a.params!r}: {exc}")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    device = resolve_device(a.device)
+    ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
+    resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
+    kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max)
+    log.info("online SAC on %s, seeds %s, device %s, config %s", a.env_id, seeds, device,
+             json.dumps(params, sort_keys=True))
+    if resume is None:
+        with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
+            result = online_sac.train(cfg, seeds, a.env_id, Path(ckpt_dir), **kw)
+    else:
+        result = online_sac.train(cfg, seeds, a.env_id, Path(a.checkpoints), resume=resume, **kw)
+    for frame, path in ((result.metrics, a.metrics), (result.evaluations, a.evaluations),
+                        (result.episodes, a.episodes)):
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+    rate = result.steps_per_second
+    write_json_atomic(a.run, {
+        "algorithm": "online_sac",
+        "labels": dict(kv.split("=", 1) for kv in a.label),
+        "env_id": a.env_id,
+        "config": params,
+        "seeds": seeds,
+        "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
+        "nonfinite_actions": dict(zip(map(str, seeds), map(int, result.nonfinite_actions))),
+        "ref_min_score": ref_min, "ref_max_score": ref_max,
+        "resumed_from_step": result.resumed_from_step,
+        "steps_per_second": rate,
+        "update_mode": result.update_mode,
+        "wall_seconds": result.wall_seconds,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    if resume is not None:
+        resume.clear()
+    log.info("done: diverged_step per seed %s", result.diverged_step)
+
+
+def cmd_report_online(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl import report
+
+    _setup()
+    frames = []
+    for metrics_path, run_path in zip(a.metrics, a.runs, strict=True):
+        labels = json.loads(Path(run_path).read_text())["labels"]
+        frames.append(pd.read_parquet(metrics_path).assign(**labels))
+    report.plot_online(pd.concat(frames, ignore_index=True), a.out)
+
+
 # ------------------------------------------------------------------ analysis and report
 def cmd_seem(a: argparse.Namespace) -> None:
     from seemrl.analysis.seem import analyse_run, divergence_verdict
@@ -326,6 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--evaluations", help="Parquet of policy evaluations (empty when eval_every is 0)")
     sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
                     "continued if it matches this run, deleted when the run completes")
+
+    sp = add("train-online", cmd_train_online, "online SAC, all seeds in one process (paper Fig. 11)")
+    sp.add_argument("--env-id", required=True)
+    sp.add_argument("--params", required=True, help="JSON of OnlineSACConfig fields")
+    sp.add_argument("--seeds", required=True, help="comma-separated seeds")
+    sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--resume-dir")
+    for out in ("checkpoints", "metrics", "evaluations", "episodes", "run"):
+        sp.add_argument(f"--{out}", required=True)
+
+    sp = add("report-online", cmd_report_online, "figure of online SAC runs (Q and return over steps)")
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--runs", nargs="+", required=True)
+    sp.add_argument("--out", required=True)
 
     sp = add("seem", cmd_seem, "SEEM and companions over a run's checkpoints")
     sp.add_argument("--checkpoints", required=True)

@@ -130,28 +130,44 @@ def plot_seem_and_q(df: pd.DataFrame, path: str | os.PathLike, hue: str = "criti
     Colour is `hue` (LayerNorm on / off); one row of panels per value of the identifying columns
     (dataset, percent, algo) that vary in `df`. Non-finite values are left out of the lines.
     """
+    plot_panels(df, path, PANELS, hue, ("dataset", "percent", "algo"))
+
+
+ONLINE_PANELS = (("q_mean", "mean Q on the batch", "symlog"), ("last_episode_return", "episode return", "linear"),
+                 ("critic_param_norm", "critic parameter norm", "symlog"))
+
+
+def plot_online(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Online SAC (paper Fig. 11): mean Q, episode return and critic norm over environment steps,
+    one line per seed, coloured by variant (EMA / no EMA / no EMA + LayerNorm), a row per env."""
+    plot_panels(df, path, ONLINE_PANELS, "variant", ("env",))
+
+
+def plot_panels(df: pd.DataFrame, path: str | os.PathLike, panels, hue: str, row_candidates) -> None:
+    """One panel per (column, label, scale) of `panels` over `step`, a line per seed coloured by
+    `hue`, one row per value of the `row_candidates` columns that vary; written atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     data = df.copy()
-    for col, _, _ in PANELS:
+    for col, _, _ in panels:
         data[col] = data[col].astype(float).replace([np.inf, -np.inf], np.nan)
     if hue not in data.columns:
         data[hue] = "all"
     data[hue] = data[hue].astype(str)
-    row_keys = [c for c in ("dataset", "percent", "algo") if c in data.columns and data[c].nunique() > 1]
+    row_keys = [c for c in row_candidates if c in data.columns and data[c].nunique() > 1]
     data["_row"] = data[row_keys].apply(lambda r: ", ".join(f"{k}={r[k]}" for k in row_keys), axis=1) \
         if row_keys else ""
     row_values = sorted(data["_row"].unique())
     hue_order = sorted(data[hue].unique())
-    fig, axes = plt.subplots(len(row_values), len(PANELS), figsize=(4.2 * len(PANELS), 3.2 * len(row_values)),
+    fig, axes = plt.subplots(len(row_values), len(panels), figsize=(4.2 * len(panels), 3.2 * len(row_values)),
                              squeeze=False)
     try:
         for r, row_value in enumerate(row_values):
             sub = data[data["_row"] == row_value]
-            for c, (col, label, scale) in enumerate(PANELS):
+            for c, (col, label, scale) in enumerate(panels):
                 ax = axes[r, c]
                 plotted = sub.dropna(subset=[col])
                 if len(plotted):

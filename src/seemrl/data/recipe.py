@@ -42,17 +42,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from seemrl.data.d4rl import D4RL_REF_SCORES
 from seemrl.devices import resolve_device
 from seemrl.io import atomic_path, sha256_file, write_json_atomic
 
 RECIPE_FORMAT = "seemrl.recipe.v1"
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
-# D4RL's normalisation constants (random and expert returns of the v2 datasets), per env name
-D4RL_REF_SCORES = {
-    "hopper": (-20.272305, 3234.3),
-    "walker2d": (1.629008, 4592.3),
-    "halfcheetah": (-280.178953, 12135.0),
-}
 EXPERT_FILE, MEDIUM_FILE, REPLAY_FILE, REPORT_FILE = (
     "expert.pt", "medium.pt", "medium_replay.npz", "recipe.json"
 )
