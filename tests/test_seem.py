@@ -3,6 +3,7 @@ numpy, the homogeneity law of no-LN ReLU nets, and `analyse_run` over real TD3 c
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -251,3 +252,264 @@ def test_jacobian_of_a_batchnorm_critic_uses_each_seeds_running_stats():
         net(x[i].expand(2, 1, 4))[1].sum().backward()
         row = torch.cat([p.grad[1].flatten() for p in used]) / n_params ** 0.5
         torch.testing.assert_close(jac[i], row)
+
+
+# ------------------------------------------------------------------ bounded Jacobian memory
+@pytest.mark.parametrize("rows", [4, 7, 23, 65])
+def test_seem_matrices_with_bounded_jacobian_memory_equal_unbounded(rows):
+    from seemrl.analysis.seem import seem_from_matrix, seem_matrices
+    net = stacked(layer_norm=(0,))
+    g = torch.Generator().manual_seed(8)
+    x, xs = torch.randn(30, 5, generator=g), torch.randn(30, 5, generator=g)
+    n_params = sum(p[0].numel() for p in net.parameters())
+    full_stats, stats = {}, {}
+    a_ref, g_ref, d_ref = seem_matrices(net, 1, x, xs, 0.99, chunk_size=8, stats=full_stats, method="jacobian")
+    budget = rows * n_params * 4
+    a, gram, d = seem_matrices(net, 1, x, xs, 0.99, chunk_size=8, max_jacobian_bytes=budget, stats=stats,
+                               method="jacobian")
+    # the unbounded path holds Phi(X), Phi(X*) and one chunk; the bounded one never more than asked
+    assert full_stats["peak_jacobian_bytes"] == (2 * 30 + 8) * n_params * 4
+    assert stats["peak_jacobian_bytes"] <= budget
+    assert stats["panel_rows"] < 30 and stats["jacobian_rows_computed"] > 60  # rows were recomputed
+    torch.testing.assert_close(a, a_ref, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(gram, g_ref, rtol=1e-5, atol=1e-8)
+    assert d == pytest.approx(d_ref, rel=1e-6)
+    # the same as the Jacobians of the per-sample loop
+    phi_x, phi_xs = loop_jacobian(net, 1, x), loop_jacobian(net, 1, xs)
+    torch.testing.assert_close(gram, phi_x @ phi_x.T, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(a, (0.99 * phi_xs @ phi_x.T - phi_x @ phi_x.T).double(), rtol=1e-4, atol=1e-7)
+    # eigenvalues of a non-symmetric matrix move with rounding: compare relative to ||A||_F
+    out, ref = seem_from_matrix(a), seem_from_matrix(a_ref)
+    assert abs(out["seem"] - ref["seem"]) < 1e-6 * ref["a_fro_norm"]
+
+
+def test_seem_matrices_unbounded_path_is_bitwise_the_old_computation_and_budget_checks():
+    from seemrl.analysis.seem import seem_matrices
+    net = stacked()
+    g = torch.Generator().manual_seed(9)
+    x, xs = torch.randn(20, 5, generator=g), torch.randn(20, 5, generator=g)
+    phi_x, phi_xs = q1_jacobian(net, 0, x), q1_jacobian(net, 0, xs)
+    a, gram, _ = seem_matrices(net, 0, x, xs, 0.9, max_jacobian_bytes=10**12, method="jacobian")
+    assert torch.equal(a, seem_matrix(phi_x, phi_xs, 0.9))
+    assert torch.equal(gram, phi_x @ phi_x.T)
+    n_params = phi_x.shape[1]
+    with pytest.raises(ValueError, match="at least 4"):
+        seem_matrices(net, 0, x, xs, 0.9, max_jacobian_bytes=3 * n_params * 4, method="jacobian")
+    with pytest.raises(ValueError, match="method"):
+        seem_matrices(net, 0, x, xs, 0.9, method="fast")
+    # `seem` takes the bound too and gives the same SEEM
+    bounded, ref = seem(net, 0, x, xs, 0.9, max_jacobian_bytes=5 * n_params * 4), seem(net, 0, x, xs, 0.9)
+    assert abs(bounded["seem"] - ref["seem"]) < 1e-6 * ref["a_fro_norm"]
+
+
+# ------------------------------------------------------------------ structured NTK (no Jacobians)
+@pytest.mark.parametrize("spec", [
+    {}, {"norm": "layernorm"}, {"norm": "layernorm", "norm_layers": [1], "affine": False},
+    {"norm": "batchnorm"}, {"weight_norm_output": True}, {"ofn": True}, {"dropout": 0.3},
+    {"norm": "layernorm", "weight_norm_output": True, "ofn": True},
+])
+@pytest.mark.parametrize("activation", ["relu", "mish"])
+def test_structured_grams_equal_the_jacobian_grams(spec, activation):
+    """The outer-product Gram of every linear weight plus the Jacobian Gram of the rest equals
+    Phi Phi^T of the full per-sample Jacobians, for every critic variant of the paper."""
+    from seemrl.analysis.seem import seem_from_matrix, seem_matrices
+    from seemrl.nets import critic_from_config
+    net = critic_from_config(seed_generators([0, 1], 3), 6, 1, (12, 10), spec, activation=activation)
+    if spec.get("norm") == "batchnorm":
+        net.train()
+        with torch.no_grad():
+            net(torch.randn(2, 32, 6) * 2 + 1)  # running statistics away from (0, 1)
+    net.train()  # must not matter: both methods use eval mode
+    g = torch.Generator().manual_seed(4)
+    x, xs = torch.randn(24, 6, generator=g), torch.randn(24, 6, generator=g) * 3
+    stats, ref_stats = {}, {}
+    a, gram, diag = seem_matrices(net, 1, x, xs, 0.99, chunk_size=5, stats=stats, method="structured")
+    a_ref, g_ref, d_ref = seem_matrices(net, 1, x, xs, 0.99, chunk_size=5, stats=ref_stats, method="jacobian")
+    assert stats["method"] == "structured" and ref_stats["method"] == "jacobian"
+    hidden = {"weights.0", "weights.1"}
+    assert hidden <= set(stats["structured"])
+    assert ("weights.2" in stats["structured"]) == (not spec.get("weight_norm_output"))
+    assert stats["peak_jacobian_bytes"] < ref_stats["peak_jacobian_bytes"]
+    torch.testing.assert_close(gram, g_ref.double(), rtol=1e-5, atol=1e-6 * g_ref.abs().max().item())
+    torch.testing.assert_close(a, a_ref, rtol=1e-4, atol=1e-5 * a_ref.abs().max().item())
+    assert diag == pytest.approx(d_ref, rel=1e-5)
+    out, ref = seem_from_matrix(a), seem_from_matrix(a_ref)
+    assert abs(out["seem"] - ref["seem"]) < 1e-5 * ref["a_fro_norm"]
+    assert net.training  # mode restored
+
+
+class _TwiceUsed(torch.nn.Module):
+    """A stacked net q = ((x W0) W0) w1 + b: W0 is used twice, so only w1 is of the form z = x W."""
+
+    n_seeds, unused_biases = 1, ()
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(1, 4, 4, generator=g) / 2),
+                                               torch.nn.Parameter(torch.randn(1, 4, 1, generator=g))])
+        self.biases = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(1, 1, 1))])
+
+    def forward(self, x):
+        h = torch.tanh(torch.bmm(torch.bmm(x, self.weights[0]), self.weights[0]))
+        return torch.baddbmm(self.biases[0], h, self.weights[1])
+
+
+def test_structured_grams_treat_irregular_weights_by_jacobian_and_fall_back():
+    from seemrl.analysis.seem import seem_matrices
+    net = _TwiceUsed()
+    g = torch.Generator().manual_seed(1)
+    x, xs = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    stats = {}
+    a, gram, _ = seem_matrices(net, 0, x, xs, 0.9, method="structured", stats=stats)
+    assert stats["structured"] == ["weights.1"]  # weights.0 goes through its per-sample Jacobian
+    a_ref, g_ref, _ = seem_matrices(net, 0, x, xs, 0.9, method="jacobian")
+    torch.testing.assert_close(gram, g_ref.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(a, a_ref, rtol=1e-4, atol=1e-6)
+    # a weight also used inside a list argument (torch.cat) has another gradient term: not structured
+    net.forward = lambda x: torch.baddbmm(net.biases[0], torch.tanh(torch.bmm(x, net.weights[0])), net.weights[1]) \
+        + 0.1 * torch.cat([net.weights[0].reshape(1, 1, -1)], -1).sum(-1, keepdim=True)
+    stats = {}
+    a, gram, _ = seem_matrices(net, 0, x, xs, 0.9, method="structured", stats=stats)
+    assert stats["structured"] == ["weights.1"]
+    torch.testing.assert_close(gram, seem_matrices(net, 0, x, xs, 0.9, method="jacobian")[1].double(),
+                               rtol=1e-5, atol=1e-7)
+    del net.forward
+    # a bound too small for the structured rows: "auto" uses the (chunked) Jacobian method
+    stats = {}
+    seem_matrices(net, 0, x, xs, 0.9, max_jacobian_bytes=6 * 25 * 4, stats=stats)
+    assert stats["method"] == "jacobian"
+    # no weight of the form z = x W at all: "structured" warns and falls back
+    net.weights[1].data = net.weights[1].data.expand(1, 4, 1).clone()
+    net.forward = lambda x: torch.baddbmm(net.biases[0], torch.bmm(torch.bmm(x, net.weights[0]), net.weights[0]),
+                                          net.weights[1] * 1.0)
+    with pytest.warns(UserWarning, match="Jacobian method"):
+        stats = {}
+        seem_matrices(net, 0, x, xs, 0.9, method="structured", stats=stats)
+    assert stats["method"] == "jacobian"
+
+
+# ------------------------------------------------------------------ TD gradient norm, cosines
+def test_analyse_run_td_gradient_norm_matches_a_single_seed_backward(run_dir):
+    from seemrl.algos.td3 import load_checkpoint
+    from seemrl.analysis.seem import sample_batch
+    data = {**transitions(), "reward": np.linspace(-1, 1, 200).astype(np.float32),
+            "terminal": (np.arange(200) % 7 == 0)}
+    df = analyse_run(run_dir, data, n_samples=32, sample_seed=5)
+    for col in ("td_loss", "critic_grad_norm", "q1_grad_norm"):
+        assert col in df.columns
+    ckpt = load_checkpoint(run_dir / checkpoint_name(100))
+    b = {k: torch.as_tensor(np.asarray(v, np.float32))
+         for k, v in sample_batch(data, 32, 5, keys=("obs", "action", "next_obs", "reward", "terminal")).items()}
+    nets = ckpt.nets
+    s, s2 = nets.normalize(b["obs"]), nets.normalize(b["next_obs"])
+    for i, seed in enumerate((10, 11)):
+        expand = lambda t: t.expand(2, -1, -1)
+        with torch.no_grad():
+            x2 = torch.cat([s2, nets.policy(expand(s2))[i]], -1)
+            y = b["reward"] + 0.99 * (1 - b["terminal"]) * torch.minimum(nets.q1(expand(x2))[i], nets.q2(expand(x2))[i]).squeeze(-1)
+        x = torch.cat([s, b["action"]], -1)
+        params = [*nets.q1.parameters(), *nets.q2.parameters()]
+        for p in params:
+            p.grad = None
+        loss = ((nets.q1(expand(x))[i].squeeze(-1) - y) ** 2).mean() + ((nets.q2(expand(x))[i].squeeze(-1) - y) ** 2).mean()
+        loss.backward()
+        norm = torch.sqrt(sum(p.grad[i].pow(2).sum() for p in params)).item()
+        q1_norm = torch.sqrt(sum(p.grad[i].pow(2).sum() for p in nets.q1.parameters())).item()
+        row = df[(df.step == 100) & (df.seed == seed)].iloc[0]
+        assert row["td_loss"] == pytest.approx(loss.item(), rel=1e-5)
+        assert row["critic_grad_norm"] == pytest.approx(norm, rel=1e-5)
+        assert row["q1_grad_norm"] == pytest.approx(q1_norm, rel=1e-5)
+    # the NaN seed's gradient is NaN, the other seed's stays finite at the same checkpoint
+    last = df[df.step == 200].set_index("seed")
+    assert math.isnan(last.loc[11, "critic_grad_norm"]) and math.isfinite(last.loc[10, "critic_grad_norm"])
+    # without rewards: NaN columns, no error
+    assert df.td_loss.notna().any()
+    assert analyse_run(run_dir, transitions(), n_samples=8, sample_seed=5)["td_loss"].isna().all()
+
+
+def test_analyse_run_cosines_to_final_and_last_finite(run_dir):
+    from seemrl.algos.td3 import load_checkpoint
+    from seemrl.analysis.seem import sample_batch
+    data = transitions()
+    df = analyse_run(run_dir, data, n_samples=32, sample_seed=5).set_index(["step", "seed"])
+    for kind in ("params", "ntk", "actions"):
+        assert df.loc[(200, 10), f"cos_to_final_{kind}"] == pytest.approx(1.0)
+        assert df.loc[(0, 10), f"cos_to_final_{kind}"] < 1.0 - 1e-9
+        assert df.loc[(0, 10), f"cos_to_final_{kind}"] == pytest.approx(df.loc[(0, 10), f"cos_to_last_finite_{kind}"])
+        # seed 11 went NaN at 200: no cosine to its final checkpoint, but to its last finite one (100)
+        assert df.loc[(0, 11), f"cos_to_final_{kind}"] != df.loc[(0, 11), f"cos_to_final_{kind}"] or kind == "actions"
+        assert df.loc[(100, 11), f"cos_to_last_finite_{kind}"] == pytest.approx(1.0)
+        assert math.isnan(df.loc[(200, 11), f"cos_to_last_finite_{kind}"]) or kind == "actions"
+    assert df.loc[(0, 11), "last_finite_step"] == 100 and df.loc[(0, 10), "last_finite_step"] == 200
+    assert math.isnan(df.loc[(200, 11), "last_finite_step"])
+    # the NTK cosine by hand: G(X, X) of Q1 at steps 0 and 200, seed 10
+    b = {k: torch.as_tensor(v) for k, v in sample_batch(data, 32, 5).items()}
+    grams = []
+    for step in (0, 200):
+        nets = load_checkpoint(run_dir / checkpoint_name(step)).nets
+        phi = q1_jacobian(nets.q1, 0, torch.cat([nets.normalize(b["obs"]), b["action"]], -1)).double()
+        grams.append((phi @ phi.T).flatten())
+    expected = (grams[0] @ grams[1] / (grams[0].norm() * grams[1].norm())).item()
+    assert df.loc[(0, 10), "cos_to_final_ntk"] == pytest.approx(expected, rel=1e-5)
+
+
+# ------------------------------------------------------------------ diverged checkpoints never crash
+def test_analyse_run_records_every_kind_of_divergence_without_raising(tmp_path):
+    """Seed 0 healthy; seed 1 inf in Q2 only; seed 2 huge finite Q1 weights (Q overflows to inf);
+    seed 3 a NaN actor (X* non-finite); seed 4 weights so large that Q is finite but the fp32
+    Jacobian products overflow (the structured method's fp64 Grams do not). A final checkpoint
+    where every seed is NaN."""
+    cfg = TD3Config(hidden=(8, 8), gamma=0.99)
+    data = {**transitions(), "reward": np.ones(200, np.float32)}
+    seeds = [0, 1, 2, 3, 4]
+    nets = build_nets(cfg, seeds, OBS, ACT)
+    save_checkpoint(tmp_path / checkpoint_name(0), nets, cfg, seeds, 0, [None] * 5)
+    with torch.no_grad():
+        nets.q2.weights[0][1].fill_(math.inf)
+        for w in nets.q1.weights:
+            w[2].mul_(1e15)
+        nets.actor.biases[0][3].fill_(math.nan)
+        nets.q1.weights[0][4].mul_(1e21)  # Q ~ 1e21 is finite in fp32, the Gram (~1e40) is not
+    save_checkpoint(tmp_path / checkpoint_name(10), nets, cfg, seeds, 10, [None, 10, None, None, None])
+    with torch.no_grad():
+        for p in nets.q1.parameters():
+            p.fill_(math.nan)
+    save_checkpoint(tmp_path / checkpoint_name(20), nets, cfg, seeds, 20, [20] * 5)
+    structured = analyse_run(tmp_path, data, n_samples=16, sample_seed=1, replace=False).set_index(["step", "seed"])
+    assert not structured.loc[(10, 4), "diverged"] and math.isfinite(structured.loc[(10, 4), "seem"])
+    assert structured.loc[(10, 4), "q_data_mean"] > 1e15
+    df = analyse_run(tmp_path, data, n_samples=16, sample_seed=1, replace=False, method="jacobian")
+    d = df.set_index(["step", "seed"])
+    for frame in (d, structured):
+        for seed in (1, 2, 3):
+            assert frame.loc[(10, seed), "diverged"] and math.isnan(frame.loc[(10, seed), "seem"]), seed
+        assert frame.loc[20, "diverged"].all()
+    assert not d.loc[0, "diverged"].any() and np.isfinite(d.loc[0, "seem"]).all()
+    assert d.loc[(10, 0), "diverged"] == False and math.isfinite(d.loc[(10, 0), "seem"])  # noqa: E712
+    for seed in (1, 2, 3, 4):
+        assert d.loc[(10, seed), "diverged"], seed
+        assert math.isnan(d.loc[(10, seed), "seem"]), seed
+    assert math.isfinite(d.loc[(10, 4), "q_data_mean"]) and not math.isfinite(d.loc[(10, 2), "q_data_mean"])
+    assert math.isfinite(d.loc[(10, 1), "q_data_mean"])  # Q1 is fine, Q2 is not
+    assert d.loc[20, "diverged"].all() and d.loc[20, "seem"].isna().all()
+    assert d.loc[20, "cos_to_final_params"].isna().all()
+    assert (d.loc[(0, 0), "last_finite_step"], d.loc[(0, 1), "last_finite_step"]) == (10, 0)
+    # the verdict reads them as diverged
+    v = divergence_verdict(df).set_index("seed")
+    assert v["diverged"].all() and (v.loc[[1, 2, 3, 4], "first_diverged_step"] == 10).all()
+
+
+def test_analyse_run_on_a_batchnorm_critic_leaves_running_statistics_alone(tmp_path):
+    """Every forward of the analysis is in eval mode: two analyses of the same run agree exactly."""
+    cfg = TD3Config(hidden=(8, 8), gamma=0.99, critic={"norm": "batchnorm", "dropout": 0.1})
+    data = {**transitions(), "reward": np.ones(200, np.float32)}
+    nets = build_nets(cfg, [0, 1], OBS, ACT)
+    nets.q1.train()
+    with torch.no_grad():
+        nets.q1(torch.randn(2, 32, OBS + ACT) * 3 + 1)  # running statistics away from (0, 1)
+    save_checkpoint(tmp_path / checkpoint_name(0), nets, cfg, [0, 1], 0, [None, None])
+    first = analyse_run(tmp_path, data, n_samples=16, sample_seed=1)
+    second = analyse_run(tmp_path, data, n_samples=16, sample_seed=1)
+    pd.testing.assert_frame_equal(first, second)
+    assert np.isfinite(first[["seem", "td_loss", "critic_grad_norm", "q_data_mean"]].to_numpy()).all()

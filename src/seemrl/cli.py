@@ -149,9 +149,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     t = read_transitions(a.data)
     evaluate, eval_info = _evaluator(t, cfg, seeds, a.data)
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
-    extras = {}
+    prepared = {}
     if hasattr(algo, "prepare_data"):  # reward transforms, sampling weights: the algorithm's own
-        data, extras = algo.prepare_data(t, cfg, device)
+        data, prepared = algo.prepare_data(t, cfg, device)
+        mean, std = prepared.get("obs_mean", mean), prepared.get("obs_std", std)
     else:
         data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
     nets = algo.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
@@ -161,7 +162,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         resume = ResumeDir(a.resume_dir, algo.run_identity(cfg, seeds, sha256_file(a.data)))
     log.info("training %s, %d seeds on %d transitions from %s, device %s, config %s", a.trainer,
              len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
-    kw = dict(device=device, log=log.info, evaluate=evaluate, **extras)
+    kw = dict(device=device, log=log.info, evaluate=evaluate)
     if resume is None:  # checkpoints go straight into a temporary twin of the output directory
         with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
             result = algo.train(cfg, seeds, data, nets, Path(ckpt_dir), **kw)
@@ -184,6 +185,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         "labels": dict(kv.split("=", 1) for kv in a.label),
         "config": params,
         "seeds": seeds,
+        "data_preparation": {k: v for k, v in prepared.items() if isinstance(v, (str, int, float, bool))},
         "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
         "evaluation": evaluation,
         "steps": cfg.steps,
@@ -277,7 +279,8 @@ def cmd_seem(a: argparse.Namespace) -> None:
 
     _setup(a.threads)
     t = read_transitions(a.data)
-    arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward}
+    arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward,
+              "terminal": t.terminal}
     df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
                      device=resolve_device(a.device), replace=not a.without_replacement)
     with atomic_path(a.out) as tmp:

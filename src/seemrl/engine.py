@@ -98,10 +98,10 @@ class Draw:
         """One step's draw, or `steps` consecutive steps' draws stacked, from generator g."""
         shape = self.shape if steps is None else (steps, *self.shape)
         if self.kind == "randint":
-            return torch.randint(self.high, shape, generator=g)
+            return torch.randint(self.high, shape, generator=g, device=g.device)
         if self.kind == "normal":
-            return torch.randn(shape, generator=g)
-        return torch.rand(shape, generator=g)
+            return torch.randn(shape, generator=g, device=g.device)
+        return torch.rand(shape, generator=g, device=g.device)
 
     def batches_exactly(self) -> bool:
         """Whether one draw of W steps equals W successive draws. PyTorch's CPU normal sampler
@@ -119,52 +119,42 @@ class Draw:
 
 
 class Window:
-    """The draws of up to `rows` consecutive steps, drawn ahead and copied to the device once.
+    """The draws of up to `rows` consecutive steps, drawn ahead into device buffers.
 
     Each step reads the row at a device-side counter and advances it (`take`), so a captured
-    CUDA graph stays static. The draws come from the trainer's generators in exactly the order
-    of step-by-step draws (per draw and seed, W steps at once where that is exact, else one step
-    at a time), so a run does not depend on whether it uses windows.
+    CUDA graph stays static. Every (draw, seed) is drawn from that seed's own generator, which
+    lives on the training device: on a GPU a window costs S launches per draw however many steps
+    it holds, and no random number is made on the host. With CPU generators the W rows are drawn
+    in one call where that equals W step-by-step draws (`Draw.batches_exactly`), else step by
+    step, so a CPU run does not depend on whether it uses windows. The window's size never depends
+    on the number of seeds, so seed s draws the same numbers alone or among others.
     """
 
     def __init__(self, trainer: "StackedTrainer", rows: int):
         self.t = trainer
-        pin = trainer.device.type == "cuda"
         self.rows = rows
-        self.batched = {d.name: d.batches_exactly() for d in trainer.draws}
-        S = trainer.S
-        self.host = {d.name: torch.zeros((rows, S, *d.shape), dtype=d.dtype, pin_memory=pin) for d in trainer.draws}
-        # zero-filled: rows never drawn still index the data safely (graph warm-up reads them)
-        self.dev = {d.name: torch.zeros((rows, S, *d.shape), dtype=d.dtype, device=trainer.device)
-                    for d in trainer.draws}
+        on_cpu = trainer.device.type == "cpu"
+        # on a GPU every window is drawn whole: runs there are reproducible per window schedule,
+        # which depends on the config only
+        self.batched = {d.name: d.batches_exactly() if on_cpu else True for d in trainer.draws}
+        self.dev = {d.name: torch.zeros((rows, trainer.S, *d.shape), dtype=d.dtype, device=trainer.device)
+                    for d in trainer.draws}  # zero-filled: rows never drawn still index the data safely
         self.ptr = torch.zeros(1, dtype=torch.int64, device=trainer.device)  # next row, on the device
         self.size = self.used = 0  # rows drawn into the window, rows consumed (host-side count)
         self.snapshot: dict[str, list[torch.Tensor]] | None = None  # generator states at the window's start
-        self.copied: torch.cuda.Event | None = None
 
     @staticmethod
-    def bytes_per_step(draws: Sequence[Draw], n_seeds: int) -> int:
-        return n_seeds * sum(math.prod(d.shape) * (8 if d.kind == "randint" else 4) for d in draws)
-
-    def _draw(self, generators: dict[str, list[torch.Generator]], w: int, into: dict | None = None) -> None:
-        for d in self.t.draws:
-            for s, g in enumerate(generators[d.name]):
-                x = d.sample(g, w) if self.batched[d.name] else torch.stack([d.sample(g) for _ in range(w)])
-                if into is not None:
-                    into[d.name][:w, s].copy_(x)
+    def bytes_per_seed_step(draws: Sequence[Draw]) -> int:
+        return sum(math.prod(d.shape) * (8 if d.kind == "randint" else 4) for d in draws)
 
     def refill(self, w: int) -> None:
         t = self.t
-        if self.copied is not None:  # the previous window's copy has left the pinned buffers
-            self.copied.synchronize()
         self.snapshot = {name: [g.get_state() for g in gens] for name, gens in t.generators.items()}
-        self._draw(t.generators, w, self.host)
-        for name, buf in self.dev.items():
-            buf[:w].copy_(self.host[name][:w], non_blocking=True)
+        for d in t.draws:
+            for s, g in enumerate(t.generators[d.name]):
+                x = d.sample(g, w) if self.batched[d.name] else torch.stack([d.sample(g) for _ in range(w)])
+                self.dev[d.name][:w, s].copy_(x)
         self.ptr.zero_()
-        if t.device.type == "cuda":
-            self.copied = torch.cuda.Event()
-            self.copied.record()
         self.size, self.used = w, 0
 
     def take(self) -> dict[str, torch.Tensor]:
@@ -173,19 +163,21 @@ class Window:
         self.ptr.add_(1)
         return out
 
-    def generator_states(self) -> dict[str, list[torch.Tensor]]:
-        """States of the generators after exactly the consumed steps."""
-        t = self.t
-        if self.used == self.size or self.snapshot is None:  # nothing drawn ahead
-            return {name: [g.get_state() for g in gens] for name, gens in t.generators.items()}
-        gens = {}
-        for name, states in self.snapshot.items():
-            gens[name] = [torch.Generator() for _ in states]
-            for g, state in zip(gens[name], states):
-                g.set_state(state)
-        if self.used:
-            self._draw(gens, self.used)
-        return {name: [g.get_state() for g in gs] for name, gs in gens.items()}
+    def resume_state(self) -> dict | None:
+        """Where a resumed run must pick up inside this window: the generators' states at its
+        start, its size and the rows consumed (None when it is used up)."""
+        if self.used == self.size or self.snapshot is None:
+            return None
+        return {"snapshot": self.snapshot, "size": self.size, "used": self.used}
+
+    def restore(self, state: dict) -> None:
+        """Redraw the window described by `resume_state()` and skip its consumed rows."""
+        for name, gens in self.t.generators.items():
+            for g, g_state in zip(gens, state["snapshot"][name]):
+                g.set_state(g_state)
+        self.refill(state["size"])
+        self.used = state["used"]
+        self.ptr.fill_(self.used)
 
     def discard(self) -> None:
         """Forget the rows drawn ahead (the generators were set from outside)."""
@@ -291,7 +283,7 @@ class StackedTrainer:
     `extra_state` / `load_extra_state`.
     """
 
-    WINDOW_BYTES = 64 * 2**20  # device memory for pre-drawn inputs (at most 1000 steps)
+    WINDOW_BYTES_PER_SEED = 4 * 2**20  # memory per seed for pre-drawn inputs (at most 1000 steps)
     matmul_precision = "ieee"  # subclasses take theirs from the config
 
     def __init__(self, seeds: Sequence[int], data: OfflineData, device, *, steps: int,
@@ -303,13 +295,15 @@ class StackedTrainer:
         self.networks: dict[str, nn.Module] = {}
         self.targets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.generators = {d.name: seed_generators(self.seeds, d.stream) for d in self.draws}
+        # on the training device: a GPU draws each seed's numbers itself (see `Window`)
+        self.generators = {d.name: seed_generators(self.seeds, d.stream, self.device) for d in self.draws}
         self.it = 0
         # Divergence is detected on the device at every step (a few tiny kernels, no host sync):
         # the first step whose recorded loss is not finite, per seed (-1 = none yet).
         self.nonfinite_step = torch.full((self.S,), -1, dtype=torch.int64, device=self.device)
         self._step_count = torch.zeros((), dtype=torch.int64, device=self.device)  # = it, on the device
         self.window: Window | None = None
+        self._pending_window: dict | None = None  # a window to re-enter (load_state_dict)
         self._graphs: dict | None = None
         self._opt_flags: dict[str, dict] = {}
 
@@ -342,7 +336,9 @@ class StackedTrainer:
     def finish_setup(self) -> None:
         """Call at the end of the subclass constructor, once networks and optimisers exist."""
         self.graphed = self.cuda_graph and self.device.type == "cuda" and self.graphable
-        self.use_window = self.graphed  # also settable on CPU (tests: the window draws what stepping draws)
+        # on a GPU every step reads windows, graphed or not, so both compute the same; on the CPU
+        # windows are optional (tests: the window draws what stepping draws)
+        self.use_window = self.device.type == "cuda"
         self._opt_flags = {name: {k: o.param_groups[0][k] for k in ("capturable", "fused", "foreach")
                                   if k in o.param_groups[0]} for name, o in self.optimizers.items()}
         if self.device.type != "cuda":
@@ -409,7 +405,9 @@ class StackedTrainer:
                 for d in self.draws}
 
     def _window_rows(self) -> int:
-        return int(max(1, min(1000, self.WINDOW_BYTES // max(1, Window.bytes_per_step(self.draws, self.S)))))
+        # per seed, not per run: a seed's windows (and so its draws on a GPU) are the same alone
+        # or among other seeds
+        return int(max(1, min(1000, self.WINDOW_BYTES_PER_SEED // max(1, Window.bytes_per_seed_step(self.draws)))))
 
     def _next_window_size(self) -> int:
         # windows end at checkpoint steps (and the last step), so the generator states saved with
@@ -423,6 +421,9 @@ class StackedTrainer:
     def _ensure_window(self) -> None:
         if self.window is None:
             self.window = Window(self, self._window_rows())
+        if self._pending_window is not None:  # a resumed run re-enters its window mid-way
+            self.window.restore(self._pending_window)
+            self._pending_window = None
         if self.window.used == self.window.size:
             self.window.refill(self._next_window_size())
 
@@ -475,15 +476,16 @@ class StackedTrainer:
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Everything `step()` depends on: with it a run continues exactly where it stopped."""
-        if self.use_window and self.window is not None:
-            gen_states = self.window.generator_states()
-        else:
-            gen_states = {name: [g.get_state() for g in gens] for name, gens in self.generators.items()}
+        gen_states = {name: [g.get_state() for g in gens] for name, gens in self.generators.items()}
+        window = self._pending_window
+        if window is None and self.use_window and self.window is not None:
+            window = self.window.resume_state()
         return {
             "networks": {name: m.state_dict() for name, m in self.networks.items()},
             "targets": {name: m.state_dict() for name, m in self.targets.items()},
             "optimizers": {name: o.state_dict() for name, o in self.optimizers.items()},
             "generators": gen_states,
+            "window": window,  # None, or the window the generators' states are in the middle of
             "extra": self.extra_state(),
             "it": self.it,
             "nonfinite_step": self.nonfinite_step.cpu(),
@@ -509,6 +511,9 @@ class StackedTrainer:
         for name, gens in self.generators.items():
             for g, g_state in zip(gens, state["generators"][name]):
                 g.set_state(g_state)
+        if state.get("window") is not None and not self.use_window:
+            raise ValueError("this state was saved in the middle of a window of pre-drawn inputs; "
+                             "continue it with windows (use_window=True)")
         self.load_extra_state(state["extra"])
         self.it = state["it"]
         with torch.no_grad():
@@ -516,6 +521,7 @@ class StackedTrainer:
             self.nonfinite_step.copy_(state["nonfinite_step"])
         if self.window is not None:
             self.window.discard()
+        self._pending_window = state.get("window")
         self._graphs = None  # the optimisers' states are new tensors: capture again
 
 

@@ -353,9 +353,10 @@ def seed_slice(params: dict[str, torch.Tensor], seed_index: int) -> dict[str, to
     return {k: v[seed_index : seed_index + 1] for k, v in params.items()}
 
 
-def seed_generators(seeds: Sequence[int], stream: int) -> list[torch.Generator]:
-    """One CPU generator per seed for a named purpose (`stream`), independent across purposes."""
-    return [torch.Generator().manual_seed(int(s) * 1_000_003 + stream) for s in seeds]
+def seed_generators(seeds: Sequence[int], stream: int, device="cpu") -> list[torch.Generator]:
+    """One generator per seed for a named purpose (`stream`), independent across purposes, on
+    `device` (a CUDA generator draws different numbers from a CPU one with the same seed)."""
+    return [torch.Generator(device=device).manual_seed(int(s) * 1_000_003 + stream) for s in seeds]
 
 
 def per_seed_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

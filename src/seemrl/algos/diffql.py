@@ -1,0 +1,839 @@
+"""Diffusion-QL with the SEEM authors' settings (their EDP-based fork), all seeds of a cell together.
+
+The paper's AntMaze results (Table 1, `shared/REFERENCE.md` §4) come from the authors' JAX fork
+of EDP (Kang et al. 2023, "Efficient Diffusion Policies"), which is Diffusion-QL (Wang et al.
+2023) with EDP's speed-ups. This module implements that algorithm on the seemrl engine
+(`seemrl.engine.StackedTrainer`): S seeds stacked in one process, every random number a declared
+per-seed `Draw`, the whole update graph-capturable.
+
+Policy: a noise-prediction network eps(a_t, t, s): a `StackedMLP` (hidden 3x256, Mish) over
+concat(a_t, time embedding, s); the time embedding is sinusoidal of dimension 16 (EDP's form:
+frequencies exp(-ln(10^4) k / 8), k = 0..7, [cos, sin]) followed by Linear(16, 32) -> Mish ->
+Linear(32, 16), as in both Diffusion-QL and EDP. T = 1000 diffusion steps with the linear beta
+schedule beta_t = linspace(1e-4, 0.02, T) (EDP/SEEM, not rescaled by 1000 / T); the "vp" schedule
+of the original Diffusion-QL (T = 5) is the alternative. Trained with the denoising loss
+||eps - eps(sqrt(abar_t) a + sqrt(1 - abar_t) eps, t, s)||^2, t ~ U{0..T-1}, eps ~ N(0, I).
+
+Actor loss (EDP's one-step action approximation; no sampling chain in the actor loss):
+    a0_hat = clip((a_t - sqrt(1 - abar_t) eps_pred) / sqrt(abar_t), -1, 1)
+    actor_loss = bc_weight * diffusion_loss + alpha * (-Q(s, a0_hat) / mean|Q(s, a0_hat)|)
+with bc_weight 0.5, alpha 2.0 (REFERENCE §4). Q is one critic head chosen at random per step and
+seed (`guide_q="random"`, as EDP and Diffusion-QL), normalised by its own mean |Q| (EDP; the
+original Diffusion-QL divides by the other head's mean |Q|).
+
+Critic: twin Q heads from `critic_from_config` (3x256, Mish; the `critic` spec decides LN / BN /
+...; the paper's "ours" is {"norm": "layernorm"}), EMA targets (tau 0.005, every step), max-Q
+backup: 10 actions sampled at s' with the EMA actor, Q1_target and Q2_target of each, max over the
+10 per head, then min over heads. The EMA actor follows EDP's schedule: lerp with tau 0.005 at
+step numbers n > 1000 with n % 5 == 0 (1-based; Diffusion-QL's `step_start_ema=1000,
+update_ema_every=5`); before that it stays at the initial actor.
+
+Sampler (`sampler`):
+  "dpm_solver"  the SEEM authors' setting: DPM-Solver (Lu et al. 2022) for the noise-prediction
+                model on the discrete-time VP schedule (log alpha piecewise linear in t_n =
+                (n + 1) / T), `sample_steps` = 15 function evaluations from t = 1 to t = 1/T,
+                uniform time steps, *singlestep* solver combining orders <= `dpm_order` (3 by
+                default: the authors' DPM-Solver-fast, orders [3, 3, 3, 3, 2, 1] for 15 steps),
+                no final denoising step, the predicted noise clipped so that the implied x0 lies
+                in [-1, 1] (the authors' wrapper). Deterministic given x_T: it needs one noise
+                draw [B, n, act].
+  "ddpm"        ancestral sampling through all T steps (the original Diffusion-QL: T = 5, "vp"
+                schedule, x0 prediction clipped to [-1, 1]); `sample_steps` must equal
+                `diffusion_steps`. Noise: x_T [B, n, act] plus one [B, n, act] per step but the last.
+Sampled actions are clipped to [-1, 1]. Inside the update every number the sampler needs is a
+declared `Draw`: "backup_xT" [B, n, act] and, for ddpm, "backup_steps" [T - 1, B, n, act] (the
+per-step noises stacked in one draw), so sampling in the backup is graph-capturable.
+
+Draws of one step (per seed): "idx" critic batch (randint), "policy_u" actor batch under OPER-R
+(uniform, inverse CDF), "t" diffusion steps and "eps" noise of the denoising loss, "head" the
+critic head of the actor's Q term, "backup_xT" / "backup_steps" the backup sampler's noise.
+
+Learning rates: Adam 3e-4 with cosine decay to 0 over `steps` (`engine.cosine_lr` + `set_lr`),
+for actor and critic (`lr_decay="both"`, as the original Diffusion-QL; the authors' JAX fork
+builds its critic optimisers without the schedule: `lr_decay="actor"`). Gradient clipping
+(`grad_clip`, per dataset in REFERENCE §4; 0 = none) is per seed and per network (actor, Q1, Q2
+separately, as the fork's optax `clip_by_global_norm` per train state).
+
+Data (`prepare_data`): rewards through `engine.transform_reward` ("x10": the authors' sparse 0/10;
+"diffql": (r - 0.5) * 4 of the original), actions clipped to +-0.999, no state normalisation by
+default. OPER-R (`oper_r`): the actor's batch is drawn with probabilities proportional to the
+min-max normalised return of its episode (base 0; returns of the untransformed rewards), the
+critic's batch stays uniform (a separate draw).
+
+Evaluation action (`DiffQLNets.policy`): 50 actions sampled per state with the online actor (both
+reference implementations; `eval_actor="ema"` for the EMA actor) and one picked by softmax over
+min(Q1_target, Q2_target) (energy-based, a categorical draw; `eval_select="argmax"` or
+`policy_greedy` pick the best). Its noise comes from per-seed CPU generators seeded from
+(`eval_seed`, seed), so a seed's actions do not depend on the other seeds; they run outside the
+training step and are part of the resumable state. The SEEM analysis's X* = (s', pi(s')) uses
+`nets.policy`, i.e. the evaluation policy.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedTrainer, TrainResult,
+                           clip_grad_norm_per_seed, cosine_lr, episode_returns, make_optimizer,
+                           read_checkpoint, return_priorities, sampling_cdf, set_lr, train_loop,
+                           transform_reward, weighted_indices, write_checkpoint)
+from seemrl.engine import REWARD_TRANSFORMS
+from seemrl.nets import ACTIVATIONS, CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+
+CHECKPOINT_FORMAT = "seemrl.diffql.v1"
+# Independent random streams per seed: network initialisation, then the update's draws.
+(STREAM_ACTOR_TIME, STREAM_ACTOR_NET, STREAM_Q1, STREAM_Q2, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2) = range(6)
+(STREAM_BATCH, STREAM_POLICY_BATCH, STREAM_DIFF_T, STREAM_DIFF_NOISE, STREAM_HEAD, STREAM_BACKUP_XT,
+ STREAM_BACKUP_STEPS) = range(20, 27)
+STREAM_EVAL = 40  # the evaluation policy's CPU generators (with eval_seed)
+
+SAMPLERS = ("dpm_solver", "ddpm")
+BETA_SCHEDULES = ("linear", "vp")
+GUIDE_Q = ("random", "q1", "min")
+LR_DECAY = ("both", "actor", "none")
+
+
+@dataclass
+class DiffQLConfig:
+    """Hyperparameters of Diffusion-QL (defaults: the SEEM authors' AntMaze setting, REFERENCE §4)."""
+
+    steps: int = 1_000_000  # gradient steps (paper: 1M); also the cosine decay horizon
+    batch_size: int = 256  # transitions per seed per step (critic batch and actor batch)
+    lr: float = 3e-4  # Adam learning rate of actor and critic at step 0
+    lr_decay: str = "both"  # cosine decay to 0: "both" (Diffusion-QL), "actor" (the authors' JAX fork), "none"
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # EMA rate of the target critics (every step) and of the EMA actor
+    hidden: tuple[int, ...] = (256, 256, 256)  # hidden widths of the noise network and of each critic
+    activation: str = "mish"  # activation of the noise network, time MLP and critics (Diffusion-QL, EDP: Mish)
+    time_embed: int = 16  # sinusoidal time-embedding size (then Linear 2x -> Mish -> Linear back)
+    diffusion_steps: int = 1000  # T of the diffusion model (authors: 1000; original Diffusion-QL: 5)
+    beta_schedule: str = "linear"  # "linear" beta 1e-4..0.02 (DDPM/EDP) or "vp" (Diffusion-QL's T=5 schedule)
+    sampler: str = "dpm_solver"  # "dpm_solver" (authors) or "ddpm" (original Diffusion-QL: all T steps)
+    sample_steps: int = 15  # DPM-Solver function evaluations; for "ddpm" must equal diffusion_steps
+    dpm_order: int = 3  # highest order of the singlestep DPM-Solver (authors: 3, "DPM-Solver-fast")
+    bc_weight: float = 0.5  # weight of the diffusion (behaviour-cloning) loss in the actor loss
+    alpha: float = 2.0  # weight of -Q(s, a0_hat) / mean|Q| in the actor loss (eta)
+    guide_q: str = "random"  # critic head of the actor's Q term: "random" per step (EDP, Diffusion-QL), "q1", "min"
+    max_q_backup: bool = True  # max over backup_samples actions at s' per head, then min over heads
+    backup_samples: int = 10  # actions sampled at s' for the max-Q backup
+    actor_ema_every: int = 5  # the EMA actor updates at step numbers n % actor_ema_every == 0 ...
+    actor_ema_start: int = 1000  # ... and n > actor_ema_start (EDP: 5 and 1000)
+    grad_clip: float = 0.0  # per-seed gradient-norm clip of actor, Q1 and Q2 (each); 0 = none
+    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
+    reward_transform: str = "x10"  # engine.REWARD_TRANSFORMS: "x10" (authors' AntMaze), "diffql", "none", ...
+    action_clip: float = 0.999  # dataset actions are clipped to +-action_clip when read
+    oper_r: bool = False  # OPER-R: actor batch drawn by episode return (base 0); critic batch uniform
+    normalize_states: bool = False  # standardise states with the dataset mean/std (authors: off)
+    eval_samples: int = 50  # actions sampled per state at evaluation
+    eval_select: str = "softmax"  # pick among them: "softmax" over min(Q1, Q2) of the targets, or "argmax"
+    eval_actor: str = "online"  # actor that samples at evaluation: "online" (both references) or "ema"
+    checkpoint_every: int = 50_000  # steps between checkpoints (step 0 and the last included)
+    log_every: int = 1000  # steps between logged training metrics
+    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
+    eval_episodes: int = 10  # episodes per seed and evaluation (authors' AntMaze: 100 every 50k steps)
+    eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
+    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
+    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" or "ieee"; CPU: always ieee
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        self.critic = dict(self.critic)
+        choices = {"lr_decay": LR_DECAY, "activation": tuple(ACTIVATIONS), "beta_schedule": BETA_SCHEDULES,
+                   "sampler": SAMPLERS, "guide_q": GUIDE_Q, "eval_select": ("softmax", "argmax"),
+                   "eval_actor": ("online", "ema"), "reward_transform": tuple(REWARD_TRANSFORMS),
+                   "matmul_precision": MATMUL_PRECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
+        if unknown:
+            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
+                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
+        if not self.critic.get("weight_decay", 0.0) >= 0:
+            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "sample_steps", "backup_samples",
+                     "actor_ema_every", "eval_samples", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.diffusion_steps < 2:
+            raise ValueError(f"diffusion_steps must be >= 2, got {self.diffusion_steps}")
+        if self.time_embed < 2 or self.time_embed % 2:
+            raise ValueError(f"time_embed must be an even number >= 2, got {self.time_embed}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
+        if self.dpm_order not in (1, 2, 3):
+            raise ValueError(f"dpm_order must be 1, 2 or 3, got {self.dpm_order}")
+        if self.sampler == "ddpm" and self.sample_steps != self.diffusion_steps:
+            raise ValueError(f"sample_steps must equal diffusion_steps ({self.diffusion_steps}) with the ddpm "
+                             f"sampler (it runs every step of the chain), got {self.sample_steps}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("bc_weight", "alpha", "grad_clip", "actor_ema_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.action_clip <= 1:
+            raise ValueError(f"action_clip must be in (0, 1], got {self.action_clip}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+
+Config = DiffQLConfig
+
+
+# ------------------------------------------------------------------ diffusion schedule and samplers
+def beta_schedule(name: str, T: int) -> np.ndarray:
+    """Betas (float64). "linear": linspace(1e-4, 0.02, T) (DDPM; EDP and the SEEM fork use it
+    unscaled for any T); "vp": Diffusion-QL's discretised VP-SDE (beta_min 0.1, beta_max 10)."""
+    if name == "linear":
+        return np.linspace(1e-4, 2e-2, T, dtype=np.float64)
+    if name == "vp":
+        t = np.arange(1, T + 1, dtype=np.float64)
+        b_min, b_max = 0.1, 10.0
+        return 1.0 - np.exp(-b_min / T - 0.5 * (b_max - b_min) * (2 * t - 1) / T ** 2)
+    raise ValueError(f"beta_schedule must be one of {list(BETA_SCHEDULES)}, got {name!r}")
+
+
+class DiffusionSchedule:
+    """The variance-preserving forward process q(a_t | a_0) = N(sqrt(abar_t) a_0, (1 - abar_t) I),
+    t = 0..T-1, as float64 arrays (host) and float32 tensors (indexed by t on the device)."""
+
+    def __init__(self, name: str, T: int, device="cpu"):
+        self.name, self.T = name, T
+        betas = beta_schedule(name, T)
+        abar = np.cumprod(1.0 - betas)
+        abar_prev = np.append(1.0, abar[:-1])
+        self.betas, self.abar = betas, abar
+        self.sqrt_recip_abar = np.sqrt(1.0 / abar)
+        self.sqrt_recipm1_abar = np.sqrt(1.0 / abar - 1.0)
+        self.post_coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
+        self.post_coef2 = (1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar)
+        self.post_std = np.sqrt(betas * (1.0 - abar_prev) / (1.0 - abar))  # 0 at t = 0 (no noise there)
+        self.to(device)
+
+    def to(self, device) -> "DiffusionSchedule":
+        f = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
+        self.sqrt_abar_t = f(np.sqrt(self.abar))
+        self.sqrt_1m_abar_t = f(np.sqrt(1.0 - self.abar))
+        self.sqrt_recip_abar_t = f(self.sqrt_recip_abar)
+        self.sqrt_recipm1_abar_t = f(self.sqrt_recipm1_abar)
+        return self
+
+
+@dataclass(frozen=True)
+class ModelEval:
+    """One evaluation of the noise network in the DPM-Solver: the model's time input (discrete
+    scale, fractional in general) and the coefficients that clip its output so that the implied
+    x0 = clip_x * x - clip_e * eps lies in [-1, 1] (taken at the integer step floor(t_in))."""
+
+    t_in: float
+    clip_x: float
+    clip_e: float
+
+
+@dataclass(frozen=True)
+class DPMStage:
+    """One singlestep DPM-Solver step of order 1, 2 or 3 (noise-prediction form), from s to t:
+      order 1: x_t = A x - B m_s
+      order 2: x_1 = A1 x - B1 m_s;  x_t = A x - B m_s - C (m_1 - m_s)
+      order 3: x_1 = A1 x - B1 m_s;  x_2 = A2 x - B2 m_s - C2 (m_1 - m_s);  x_t = A x - B m_s - C (m_2 - m_s)
+    with m_i the (clipped) noise predictions at the stage's evaluation times."""
+
+    order: int
+    evals: tuple[ModelEval, ...]
+    coef: dict
+
+
+class _DiscreteVP:
+    """DPM-Solver's NoiseScheduleVP('discrete'): log alpha(t) piecewise linear through
+    t_n = (n + 1) / T, log alpha(t_n) = log(abar_n) / 2; float64 on the host."""
+
+    def __init__(self, abar: np.ndarray):
+        self.N = len(abar)
+        self.t_array = np.linspace(0.0, 1.0, self.N + 1)[1:]
+        self.log_alpha_array = 0.5 * np.log(abar)
+
+    def log_alpha(self, t: float) -> float:
+        return float(np.interp(t, self.t_array, self.log_alpha_array))
+
+    def sigma(self, t: float) -> float:
+        return math.sqrt(1.0 - math.exp(2.0 * self.log_alpha(t)))
+
+    def lam(self, t: float) -> float:
+        la = self.log_alpha(t)
+        return la - 0.5 * math.log(1.0 - math.exp(2.0 * la))
+
+    def inverse_lambda(self, lam: float) -> float:
+        log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * lam)
+        return float(np.interp(log_alpha, self.log_alpha_array[::-1], self.t_array[::-1]))
+
+
+def singlestep_orders(steps: int, order: int) -> list[int]:
+    """Orders of DPM-Solver-fast's singlestep stages for `steps` function evaluations (Lu et al.)."""
+    if order == 3:
+        K = steps // 3 + 1
+        return {0: [3] * (K - 2) + [2, 1], 1: [3] * (K - 1) + [1], 2: [3] * (K - 1) + [2]}[steps % 3]
+    if order == 2:
+        return [2] * (steps // 2) if steps % 2 == 0 else [2] * (steps // 2) + [1]
+    return [1] * steps
+
+
+def dpm_solver_plan(schedule: DiffusionSchedule, steps: int, order: int) -> list[DPMStage]:
+    """The stages of singlestep DPM-Solver (`steps` evaluations, orders <= `order`, uniform time
+    steps from t = 1 to t = 1/T), all coefficients precomputed on the host in float64."""
+    ns = _DiscreteVP(schedule.abar)
+    N = ns.N
+    t_T, t_0 = 1.0, 1.0 / N
+    orders = [o for o in singlestep_orders(steps, order) if o > 0]
+    grid = np.linspace(t_T, t_0, steps + 1)
+    outer = grid[np.cumsum([0] + orders)]
+
+    def model_eval(t: float) -> ModelEval:
+        t_in = (t - 1.0 / N) * N
+        n = int(min(max(math.floor(t_in + 1e-6), 0), N - 1))
+        return ModelEval(t_in, float(schedule.sqrt_recip_abar[n]), float(schedule.sqrt_recipm1_abar[n]))
+
+    stages = []
+    for k, o in enumerate(orders):
+        s, t = float(outer[k]), float(outer[k + 1])
+        lam_inner = [ns.lam(float(u)) for u in np.linspace(s, t, o + 1)]
+        lam_s, lam_t = ns.lam(s), ns.lam(t)
+        h = lam_t - lam_s
+        la_s, la_t, sig_t = ns.log_alpha(s), ns.log_alpha(t), ns.sigma(t)
+        A, B = math.exp(la_t - la_s), sig_t * math.expm1(h)
+        if o == 1:
+            stages.append(DPMStage(1, (model_eval(s),), {"A": A, "B": B}))
+            continue
+        r1 = (lam_inner[1] - lam_inner[0]) / h
+        s1 = ns.inverse_lambda(lam_s + r1 * h)
+        A1, B1 = math.exp(ns.log_alpha(s1) - la_s), ns.sigma(s1) * math.expm1(r1 * h)
+        if o == 2:
+            C = (0.5 / r1) * sig_t * math.expm1(h)
+            stages.append(DPMStage(2, (model_eval(s), model_eval(s1)),
+                                   {"A1": A1, "B1": B1, "A": A, "B": B, "C": C}))
+            continue
+        r2 = (lam_inner[2] - lam_inner[0]) / h
+        s2 = ns.inverse_lambda(lam_s + r2 * h)
+        sig_s2 = ns.sigma(s2)
+        A2, B2 = math.exp(ns.log_alpha(s2) - la_s), sig_s2 * math.expm1(r2 * h)
+        C2 = (r2 / r1) * sig_s2 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
+        C = (1.0 / r2) * sig_t * (math.expm1(h) / h - 1.0)
+        stages.append(DPMStage(3, (model_eval(s), model_eval(s1), model_eval(s2)),
+                               {"A1": A1, "B1": B1, "A2": A2, "B2": B2, "C2": C2, "A": A, "B": B, "C": C}))
+    return stages
+
+
+EpsFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x [S, M, act], model time input) -> noise
+
+
+def dpm_solver_sample(eps_fn: EpsFn, x: torch.Tensor, plan: Sequence[DPMStage],
+                      noise_clip: bool = True) -> torch.Tensor:
+    """Solve the diffusion ODE from x = x_T by singlestep DPM-Solver (`dpm_solver_plan`); with
+    `noise_clip` each noise prediction is clipped as the authors' model wrapper does."""
+
+    def m(x_in: torch.Tensor, ev: ModelEval) -> torch.Tensor:
+        eps = eps_fn(x_in, ev.t_in)
+        if not noise_clip:
+            return eps
+        scaled = ev.clip_x * x_in
+        lo, hi = (scaled - 1.0) / ev.clip_e, (scaled + 1.0) / ev.clip_e
+        return torch.minimum(torch.maximum(eps, lo), hi)
+
+    for st in plan:
+        c = st.coef
+        m_s = m(x, st.evals[0])
+        if st.order == 1:
+            x = c["A"] * x - c["B"] * m_s
+        elif st.order == 2:
+            m_1 = m(c["A1"] * x - c["B1"] * m_s, st.evals[1])
+            x = c["A"] * x - c["B"] * m_s - c["C"] * (m_1 - m_s)
+        else:
+            m_1 = m(c["A1"] * x - c["B1"] * m_s, st.evals[1])
+            m_2 = m(c["A2"] * x - c["B2"] * m_s - c["C2"] * (m_1 - m_s), st.evals[2])
+            x = c["A"] * x - c["B"] * m_s - c["C"] * (m_2 - m_s)
+    return x
+
+
+def ddpm_sample(eps_fn: EpsFn, x: torch.Tensor, step_noise: Sequence[torch.Tensor],
+                schedule: DiffusionSchedule) -> torch.Tensor:
+    """Ancestral sampling through all T steps from x = x_T, the x0 prediction clipped to [-1, 1]
+    (Diffusion-QL); step_noise[k] is the noise of step t = T - 1 - k (T - 1 of them)."""
+    sched = schedule
+    for k, t in enumerate(range(sched.T - 1, -1, -1)):
+        eps = eps_fn(x, float(t))
+        x0 = (float(sched.sqrt_recip_abar[t]) * x - float(sched.sqrt_recipm1_abar[t]) * eps).clamp(-1.0, 1.0)
+        x = float(sched.post_coef1[t]) * x0 + float(sched.post_coef2[t]) * x
+        if t > 0:
+            x = x + float(sched.post_std[t]) * step_noise[k]
+    return x
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """EDP's sinusoidal embedding of (possibly fractional) time steps t [...] -> [..., dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class DiffusionActor(nn.Module):
+    """Noise prediction eps(a_t, t, s) for S seeds: StackedMLP over concat(a_t, time MLP(sinusoidal
+    (t)), s). Inputs [S, M, act], [S, M] (float time steps), [S, M, obs]."""
+
+    def __init__(self, seeds: Sequence[int], obs_dim: int, act_dim: int, hidden: Sequence[int],
+                 time_embed: int, activation: str):
+        super().__init__()
+        self.time_embed, self.obs_dim, self.act_dim = time_embed, obs_dim, act_dim
+        self.time_mlp = StackedMLP(seed_generators(seeds, STREAM_ACTOR_TIME), time_embed, time_embed,
+                                   (2 * time_embed,), activation=activation)
+        self.net = StackedMLP(seed_generators(seeds, STREAM_ACTOR_NET), act_dim + time_embed + obs_dim, act_dim,
+                              hidden, activation=activation)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed))
+        return self.net(torch.cat([x, temb, s], -1))
+
+
+# ------------------------------------------------------------------ networks
+def eval_generators(seeds: Sequence[int], eval_seed: int) -> list[torch.Generator]:
+    """Per-seed CPU generators of the evaluation policy's noise, from (eval_seed, seed) only."""
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([int(eval_seed), int(s), STREAM_EVAL])
+                                              .generate_state(1)[0])) for s in seeds]
+
+
+@dataclass
+class DiffQLNets:
+    """Diffusion actor (online and EMA), twin critics and their EMA targets, for S seeds."""
+
+    cfg: DiffQLConfig
+    actor: DiffusionActor
+    actor_ema: DiffusionActor
+    q1: StackedMLP
+    q2: StackedMLP
+    q1_target: StackedMLP
+    q2_target: StackedMLP
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    schedule: DiffusionSchedule
+    plan: list  # DPM-Solver stages (empty for the ddpm sampler)
+    eval_gens: list  # per-seed CPU generators of the evaluation policy
+
+    MODULES = ("actor", "actor_ema", "q1", "q2", "q1_target", "q2_target")
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def to(self, device) -> "DiffQLNets":
+        for name in (*self.MODULES, "obs_mean", "obs_std"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.schedule.to(device)
+        return self
+
+    # -------------------------------------------------------------- sampling
+    @property
+    def sampler_steps_with_noise(self) -> int:
+        """Per-step noises the sampler needs besides x_T (ddpm: T - 1; DPM-Solver: none)."""
+        return self.cfg.diffusion_steps - 1 if self.cfg.sampler == "ddpm" else 0
+
+    def sample_actions(self, actor: DiffusionActor, obs_n: torch.Tensor, x_T: torch.Tensor,
+                       step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions [S, B, n, act] in [-1, 1] for states [S, B, obs], from x_T [S, B, n, act] (and,
+        for ddpm, step_noise [S, T-1, B, n, act]); everything on the device, nothing drawn."""
+        S, B, n, A = x_T.shape
+        s = obs_n.unsqueeze(2).expand(S, B, n, obs_n.shape[-1]).reshape(S, B * n, -1)
+        x = x_T.reshape(S, B * n, A)
+
+        def eps_fn(x_in: torch.Tensor, t_in: float) -> torch.Tensor:
+            return actor(x_in, x_in.new_full(x_in.shape[:2], t_in), s)
+
+        if self.cfg.sampler == "dpm_solver":
+            x = dpm_solver_sample(eps_fn, x, self.plan)
+        else:
+            noises = [] if step_noise is None else [step_noise[:, k].reshape(S, B * n, A)
+                                                     for k in range(step_noise.shape[1])]
+            x = ddpm_sample(eps_fn, x, noises, self.schedule)
+        return x.clamp(-1.0, 1.0).reshape(S, B, n, A)
+
+    def target_q_min(self, obs_n: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min(Q1_target, Q2_target) of states [S, B, obs] and actions [S, B, n, act] -> [S, B, n]."""
+        S, B, n, _ = actions.shape
+        s = obs_n.unsqueeze(2).expand(S, B, n, obs_n.shape[-1])
+        x = torch.cat([s, actions], -1).reshape(S, B * n, -1)
+        return torch.minimum(self.q1_target(x), self.q2_target(x)).reshape(S, B, n)
+
+    def _eval_noise(self, B: int, device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        n, A, k = self.cfg.eval_samples, self.actor.act_dim, self.sampler_steps_with_noise
+        x_T, steps, u = [], [], []
+        for g in self.eval_gens:  # per seed, in a fixed order: independent of the other seeds
+            x_T.append(torch.randn((B, n, A), generator=g))
+            if k:
+                steps.append(torch.randn((k, B, n, A), generator=g))
+            u.append(torch.rand((B, 1), generator=g))
+        to = lambda xs: torch.stack(xs).to(device)
+        return to(x_T), (to(steps) if k else None), to(u)
+
+    @torch.no_grad()
+    def select_actions(self, obs_n: torch.Tensor, greedy: bool) -> torch.Tensor:
+        """The evaluation policy: `eval_samples` actions per state from the configured actor, one
+        chosen per state by softmax over min(Q1_target, Q2_target) (or the argmax). [S, B, act]."""
+        S, B = obs_n.shape[:2]
+        x_T, step_noise, u = self._eval_noise(B, obs_n.device)
+        actor = self.actor if self.cfg.eval_actor == "online" else self.actor_ema
+        with _eval_mode(self.q1_target, self.q2_target):
+            actions = self.sample_actions(actor, obs_n, x_T, step_noise)
+            q = self.target_q_min(obs_n, actions)
+        if greedy:
+            idx = q.argmax(-1, keepdim=True)
+        else:
+            cdf = torch.softmax(q, -1).cumsum(-1).contiguous()
+            idx = torch.searchsorted(cdf, u.contiguous(), right=True)
+        idx = idx.clamp(0, actions.shape[2] - 1)
+        return actions.gather(2, idx.unsqueeze(-1).expand(S, B, 1, actions.shape[-1])).squeeze(2)
+
+    def policy(self, obs_n: torch.Tensor) -> torch.Tensor:
+        """Actions [S, B, act] in [-1, 1] for normalised states [S, B, obs] (stochastic; see module doc)."""
+        return self.select_actions(obs_n, greedy=self.cfg.eval_select == "argmax")
+
+    def policy_greedy(self, obs_n: torch.Tensor) -> torch.Tensor:
+        """As `policy`, but the sampled action with the highest min(Q1_target, Q2_target)."""
+        return self.select_actions(obs_n, greedy=True)
+
+    def eval_rng_states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.eval_gens]
+
+    def set_eval_rng_states(self, states: Sequence[torch.Tensor]) -> None:
+        for g, st in zip(self.eval_gens, states):
+            g.set_state(st)
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module):
+    before = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was in zip(modules, before):
+            m.train(was)
+
+
+def build_nets(cfg: DiffQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
+               obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> DiffQLNets:
+    actor = DiffusionActor(seeds, obs_dim, act_dim, cfg.hidden, cfg.time_embed, cfg.activation)
+    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
+    dropout = spec.get("dropout", 0.0) > 0
+    q1, q2 = (
+        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
+                           activation=cfg.activation,
+                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
+        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
+    )
+    frozen = lambda m: copy.deepcopy(m).requires_grad_(False)
+    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
+    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
+    schedule = DiffusionSchedule(cfg.beta_schedule, cfg.diffusion_steps)
+    plan = dpm_solver_plan(schedule, cfg.sample_steps, cfg.dpm_order) if cfg.sampler == "dpm_solver" else []
+    return DiffQLNets(cfg, actor, frozen(actor), q1, q2, frozen(q1).eval(), frozen(q2).eval(), mean, std,
+                      schedule, plan, eval_generators(seeds, cfg.eval_seed))
+
+
+def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the training states (TD3+BC's recipe); identity when disabled (the default)."""
+    if not enabled:
+        return np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
+    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-3).astype(np.float32)
+
+
+# ------------------------------------------------------------------ data
+@dataclass
+class DiffQLData(OfflineData):
+    """OfflineData plus, for OPER-R, the cumulative sampling probabilities of the actor batch."""
+
+    policy_cdf: torch.Tensor | None = None
+
+
+def prepare_data(transitions, cfg: DiffQLConfig, device) -> tuple[DiffQLData, dict]:
+    """The training tensors from a transition table (`seemrl.data.transitions.read_transitions`):
+    actions clipped to +-cfg.action_clip, rewards through cfg.reward_transform, states normalised
+    if cfg.normalize_states, and with cfg.oper_r the actor batch's sampling probabilities (OPER-R,
+    from the episode returns of the untransformed rewards; min-max normalisation makes them the
+    same for "x10"). Returns the data and extras: obs_mean, obs_std (for `build_nets`) and
+    policy_probabilities (None without OPER-R)."""
+    t = transitions
+    mean, std = state_normalizer(t.obs, cfg.normalize_states)
+    action = np.clip(np.asarray(t.action, np.float32), -cfg.action_clip, cfg.action_clip)
+    reward = transform_reward(t.reward, cfg.reward_transform)
+    data = DiffQLData.from_arrays(t.obs, action, reward, t.next_obs, t.terminal, mean, std, device)
+    probs = None
+    if cfg.oper_r:
+        probs = return_priorities(episode_returns(t.reward, t.episode_id))
+        data.policy_cdf = sampling_cdf(probs, device)
+    return data, {"obs_mean": mean, "obs_std": std, "policy_probabilities": probs}
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, nets: DiffQLNets, cfg: DiffQLConfig, seeds: list[int], step: int,
+                    diverged_step: list[int | None]) -> None:
+    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
+                     modules={name: getattr(nets, name) for name in DiffQLNets.MODULES},
+                     obs_dim=nets.actor.obs_dim, act_dim=nets.actor.act_dim,
+                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
+    cfg = DiffQLConfig(**payload["config"])
+    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
+                      payload["obs_mean"], payload["obs_std"])
+    for name in DiffQLNets.MODULES:
+        getattr(nets, name).load_state_dict(payload[name])
+    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+
+
+# ------------------------------------------------------------------ the update step
+class DiffQLTrainer(StackedTrainer):
+    """Diffusion-QL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
+
+    One step: critic update (uniform batch; max-Q backup with the EMA actor and target critics),
+    actor update (its own batch under OPER-R), EMA of the critics every step. Step kinds: whether
+    the EMA actor updates this step. Critics with dropout draw their masks from CPU generators
+    inside the forward pass, so they run eagerly.
+    """
+
+    def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device):
+        if cfg.oper_r and getattr(data, "policy_cdf", None) is None:
+            raise ValueError("oper_r needs the actor batch's sampling probabilities: build the data with "
+                             "seemrl.algos.diffql.prepare_data")
+        self.cfg, self.nets = cfg, nets.to(device)
+        self.matmul_precision = cfg.matmul_precision
+        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
+                         cuda_graph=cfg.cuda_graph)
+        self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
+        self.targets = {"actor": nets.actor_ema, "q1": nets.q1_target, "q2": nets.q2_target}
+        self.optimizers = {
+            "actor": make_optimizer("adam", nets.actor.parameters(), cfg.lr, self.device),
+            # weight decay is the optimiser's (coupled) L2 penalty on the critics only
+            "critic": make_optimizer("adam", [*nets.q1.parameters(), *nets.q2.parameters()], cfg.lr, self.device,
+                                     weight_decay=cfg.critic.get("weight_decay", 0.0)),
+        }
+        self.finish_setup()
+
+    # -------------------------------------------------------------- draws and step kinds
+    @property
+    def n_backup(self) -> int:
+        return self.cfg.backup_samples if self.cfg.max_q_backup else 1
+
+    @property
+    def draws(self) -> list[Draw]:
+        cfg, N, A = self.cfg, len(self.data), self.data.action.shape[1]
+        b, n = cfg.batch_size, self.n_backup
+        draws = [Draw("idx", "randint", (b,), STREAM_BATCH, high=N),
+                 Draw("t", "randint", (b,), STREAM_DIFF_T, high=cfg.diffusion_steps),
+                 Draw("eps", "normal", (b, A), STREAM_DIFF_NOISE),
+                 Draw("backup_xT", "normal", (b, n, A), STREAM_BACKUP_XT)]
+        if cfg.oper_r:
+            draws.append(Draw("policy_u", "uniform", (b,), STREAM_POLICY_BATCH))
+        if cfg.guide_q == "random":
+            draws.append(Draw("head", "uniform", (1,), STREAM_HEAD))
+        if cfg.sampler == "ddpm" and cfg.diffusion_steps > 1:
+            draws.append(Draw("backup_steps", "normal", (cfg.diffusion_steps - 1, b, n, A), STREAM_BACKUP_STEPS))
+        return draws
+
+    @property
+    def graphable(self) -> bool:
+        return not self.cfg.critic.get("dropout", 0.0) > 0
+
+    def not_graphable_reason(self) -> str:
+        return "critic dropout draws its masks from CPU generators inside the step"
+
+    def step_kinds(self) -> list[bool]:
+        return [False, True]
+
+    def step_kind(self, it: int) -> bool:
+        n = it + 1  # this step's number, 1-based
+        return n > self.cfg.actor_ema_start and n % self.cfg.actor_ema_every == 0  # EMA actor updates
+
+    def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if cfg.lr_decay != "none":  # before the (graphed) step: the optimisers read a device lr
+            lr = cosine_lr(cfg.lr, self.it, cfg.steps)
+            set_lr(self.optimizers["actor"], lr)
+            if cfg.lr_decay == "both":
+                set_lr(self.optimizers["critic"], lr)
+        return super().step(grad_norm)
+
+    # -------------------------------------------------------------- pieces of the step
+    def batch_indices(self, draws: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(critic batch, actor batch) indices [S, B]: uniform; OPER-R draws the actor's by return."""
+        idx = draws["idx"]
+        if self.cfg.oper_r:
+            return idx, weighted_indices(self.data.policy_cdf, draws["policy_u"])
+        return idx, idx
+
+    @torch.no_grad()
+    def backup_target(self, r: torch.Tensor, s2: torch.Tensor, not_done: torch.Tensor,
+                      draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """r + gamma * not_done * min over heads of max over the sampled actions at s' [S, B, 1]."""
+        nets = self.nets
+        a2 = nets.sample_actions(nets.actor_ema, s2, draws["backup_xT"], draws.get("backup_steps"))
+        S, B, n, _ = a2.shape
+        x2 = torch.cat([s2.unsqueeze(2).expand(S, B, n, s2.shape[-1]), a2], -1).reshape(S, B * n, -1)
+        q1 = nets.q1_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+        q2 = nets.q2_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+        return r + self.cfg.gamma * not_done * torch.minimum(q1, q2)
+
+    def diffusion_terms(self, s: torch.Tensor, a: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                        actor: DiffusionActor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed denoising loss [S] and EDP's one-step action a0_hat [S, B, act] from the
+        dataset actions a noised to step t with noise eps."""
+        sch, actor = self.nets.schedule, (self.nets.actor if actor is None else actor)
+        sa, s1a = sch.sqrt_abar_t[t].unsqueeze(-1), sch.sqrt_1m_abar_t[t].unsqueeze(-1)
+        a_t = sa * a + s1a * eps
+        eps_pred = actor(a_t, t.to(a.dtype), s)
+        loss = ((eps_pred - eps) ** 2).mean((1, 2))
+        a0 = sch.sqrt_recip_abar_t[t].unsqueeze(-1) * a_t - sch.sqrt_recipm1_abar_t[t].unsqueeze(-1) * eps_pred
+        return loss, a0.clamp(-1.0, 1.0)
+
+    def _update(self, draws: dict[str, torch.Tensor], ema_actor_update: bool, grad_norm: bool,
+                set_to_none: bool) -> dict[str, torch.Tensor]:
+        cfg, nets, d = self.cfg, self.nets, self.data
+        critic_idx, actor_idx = self.batch_indices(draws)
+        s, a, r, s2, not_done = (d.obs[critic_idx], d.action[critic_idx], d.reward[critic_idx],
+                                 d.next_obs[critic_idx], d.not_done[critic_idx])
+        # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
+        # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
+        self._critic_mode(train=False)
+        target = self.backup_target(r, s2, not_done, draws)
+        x = torch.cat([s, a], -1)
+        self._critic_mode(train=True)
+        q1 = nets.q1(x)
+        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        self._critic_mode(train=False)
+        critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
+        critic_opt.zero_grad(set_to_none=set_to_none)
+        critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
+        self.record_nonfinite(critic_loss)
+        out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
+        n1, n2 = self._clip(nets.q1), self._clip(nets.q2)
+        if grad_norm:  # before clipping
+            out["critic_grad_norm"] = torch.sqrt(n1 ** 2 + n2 ** 2) if cfg.grad_clip > 0 else per_seed_norm(
+                [p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters()) if p.grad is not None])
+        critic_opt.step()
+
+        # actor: denoising loss + Q of the one-step action, through the updated critics
+        sp, ap = d.obs[actor_idx], d.action[actor_idx]
+        with _frozen(nets.q1, nets.q2):
+            bc_loss, a0 = self.diffusion_terms(sp, ap, draws["t"], draws["eps"])
+            xp = torch.cat([sp, a0], -1)
+            if cfg.guide_q == "q1":
+                q = nets.q1(xp)
+            elif cfg.guide_q == "min":
+                q = torch.minimum(nets.q1(xp), nets.q2(xp))
+            else:  # one head per seed and step, at random (EDP: u > 0.5 -> Q1)
+                q = torch.where((draws["head"] > 0.5).unsqueeze(-1), nets.q1(xp), nets.q2(xp))
+            lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
+            q_loss = -lmbda * q.mean((1, 2))
+            actor_loss = cfg.bc_weight * bc_loss + q_loss
+            actor_opt.zero_grad(set_to_none=set_to_none)
+            actor_loss.sum().backward()
+        na = self._clip(nets.actor)
+        if grad_norm:
+            out["actor_grad_norm"] = na if cfg.grad_clip > 0 else per_seed_norm(
+                [p.grad for p in nets.actor.parameters() if p.grad is not None])
+        actor_opt.step()
+        out.update(actor_loss=actor_loss.detach(), bc_loss=bc_loss.detach(), q_loss=q_loss.detach())
+        self._lerp(("q1", "q2") + (("actor",) if ema_actor_update else ()), cfg.tau)
+        return out
+
+    def _clip(self, module: nn.Module) -> torch.Tensor | None:
+        if self.cfg.grad_clip <= 0:
+            return None
+        return clip_grad_norm_per_seed(list(module.parameters()), self.cfg.grad_clip)
+
+    def _lerp(self, names: Sequence[str], tau: float) -> None:
+        """Targets (parameters and buffers) of `names` move towards their online networks."""
+        with torch.no_grad():
+            src = [t for n in names for t in (*self.networks[n].parameters(), *self.networks[n].buffers())]
+            tgt = [t for n in names for t in (*self.targets[n].parameters(), *self.targets[n].buffers())]
+            torch._foreach_lerp_(tgt, src, tau)
+
+    def _critic_mode(self, train: bool) -> None:
+        self.nets.q1.train(train)
+        self.nets.q2.train(train)
+
+    def extra_state(self) -> dict:
+        return {"dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
+                "eval_gens": self.nets.eval_rng_states()}
+
+    def load_extra_state(self, state: dict) -> None:
+        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
+            if states is not None:
+                net.set_dropout_rng_states(states)
+        self.nets.set_eval_rng_states(state["eval_gens"])
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module):
+    """No parameter gradients for `modules` inside (the actor loss flows through the critics)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+# ------------------------------------------------------------------ resumable state
+def run_identity(cfg: DiffQLConfig, seeds: list[int], data_sha256: str) -> dict:
+    """What makes two runs the same run, as plain JSON values (tuples become lists)."""
+    config = dataclasses.asdict(cfg)
+    config.pop("cuda_graph")  # how the step executes, not which run this is
+    return json.loads(json.dumps({"algorithm": "diffql", "config": config, "seeds": list(seeds),
+                                  "data_sha256": data_sha256}))
+
+
+# ------------------------------------------------------------------ training loop
+METRIC_KEYS = ("critic_loss", "actor_loss", "bc_loss", "q_loss", "q_mean")
+
+
+def train(cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, checkpoint_dir: Path,
+          device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
+          resume: ResumeDir | None = None) -> TrainResult:
+    """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
+
+    `data` comes from `prepare_data` (needed for OPER-R). evaluate(nets) -> one result per seed
+    (`seemrl.evaluation.evaluate_policies` with the environment bound) is called every
+    `cfg.eval_every` steps and after the last step. For `resume` see `seemrl.engine.train_loop`.
+    """
+    trainer = DiffQLTrainer(cfg, seeds, data, nets, device)
+
+    def save(path: Path, step: int, diverged: list) -> None:
+        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
+
+    def param_norms() -> dict[str, torch.Tensor]:
+        n = trainer.nets
+        return {"critic_param_norm": per_seed_norm([*n.q1.parameters(), *n.q2.parameters()]),
+                "actor_param_norm": per_seed_norm(list(n.actor.parameters()))}
+
+    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
+                      checkpoint_dir, save, (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), param_norms,
+                      log=log, evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)

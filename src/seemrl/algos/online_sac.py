@@ -1,0 +1,662 @@
+"""Online SAC on Gymnasium MuJoCo environments, all seeds of a run trained together.
+
+The paper's online experiment (Fig. 11, Sec. 5.3): SAC on Hopper and Walker2d with EMA target
+critics (tau = 0.005), without EMA (tau = 1: the bootstrap target is the current critic), and
+without EMA but with LayerNorm in the critic, which the paper finds as good as EMA while plain
+SAC without EMA stays near zero return. The three are config values (`FIG11_VARIANTS`); any
+critic normalisation of `seemrl.nets.critic_from_config` works.
+
+SAC (Haarnoja et al. 2018, with the automatic temperature of the follow-up paper): twin critics,
+bootstrap target min(Q1', Q2')(s', a') - alpha log pi(a'|s') with a' ~ pi(s'), tanh-squashed
+Gaussian actor (one StackedMLP head giving mean and log-std, the log-std squashed into
+[LOG_STD_MIN, LOG_STD_MAX] as in `seemrl.algos.sac`), one log-temperature per seed tuned towards
+the entropy -act_dim. Everything works in the action space scaled to [-1, 1]: the critics take
+those actions and the replay buffers store them; the environment gets `low + (a + 1)(high - low)/2`.
+
+S seeds train in one process with stacked weights: one environment per seed (reset with a seed
+derived from the run seed), one replay buffer per seed on the device ([S, capacity, width]), and
+per-seed CPU generators for the warm-up actions, the exploration noise, the minibatches and the
+policy noise of the update. Every loss is a sum over seeds of per-seed means, so seed s trained
+among others follows the same trajectory as seed s trained alone.
+
+The update runs on the training engine (`seemrl.engine.StackedTrainer`): its random inputs are
+engine `Draw`s, so on CUDA they are drawn ahead in windows and the update is replayed as a CUDA
+graph; optimisers, divergence records, resumable state and checkpoint files are the engine's. The
+engine counts *updates*; this module speaks of *environment steps*, and converts where the two
+meet (window boundaries, divergence steps). The environment loop (`OnlineRun`: act, step every
+environment, store, update) is online-specific and plugs into `seemrl.engine.train_loop` as its
+step, which does logging, evaluation, checkpoints and resuming as for the offline algorithms.
+
+A seed whose losses or Q become non-finite is recorded with the environment step it first
+happened (checked at every update on the device, read back at log steps); its environment keeps
+running with non-finite actions replaced by 0 (counted per seed), and the run completes.
+
+Checkpoints (`step_XXXXXXXX.pt`) hold the actor and critics of all seeds and load with
+`load_checkpoint` into an object shaped like `seemrl.engine.Checkpoint`, so the SEEM analysis
+runs on them (states are not normalised: `normalize` is the identity). With a
+`seemrl.resume.ResumeDir`, each checkpoint is followed by a resume state holding everything the
+loop depends on, the replay buffers and every environment's MuJoCo integration state included, so
+a killed run continues bit for bit on the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seemrl import engine
+from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.engine import (Draw, LoopSettings, StackedTrainer, make_optimizer, read_checkpoint, train_loop,
+                           write_checkpoint)
+from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # gymnasium is imported where environments are used: the update runs without it
+    import gymnasium as gym
+
+CHECKPOINT_FORMAT = "seemrl.online_sac.v1"
+# Independent random streams per seed (the first seven as in td3.py).
+(STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NOISE, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2,
+ STREAM_EXPLORE, STREAM_WARMUP, STREAM_ENV) = range(10)
+LOG_2PI = math.log(2 * math.pi)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as seemrl.algos.sac (not imported: the update needs no gymnasium)
+# Minibatch positions are drawn as integers in [0, INDEX_RANGE) and taken modulo the buffer size
+# on the device: a draw that does not depend on the size (so it can be made ahead, and a captured
+# graph stays valid as the buffer grows), with a bias below size / 2^62.
+INDEX_RANGE = 2**62
+
+# The paper's Fig. 11 variants, as config overrides.
+FIG11_VARIANTS: dict[str, dict] = {
+    "sac_ema": {"tau": 0.005},
+    "sac_no_ema": {"tau": 1.0},
+    "sac_no_ema_ln": {"tau": 1.0, "critic": {"norm": "layernorm"}},
+}
+
+
+@dataclass
+class OnlineSACConfig:
+    """Hyperparameters of online SAC (defaults: the usual MuJoCo settings, with EMA targets)."""
+
+    steps: int = 1_000_000  # environment steps per seed, warm-up included
+    learning_starts: int = 5_000  # uniformly random actions (and no updates) for this many steps
+    updates_per_step: int = 1  # gradient updates per environment step after the warm-up
+    buffer_size: int = 1_000_000  # replay capacity per seed; min(buffer_size, steps) is allocated
+    batch_size: int = 256  # transitions per seed per update
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # EMA rate of the target critics; 1.0 = no EMA: the target is the current critic
+    actor_lr: float = 3e-4  # Adam learning rate of the actor
+    critic_lr: float = 3e-4  # Adam learning rate of the critics
+    alpha_lr: float = 3e-4  # Adam learning rate of log(temperature)
+    init_alpha: float = 1.0  # initial entropy temperature
+    target_entropy: float | None = None  # entropy target of the temperature; None = -act_dim
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths (ReLU) of actor and critics
+    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
+    checkpoint_every: int = 10_000  # environment steps between checkpoints (step 0 and the last included)
+    log_every: int = 1_000  # environment steps between logged training metrics
+    eval_every: int = 10_000  # environment steps between deterministic evaluations (and at the end); 0 = none
+    eval_episodes: int = 10  # episodes per seed and evaluation
+    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
+    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
+    matmul_precision: str = "tf32"  # float32 matmuls of the update on CUDA: "tf32" or "ieee"; CPU: always ieee
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        self.critic = dict(self.critic)
+        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
+        if unknown:
+            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
+                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
+        if not self.critic.get("weight_decay", 0.0) >= 0:
+            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        for name in ("steps", "updates_per_step", "buffer_size", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if not self.init_alpha > 0:
+            raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
+        if self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
+                             f"and {self.eval_episodes}")
+
+    def updates_before(self, env_step: int) -> int:
+        """Updates made in environment steps 1..env_step (none in the warm-up)."""
+        return max(0, env_step - self.learning_starts) * self.updates_per_step
+
+    def env_step_of_update(self, update: int) -> int:
+        """The environment step in which update number `update` (counted from 1) is made."""
+        return self.learning_starts + -(-update // self.updates_per_step)
+
+
+# ------------------------------------------------------------------ networks
+@dataclass
+class SACNets:
+    """Actor (mean and log-std head) and twin critics of S seeds, in the [-1, 1] action space.
+
+    The interface of `seemrl.algos.td3.TD3Nets` where the SEEM analysis needs it: `q1`, `q2` over
+    (obs, action) inputs, `actor`, `normalize` (the identity: SAC here sees raw states) and
+    `policy` (the deterministic action tanh(mean)).
+    """
+
+    actor: StackedMLP
+    q1: StackedMLP
+    q2: StackedMLP
+    action_low: torch.Tensor  # the environment's action bounds [act]
+    action_high: torch.Tensor
+
+    @property
+    def act_dim(self) -> int:
+        return self.actor.dims[-1] // 2
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions [S, B, act] in [-1, 1] for states [S, B, obs]."""
+        return torch.tanh(self.actor(obs)[..., :self.act_dim])
+
+    def sample(self, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions tanh(mean + std * eps) [S, B, act] and their log-probabilities [S, B, 1]."""
+        mean, log_std = self.actor(obs).chunk(2, dim=-1)
+        # squash log-std smoothly into [LOG_STD_MIN, LOG_STD_MAX] (as seemrl.algos.sac)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        pre_tanh = mean + log_std.exp() * eps
+        # log N(pre_tanh; mean, std) - log|d tanh/dx|, with log(1 - tanh(x)^2) written stably
+        log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1, keepdim=True)
+        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1, keepdim=True)
+        return torch.tanh(pre_tanh), log_prob
+
+    def env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Actions in [-1, 1] -> the environment's box."""
+        return self.action_low + (action + 1) * (0.5 * (self.action_high - self.action_low))
+
+    def to(self, device) -> "SACNets":
+        for name in ("actor", "q1", "q2", "action_low", "action_high"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+def build_nets(cfg: OnlineSACConfig, seeds: list[int], obs_dim: int, act_dim: int,
+               action_low=None, action_high=None) -> SACNets:
+    """Initial networks; seed s's weights come from its own generators (alone or among others)."""
+    actor = StackedMLP(seed_generators(seeds, STREAM_ACTOR), obs_dim, 2 * act_dim, cfg.hidden)
+    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
+    dropout = spec.get("dropout", 0.0) > 0
+    q1, q2 = (
+        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
+                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
+        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
+    )
+    low = -torch.ones(act_dim) if action_low is None else torch.as_tensor(action_low, dtype=torch.float32)
+    high = torch.ones(act_dim) if action_high is None else torch.as_tensor(action_high, dtype=torch.float32)
+    return SACNets(actor, q1, q2, low.clone(), high.clone())
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, nets: SACNets, cfg: OnlineSACConfig, seeds: list[int], step: int,
+                    diverged_step: list[int | None], env_id: str, log_alpha: torch.Tensor) -> None:
+    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
+                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}, env_id=env_id,
+                     obs_dim=nets.actor.dims[0], act_dim=nets.act_dim, action_low=nets.action_low.cpu().tolist(),
+                     action_high=nets.action_high.cpu().tolist(), log_alpha=log_alpha.detach())
+
+
+@dataclass
+class Checkpoint(engine.Checkpoint):
+    env_id: str
+    log_alpha: torch.Tensor  # [S]
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
+    cfg = OnlineSACConfig(**payload["config"])
+    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
+                      payload["action_low"], payload["action_high"])
+    for name in ("actor", "q1", "q2"):
+        getattr(nets, name).load_state_dict(payload[name])
+    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"],
+                      payload["env_id"], payload["log_alpha"])
+
+
+# ------------------------------------------------------------------ replay
+class ReplayBuffers:
+    """S ring buffers on the device, filled in lockstep: `data` [S, capacity, width].
+
+    A row is [obs | action (in [-1, 1]) | reward | next_obs | not_done]; not_done is 0 only at a
+    true termination (a time-limit truncation bootstraps from next_obs). All seeds hold the same
+    number of transitions, kept on the host (`size`) and on the device (`size_t`, int64, read by
+    the update, so a captured CUDA graph samples from the whole buffer as it grows).
+    """
+
+    def __init__(self, n_seeds: int, capacity: int, obs_dim: int, act_dim: int, device):
+        self.obs_dim, self.act_dim, self.capacity = obs_dim, act_dim, capacity
+        self.width = 2 * obs_dim + act_dim + 2
+        self.data = torch.zeros(n_seeds, capacity, self.width, device=device)
+        self.size = self.pos = 0
+        self.size_t = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, rows: torch.Tensor) -> None:
+        """One transition per seed, rows [S, width]."""
+        self.data[:, self.pos] = rows.to(self.data.device)
+        self.pos = (self.pos + 1) % self.capacity
+        if self.size < self.capacity:
+            self.size += 1
+            self.size_t.fill_(self.size)
+
+    def split(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """obs, action, reward, next_obs, not_done of rows [..., width]."""
+        o, a = self.obs_dim, self.act_dim
+        return batch.split([o, a, 1, o, 1], dim=-1)
+
+    def state_dict(self) -> dict:
+        return {"data": self.data[:, :self.size].cpu(), "size": self.size, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.pos = state["size"], state["pos"]
+        self.data[:, :self.size].copy_(state["data"])
+        self.size_t.fill_(self.size)
+
+
+# ------------------------------------------------------------------ the update
+class Temperature(nn.Module):
+    """Per-seed log entropy temperature [S]; a module, so the engine keeps it with the networks."""
+
+    def __init__(self, n_seeds: int, init_alpha: float):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full((n_seeds,), math.log(init_alpha)))
+
+
+class SACTrainer(StackedTrainer):
+    """One SAC update for all seeds (`step()`, the engine's), the exploration policy (`explore()`).
+
+    The engine (`seemrl.engine.StackedTrainer`) supplies the rest: the draws ("idx": minibatch
+    positions, taken modulo the number of transitions in the buffer, the same for all seeds;
+    "noise": policy noise for a' at s' and for the actor loss), each from per-seed generators; the
+    optimisers (fused capturable Adam on CUDA, in graphed and eager runs); the CUDA graph on CUDA
+    with `cfg.cuda_graph` (not with critic dropout, whose masks come from CPU generators inside the
+    forward); the per-update divergence record (critic loss, actor loss or mean Q non-finite);
+    and the resumable state. The engine counts updates: its window boundaries are given in updates
+    such that windows end at checkpoint environment steps. The exploration noise comes from
+    per-seed generators of its own, drawn at every environment step (kept in `extra_state`).
+    The replay buffers are the engine's `data`; they are saved by the environment loop.
+    """
+
+    def __init__(self, cfg: OnlineSACConfig, seeds: list[int], nets: SACNets, replay: ReplayBuffers, device):
+        self.cfg, self.replay = cfg, replay
+        self.nets = nets.to(device)
+        self.act_dim = nets.act_dim
+        self.matmul_precision = cfg.matmul_precision
+        # windows of pre-drawn inputs end where the engine's checkpoint_every divides the update
+        # count: the update counts at checkpoint env steps c*k, (c*k - learning_starts) * ups, are
+        # all multiples of ups * gcd(c, learning_starts)
+        super().__init__(seeds, replay, device, steps=cfg.updates_before(cfg.steps),
+                         checkpoint_every=cfg.updates_per_step * math.gcd(cfg.checkpoint_every, cfg.learning_starts),
+                         cuda_graph=cfg.cuda_graph)
+        self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.temperature = Temperature(self.S, cfg.init_alpha).to(self.device)
+        self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "temperature": self.temperature}
+        if cfg.tau < 1.0:  # (tau = 1: the bootstrap target is the current critic, nothing to copy)
+            self.targets = {name: copy.deepcopy(self.networks[name]).eval() for name in ("q1", "q2")}
+        self.optimizers = {
+            "actor": make_optimizer("adam", nets.actor.parameters(), cfg.actor_lr, self.device),
+            # weight decay is the optimiser's (coupled) L2 penalty on the critics only
+            "critic": make_optimizer("adam", [*nets.q1.parameters(), *nets.q2.parameters()], cfg.critic_lr,
+                                     self.device, weight_decay=cfg.critic.get("weight_decay", 0.0)),
+            "alpha": make_optimizer("adam", [self.temperature.log_alpha], cfg.alpha_lr, self.device),
+        }
+        self.explore_gens = seed_generators(self.seeds, STREAM_EXPLORE)
+        self.seed_index = torch.arange(self.S, device=self.device)[:, None]
+        self.finish_setup()
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        return self.temperature.log_alpha
+
+    @property
+    def draws(self) -> list[Draw]:
+        B, A = self.cfg.batch_size, self.act_dim
+        return [Draw("idx", "randint", (B,), STREAM_BATCH, high=INDEX_RANGE),
+                Draw("noise", "normal", (2, B, A), STREAM_NOISE)]  # [0]: a' at s', [1]: pi(s) of the actor loss
+
+    @property
+    def graphable(self) -> bool:
+        return not self.cfg.critic.get("dropout", 0.0) > 0
+
+    def not_graphable_reason(self) -> str:
+        return "critic dropout draws its masks from CPU generators inside the step"
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        """Sampled actions [S, act] in [-1, 1] for states [S, obs] (noise: each seed's own stream)."""
+        eps = torch.stack([torch.randn(1, self.act_dim, generator=g) for g in self.explore_gens])
+        x = torch.as_tensor(obs, dtype=torch.float32).to(self.device).unsqueeze(1)
+        action, _ = self.nets.sample(x, eps.to(self.device))
+        return action[:, 0].cpu().numpy()
+
+    # ------------------------------------------------------------------ the update
+    def _update(self, draws: dict[str, torch.Tensor], kind, grad_norm: bool,
+                set_to_none: bool) -> dict[str, torch.Tensor]:
+        cfg, nets, replay = self.cfg, self.nets, self.replay
+        idx = torch.remainder(draws["idx"], replay.size_t.clamp_min(1))
+        s, a, r, s2, not_done = replay.split(replay.data[self.seed_index, idx])
+        noise = draws["noise"]
+        log_alpha = self.temperature.log_alpha
+        alpha = log_alpha.detach().exp()
+        q1_t, q2_t = (self.targets["q1"], self.targets["q2"]) if self.targets else (nets.q1, nets.q2)
+        # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
+        # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
+        self._critic_mode(train=False)
+        with torch.no_grad():
+            a2, logp2 = nets.sample(s2, noise[:, 0])
+            x2 = torch.cat([s2, a2], -1)
+            q_next = torch.minimum(q1_t(x2), q2_t(x2)) - alpha[:, None, None] * logp2
+            target = r + cfg.gamma * not_done * q_next
+        x = torch.cat([s, a], -1)
+        self._critic_mode(train=True)
+        q1, q2 = nets.q1(x), nets.q2(x)
+        self._critic_mode(train=False)
+        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
+        critic_opt, actor_opt, alpha_opt = (self.optimizers[k] for k in ("critic", "actor", "alpha"))
+        critic_opt.zero_grad(set_to_none=set_to_none)
+        critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
+        out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
+        if grad_norm:  # the gradient the optimiser is about to apply
+            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
+                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
+        critic_opt.step()
+
+        critic_params = [*nets.q1.parameters(), *nets.q2.parameters()]
+        for p in critic_params:  # backpropagate through the critics, skip their weight gradients
+            p.requires_grad_(False)
+        pi, logp = nets.sample(s, noise[:, 1])
+        xp = torch.cat([s, pi], -1)
+        actor_loss = (alpha[:, None, None] * logp - torch.minimum(nets.q1(xp), nets.q2(xp))).mean((1, 2))
+        actor_opt.zero_grad(set_to_none=set_to_none)
+        actor_loss.sum().backward()
+        actor_opt.step()
+        for p in critic_params:
+            p.requires_grad_(True)
+
+        logp_mean = logp.detach().mean((1, 2))
+        alpha_loss = -log_alpha * (logp_mean + self.target_entropy)
+        alpha_opt.zero_grad(set_to_none=set_to_none)
+        alpha_loss.sum().backward()
+        alpha_opt.step()
+        if self.targets:  # parameters and (BatchNorm) buffers follow the online critics
+            self.update_targets(cfg.tau)
+        out.update(actor_loss=actor_loss.detach(), alpha=alpha, entropy=-logp_mean)
+        # the first update whose critic loss, actor loss or mean Q is NaN or inf (max propagates NaN)
+        self.record_nonfinite(torch.stack([out["critic_loss"], out["actor_loss"], out["q_mean"]]).abs().amax(0))
+        return out
+
+    def _critic_mode(self, train: bool) -> None:
+        self.nets.q1.train(train)
+        self.nets.q2.train(train)
+
+    # ------------------------------------------------------------------ state beyond the engine's
+    def extra_state(self) -> dict:
+        return {"explore_gens": [g.get_state() for g in self.explore_gens],
+                "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()]}
+
+    def load_extra_state(self, state: dict) -> None:
+        for g, g_state in zip(self.explore_gens, state["explore_gens"], strict=True):
+            g.set_state(g_state)
+        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
+            if states is not None:
+                net.set_dropout_rng_states(states)
+
+
+# ------------------------------------------------------------------ environments
+def env_seed(seed: int) -> int:
+    """The reset seed of training seed `seed`'s environment (its first reset; later ones continue)."""
+    return int(np.random.SeedSequence([seed, STREAM_ENV]).generate_state(1)[0])
+
+
+def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
+    import gymnasium as gym
+
+    e = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, gym.wrappers.TimeLimit):
+            return e
+        e = e.env
+    return None
+
+
+def env_state(env: gym.Env) -> dict:
+    """What a MuJoCo environment continues from: its full integration state (time, qpos, qvel,
+    actuator state, controls, solver warm start), the time limit's step count and the random
+    generator of its resets."""
+    import mujoco
+
+    u = env.unwrapped
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(u.model, spec))
+    mujoco.mj_getState(u.model, u.data, state, spec)
+    limit = _time_limit(env)
+    return {"mujoco": torch.from_numpy(state), "elapsed_steps": None if limit is None else limit._elapsed_steps,
+            "np_random": u.np_random.bit_generator.state}
+
+
+def set_env_state(env: gym.Env, state: dict) -> None:
+    """Restore `env_state` into an environment that was reset once."""
+    import mujoco
+
+    u = env.unwrapped
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(u.model, u.data, state["mujoco"].numpy(), spec)
+    mujoco.mj_forward(u.model, u.data)  # derived quantities; the integration state is unchanged
+    limit = _time_limit(env)
+    if limit is not None:
+        limit._elapsed_steps = state["elapsed_steps"]
+    u.np_random.bit_generator.state = state["np_random"]
+
+
+class _EnvPolicy:
+    """The deterministic policy in the environment's action box, shaped for `evaluate_policies`."""
+
+    def __init__(self, nets: SACNets):
+        self.nets, self.obs_mean = nets, nets.action_low  # evaluate_policies reads obs_mean.device
+
+    def normalize(self, obs):
+        return obs
+
+    def policy(self, obs):
+        return self.nets.env_action(self.nets.policy(obs))
+
+
+def evaluate(nets: SACNets, seeds: list[int], env_id: str, n_episodes: int, eval_seed: int = 0,
+             ref_min: float | None = None, ref_max: float | None = None) -> list:
+    """Deterministic returns of every seed (`seemrl.evaluation.evaluate_policies`, actions rescaled)."""
+    from seemrl.evaluation import evaluate_policies
+
+    return evaluate_policies(_EnvPolicy(nets), seeds, env_id, n_episodes, eval_seed, ref_min, ref_max)
+
+
+# ------------------------------------------------------------------ training loop
+@dataclass
+class TrainResult:
+    metrics: pd.DataFrame  # one row per (log step, seed)
+    evaluations: pd.DataFrame  # one row per (evaluation step, seed); engine.EVALUATION_COLUMNS
+    episodes: pd.DataFrame  # one row per finished training episode: step, seed, return, length
+    diverged_step: list[int | None]  # per seed: env step of the first non-finite update
+    nonfinite_actions: list[int]  # per seed: env steps whose action had non-finite entries (set to 0)
+    steps_per_second: float | None  # env steps (of all seeds at once) per second of this process
+    wall_seconds: float
+    resumed_from_step: int | None = None
+    update_mode: str = ""
+
+
+def run_identity(cfg: OnlineSACConfig, seeds: list[int], env_id: str) -> dict:
+    """What makes two runs the same run, as plain JSON values (for `ResumeDir`)."""
+    import gymnasium as gym
+    import mujoco
+
+    config = dataclasses.asdict(cfg)
+    config.pop("cuda_graph")  # how the update executes, not which run this is
+    return json.loads(json.dumps({"algorithm": "online_sac", "config": config, "seeds": list(seeds),
+                                  "env_id": env_id, "gymnasium": gym.__version__, "mujoco": mujoco.__version__}))
+
+
+METRIC_COLUMNS = ("step", "seed", "updates", "critic_loss", "actor_loss", "alpha", "entropy", "q_mean",
+                  "critic_param_norm", "critic_grad_norm", "last_episode_return", "episodes", "nonfinite_actions")
+_INT_METRICS = {"updates": "int64", "episodes": "int64", "nonfinite_actions": "int64"}
+
+
+class OnlineRun:
+    """The online loop's step for `seemrl.engine.train_loop`: one environment step of every seed
+    (uniform warm-up actions, then the stochastic policy), its transitions stored, then
+    `cfg.updates_per_step` updates of the `SACTrainer`.
+
+    It offers what `train_loop` asks of a trainer (`seeds`, `mode`, `step(grad_norm)`,
+    `first_nonfinite_steps()` in environment steps, `state_dict()` / `load_state_dict()`, here
+    with the replay buffers, environments, warm-up generators and episode records) and
+    `log_values()`, the per-seed values of a logged step that are not the update's outputs.
+    """
+
+    def __init__(self, cfg: OnlineSACConfig, envs: list, trainer: SACTrainer):
+        self.cfg, self.envs, self.trainer = cfg, envs, trainer
+        self.seeds, self.mode, self.nets, self.replay = trainer.seeds, trainer.mode, trainer.nets, trainer.replay
+        S = len(self.seeds)
+        self.scale = (self.nets.action_high - self.nets.action_low).cpu().double().numpy() / 2
+        self.low = self.nets.action_low.cpu().double().numpy()
+        self.warmup_gens = seed_generators(self.seeds, STREAM_WARMUP)
+        # the first reset seeds each environment; a resumed run restores the states over it
+        self.obs = np.stack([env.reset(seed=env_seed(seed))[0] for env, seed in zip(envs, self.seeds)])
+        self.env_step = 0
+        self.ep_return, self.ep_length = np.zeros(S), np.zeros(S, np.int64)
+        self.last_return, self.n_episodes = np.full(S, math.nan), np.zeros(S, np.int64)
+        self.nonfinite = np.zeros(S, np.int64)
+        self.episode_rows: list[dict] = []
+
+    def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
+        cfg, trainer, nets, replay = self.cfg, self.trainer, self.nets, self.replay
+        self.env_step = step = self.env_step + 1
+        # ---- act: uniform in the warm-up, then the stochastic policy; each seed from its own stream
+        if step <= cfg.learning_starts:
+            action = torch.stack([torch.rand(nets.act_dim, generator=g) for g in self.warmup_gens]).mul_(2).sub_(1).numpy()
+        else:
+            action = trainer.explore(self.obs)
+        bad = ~np.isfinite(action)
+        if bad.any():
+            self.nonfinite += bad.any(1)
+            action = np.where(bad, np.float32(0.0), action)
+        # ---- step every seed's environment; store the transitions
+        obs, rows_np = self.obs, np.empty((len(self.seeds), replay.width), np.float32)
+        next_obs = np.empty_like(obs)
+        for i, env in enumerate(self.envs):
+            o2, reward, terminated, truncated, _ = env.step(self.low + (action[i].astype(np.float64) + 1) * self.scale)
+            rows_np[i] = np.concatenate([obs[i], action[i], [reward], o2, [0.0 if terminated else 1.0]])
+            self.ep_return[i] += reward
+            self.ep_length[i] += 1
+            if terminated or truncated:
+                self.episode_rows.append({"step": step, "seed": self.seeds[i], "return": float(self.ep_return[i]),
+                                          "length": int(self.ep_length[i])})
+                self.last_return[i], self.n_episodes[i] = self.ep_return[i], self.n_episodes[i] + 1
+                self.ep_return[i], self.ep_length[i] = 0.0, 0
+                o2, _ = env.reset()
+            next_obs[i] = o2
+        self.obs = next_obs
+        replay.add(torch.from_numpy(rows_np))
+        # ---- update (the gradient norm, when asked for, of the step's last update)
+        if step <= cfg.learning_starts:
+            return {"alpha": trainer.log_alpha.detach().exp()}
+        for k in range(cfg.updates_per_step):
+            out = trainer.step(grad_norm=grad_norm and k == cfg.updates_per_step - 1)
+        return out
+
+    def log_values(self) -> dict[str, torch.Tensor]:
+        return {"updates": torch.full((len(self.seeds),), self.trainer.it, dtype=torch.int64),
+                "critic_param_norm": per_seed_norm([*self.nets.q1.parameters(), *self.nets.q2.parameters()]),
+                "last_episode_return": torch.from_numpy(self.last_return.copy()),
+                "episodes": torch.from_numpy(self.n_episodes.copy()),
+                "nonfinite_actions": torch.from_numpy(self.nonfinite.copy())}
+
+    def first_nonfinite_steps(self) -> list[int | None]:
+        """Per seed, the environment step of the first update with a non-finite loss or Q."""
+        return [None if n is None else self.cfg.env_step_of_update(n) for n in self.trainer.first_nonfinite_steps()]
+
+    def state_dict(self) -> dict:
+        arrays = ("obs", "ep_return", "ep_length", "last_return", "n_episodes", "nonfinite")
+        return {"trainer": self.trainer.state_dict(), "replay": self.replay.state_dict(),
+                "envs": [env_state(env) for env in self.envs], "env_step": self.env_step,
+                "warmup_gens": [g.get_state() for g in self.warmup_gens], "episodes": list(self.episode_rows),
+                **{name: torch.from_numpy(getattr(self, name).copy()) for name in arrays}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.replay.load_state_dict(state["replay"])
+        for env, env_st in zip(self.envs, state["envs"], strict=True):
+            set_env_state(env, env_st)
+        for g, g_state in zip(self.warmup_gens, state["warmup_gens"], strict=True):
+            g.set_state(g_state)
+        self.env_step, self.episode_rows = state["env_step"], list(state["episodes"])
+        for name in ("obs", "ep_return", "ep_length", "last_return", "n_episodes", "nonfinite"):
+            setattr(self, name, state[name].numpy().copy())
+
+
+def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: str | Path, device="cpu",
+          log: Callable[[str], None] = print, resume: ResumeDir | None = None, *,
+          nets: SACNets | None = None, ref_min: float | None = None, ref_max: float | None = None) -> TrainResult:
+    """Train SAC with every seed in its own `env_id` environment for `cfg.steps` environment steps.
+
+    Checkpoints end up in `checkpoint_dir`. Without `resume` they are written straight there (the
+    caller makes that atomic). With it they go to the resume directory, each followed by a resume
+    state; training continues from a matching state found there; and at the end `checkpoint_dir`
+    is replaced, atomically, by a directory of every checkpoint (`seemrl.engine.train_loop`).
+    `nets` replaces the initial networks (tests); `ref_min` / `ref_max` give normalised scores.
+    """
+    import gymnasium as gym
+
+    seeds = list(seeds)
+    S, device = len(seeds), torch.device(device)
+    envs = [gym.make(env_id) for _ in seeds]
+    try:
+        space = envs[0].action_space
+        bounded = isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()
+        if not bounded:
+            raise ValueError(f"{env_id}: online SAC needs a bounded Box action space, got {space}")
+        if resume is not None and not hasattr(envs[0].unwrapped, "data"):
+            raise ValueError(f"{env_id} is not a MuJoCo environment: its state cannot be saved for resuming")
+        obs_dim, act_dim = envs[0].observation_space.shape[0], space.shape[0]
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        if nets is None:
+            nets = build_nets(cfg, seeds, obs_dim, act_dim, low, high)
+        replay = ReplayBuffers(S, min(cfg.buffer_size, cfg.steps), obs_dim, act_dim, device)
+        run = OnlineRun(cfg, envs, SACTrainer(cfg, seeds, nets, replay, device))
+        log(f"online SAC on {env_id}, {S} seeds, device {device}")
+
+        def save(path: Path, step: int, diverged: list) -> None:
+            save_checkpoint(path, run.nets, cfg, seeds, step, diverged, env_id, run.trainer.log_alpha)
+
+        def evaluate_run(r: OnlineRun) -> list:
+            return evaluate(r.nets, seeds, env_id, cfg.eval_episodes, cfg.eval_seed, ref_min, ref_max)
+
+        result = train_loop(run, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
+                            Path(checkpoint_dir), save, METRIC_COLUMNS[2:], run.log_values, log=log,
+                            evaluate=evaluate_run, resume=resume)
+    finally:
+        for env in envs:
+            env.close()
+    return TrainResult(
+        metrics=result.metrics.reindex(columns=list(METRIC_COLUMNS)).astype(_INT_METRICS),
+        evaluations=result.evaluations,
+        episodes=pd.DataFrame(run.episode_rows, columns=["step", "seed", "return", "length"]),
+        diverged_step=result.diverged_step, nonfinite_actions=[int(n) for n in run.nonfinite],
+        steps_per_second=result.steps_per_second, wall_seconds=result.wall_seconds,
+        resumed_from_step=result.resumed_from_step, update_mode=run.mode)
