@@ -48,7 +48,7 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     assert job_counts(out) == {
         "recipe_train": 1, "recipe_dataset": 1, "dataset_table": 1,
         "subset": len(exp["percents"]), "train": n_cells, "seem": n_cells,
-        "report_tables": 1, "report_figure": 1, "all": 1,
+        "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1,
     }
 
 
@@ -102,6 +102,9 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     assert len(summary) == 4
     assert (tmp_path / "results/report/seem_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "results/report/summary.md").read_text().startswith("|")
+    predictions = pd.read_csv(tmp_path / "results/report/predictions.csv")
+    assert len(predictions) == 4 * 2  # one row per (run, seed)
+    assert "precision" in (tmp_path / "results/report/predictions.md").read_text()
 
     # idempotent: a second run does nothing
     again = snakemake(tmp_path, TINY)
@@ -111,7 +114,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     changed = copy.deepcopy(TINY)
     changed["algorithms"]["td3_seem"]["lr"] = 1e-3
     assert job_counts(snakemake(tmp_path, changed, "-n").stdout) == {
-        "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "all": 1}
+        "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
 
     # a new dataset size re-collects data and retrains offline, but never reruns the SAC recipe
     resized = copy.deepcopy(TINY)

@@ -329,6 +329,18 @@ def cmd_report_figure(a: argparse.Namespace) -> None:
     report.plot_seem_and_q(pd.concat(_labelled_frames(a.seem, a.runs), ignore_index=True), a.out)
 
 
+def cmd_predictions(a: argparse.Namespace) -> None:
+    from seemrl.analysis.predictions import load_run, predictions_table, summary_markdown
+    from seemrl.io import write_text_atomic
+    from seemrl.report import write_table_csv
+
+    _setup()
+    table = predictions_table([load_run(d) for d in a.runs])
+    write_table_csv(table, a.csv)
+    write_text_atomic(a.markdown, summary_markdown(table))
+    log.info("predictions for %d seeds of %d runs written to %s", len(table), len(a.runs), a.csv)
+
+
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seemrl", description=__doc__)
@@ -421,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
+
+    sp = add("predictions", cmd_predictions, "the paper's predictions checked against what the runs did")
+    sp.add_argument("--runs", nargs="+", required=True, help="run directories (seem.parquet, metrics, run.json)")
+    sp.add_argument("--csv", required=True)
+    sp.add_argument("--markdown", required=True)
 
     for name, fn in (("report-tables", cmd_report_tables), ("report-figure", cmd_report_figure)):
         sp = add(name, fn, f"{name.split('-')[1]} from SEEM outputs")

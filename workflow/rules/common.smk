@@ -147,4 +147,6 @@ def report_outputs():
         "results/report/summary.md",
         "results/report/seeds.csv",
         "results/report/seem_q.png",
+        "results/report/predictions.csv",
+        "results/report/predictions.md",
     ]

@@ -30,3 +30,22 @@ rule report_figure:
         "results/logs/report_figure.log",
     shell:
         "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output} > {log} 2>&1"
+
+
+rule predictions:
+    input:
+        seem=run_paths("seem.parquet"),
+        metrics=run_paths("metrics.parquet"),
+        runs=run_paths("run.json"),
+    output:
+        csv="results/report/predictions.csv",
+        markdown="results/report/predictions.md",
+    params:
+        run_dirs=[RUN.format(**c) for c in cells()],
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/predictions.log",
+    shell:
+        "python -m seemrl predictions --runs {params.run_dirs} --csv {output.csv} --markdown {output.markdown}"
+        " > {log} 2>&1"
