@@ -19,6 +19,25 @@ from seemrl.resume import ResumeDir
 log = logging.getLogger("seemrl")
 
 
+_LEASES = []  # device leases live as long as the process (the kernel frees them on exit)
+
+
+def _job_device(a: argparse.Namespace) -> tuple[str, dict]:
+    """The job's torch device, with a GPU of its own when it runs on CUDA (`seemrl.gpu_lease`),
+    and what run.json records about it."""
+    from seemrl.gpu_lease import lease_device
+
+    lease = lease_device(resolve_device(a.device), getattr(a, "lease_dir", None) or ".cache/gpu-leases",
+                         getattr(a, "gpu_slots", 1) or 1, log=log.info)
+    _LEASES.append(lease)
+    if lease.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(lease.device)  # kernels, graphs and allocations default to it
+        return lease.device, {**lease.record(), "name": torch.cuda.get_device_name(lease.device)}
+    return lease.device, lease.record()
+
+
 def _setup(threads: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if threads:
@@ -145,7 +164,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise SystemExit(f"bad {a.trainer} training parameters {a.params!r}: {exc}")
     seeds = [int(s) for s in a.seeds.split(",")]
-    device = resolve_device(a.device)
+    device, device_info = _job_device(a)
     t = read_transitions(a.data)
     evaluate, eval_info = _evaluator(t, cfg, seeds, a.data)
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
@@ -193,7 +212,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         "steps_per_second": rate,  # of this process, i.e. since the resumed step
         "seed_steps_per_second": None if rate is None else rate * len(seeds),
         "wall_seconds": result.wall_seconds,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "device": device_info,
         "data": {"path": a.data, "n_transitions": len(t), **{k: t.meta.get(k) for k in
                  ("name", "env_id", "subset_percent", "subset_seed", "parent_sha256")}},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
@@ -220,7 +239,7 @@ def cmd_train_online(a: argparse.Namespace) -> None:
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise SystemExit(f"bad online SAC parameters {a.params!r}: {exc}")
     seeds = [int(s) for s in a.seeds.split(",")]
-    device = resolve_device(a.device)
+    device, device_info = _job_device(a)
     ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
     resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
     kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max)
@@ -249,7 +268,7 @@ def cmd_train_online(a: argparse.Namespace) -> None:
         "steps_per_second": rate,
         "update_mode": result.update_mode,
         "wall_seconds": result.wall_seconds,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "device": device_info,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
@@ -282,7 +301,7 @@ def cmd_seem(a: argparse.Namespace) -> None:
     arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward,
               "terminal": t.terminal}
     df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
-                     device=resolve_device(a.device), replace=not a.without_replacement)
+                     device=_job_device(a)[0], replace=not a.without_replacement)
     with atomic_path(a.out) as tmp:
         df.to_parquet(tmp, index=False)
     log.info("verdict per seed:\n%s", divergence_verdict(df).to_string())
@@ -342,6 +361,16 @@ def cmd_predictions(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ parser
+def _device_args(sp: argparse.ArgumentParser) -> None:
+    import os
+
+    sp.add_argument("--gpu-slots", type=int, default=int(os.environ.get("SEEMRL_GPU_SLOTS", 1)),
+                    help="jobs that may share one GPU (small networks); default $SEEMRL_GPU_SLOTS or 1")
+    sp.add_argument("--lease-dir", default=os.environ.get("SEEMRL_LEASE_DIR", ".cache/gpu-leases"),
+                    help="lock files of the GPU leases, shared by the jobs of one machine "
+                         "(default $SEEMRL_LEASE_DIR or .cache/gpu-leases)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seemrl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -404,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", required=True)
     sp.add_argument("--run", required=True)
     sp.add_argument("--evaluations", help="Parquet of policy evaluations (empty when eval_every is 0)")
+    _device_args(sp)
     sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
                     "continued if it matches this run, deleted when the run completes")
 
@@ -417,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume-dir")
     for out in ("checkpoints", "metrics", "evaluations", "episodes", "run"):
         sp.add_argument(f"--{out}", required=True)
+    _device_args(sp)
 
     sp = add("report-online", cmd_report_online, "figure of online SAC runs (Q and return over steps)")
     sp.add_argument("--metrics", nargs="+", required=True)
@@ -433,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
+    _device_args(sp)
 
     sp = add("predictions", cmd_predictions, "the paper's predictions checked against what the runs did")
     sp.add_argument("--runs", nargs="+", required=True, help="run directories (seem.parquet, metrics, run.json)")

@@ -106,6 +106,11 @@ def percent_label(p):
 PERCENTS = [percent_label(p) for p in config["experiment"]["percents"]]
 SEEDS = config["experiment"]["seeds"]
 RUN = "results/runs/{dataset}/{percent}pct/{algo}/{norm}"
+# Every GPU job leases a device of its own for its lifetime (seemrl.gpu_lease). How many jobs share
+# a GPU is how jobs run, not what they compute: it reaches them through the environment, so
+# changing it reruns nothing.
+os.environ["SEEMRL_GPU_SLOTS"] = str(config["resources"].get("gpu_slots", 1))
+os.environ.setdefault("SEEMRL_LEASE_DIR", str(Path(".cache/gpu-leases").resolve()))
 
 
 wildcard_constraints:
