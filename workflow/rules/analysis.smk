@@ -5,6 +5,7 @@ rule seem:
     input:
         checkpoints=RUN + "/checkpoints",
         data="resources/datasets/{dataset}/subset-{percent}pct.parquet",
+        code=code("analysis/seem.py", "nets.py"),
     output:
         RUN + "/seem.parquet",
     params:

@@ -98,6 +98,23 @@ def raw_dataset_input(wildcards):
     return f"resources/generated/{entry['recipe']}/{entry['env_id']}/{entry['level']}.json"
 
 
+def code(*modules):
+    """Package modules a rule's output depends on, as inputs: Snakemake tracks a rule's shell
+    text and params but not the Python it calls, so editing one of these reruns the rule (and what
+    depends on it) and nothing else. The CLI plumbing (seemrl/cli.py) is deliberately left out."""
+    return [str(PROJECT / "src" / "seemrl" / m) for m in modules]
+
+
+TRAINING_CODE = ("engine.py", "nets.py", "evaluation.py", "antmaze.py", "resume.py", "devices.py")
+
+
+def train_code(wildcards):
+    """The training engine plus the algorithm's own module(s)."""
+    trainer = config["algorithms"][wildcards.algo]["trainer"]
+    extra = ("algos/common.py",) if (PROJECT / "src/seemrl/algos/common.py").exists() else ()
+    return code(*TRAINING_CODE, f"algos/{trainer}.py", "algos/td3.py", *extra)
+
+
 def percent_label(p):
     """10 -> '10', 0.5 -> '0.5': the {percent} wildcard of a subset."""
     return str(int(p)) if float(p).is_integer() else repr(float(p))

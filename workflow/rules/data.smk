@@ -38,6 +38,8 @@ rule fetch_minari:
 
 
 rule recipe_train:
+    input:
+        code=code("data/recipe.py", "algos/sac.py"),
     output:
         directory("resources/generated/{recipe}/{env_id}/training"),
     params:
@@ -58,6 +60,7 @@ rule recipe_train:
 rule recipe_dataset:
     input:
         training="resources/generated/{recipe}/{env_id}/training",
+        code=code("data/recipe.py", "data/minari_source.py"),
         parts=lambda w: [
             f"resources/generated/{w.recipe}/{w.env_id}/{part}.json" for part in ("medium", "expert")
         ]
@@ -82,7 +85,8 @@ rule recipe_dataset:
 
 rule dataset_table:
     input:
-        raw_dataset_input,
+        raw=raw_dataset_input,
+        code=code("data/transitions.py", "data/d4rl.py", "data/minari_source.py"),
     output:
         table="resources/datasets/{dataset}/transitions.parquet",
         card="resources/datasets/{dataset}/card.json",
@@ -93,13 +97,14 @@ rule dataset_table:
     log:
         "results/logs/dataset_table/{dataset}.log",
     shell:
-        "python -m seemrl table --dataset {wildcards.dataset} --entry '{params.entry}' --raw {input}"
+        "python -m seemrl table --dataset {wildcards.dataset} --entry '{params.entry}' --raw {input.raw}"
         " --out {output.table} --card {output.card} > {log} 2>&1"
 
 
 rule subset:
     input:
-        "resources/datasets/{dataset}/transitions.parquet",
+        table="resources/datasets/{dataset}/transitions.parquet",
+        code=code("data/subsets.py"),
     output:
         "resources/datasets/{dataset}/subset-{percent}pct.parquet",
     params:
@@ -110,5 +115,5 @@ rule subset:
     log:
         "results/logs/subset/{dataset}-{percent}pct.log",
     shell:
-        "python -m seemrl subset --src {input} --out {output} --percent {wildcards.percent}"
+        "python -m seemrl subset --src {input.table} --out {output} --percent {wildcards.percent}"
         " --seed {params.seed} --min-transitions {params.min_transitions} > {log} 2>&1"

@@ -17,6 +17,8 @@ def online_paths(name):
 
 
 rule train_online:
+    input:
+        code=code(*TRAINING_CODE, "algos/online_sac.py"),
     output:
         checkpoints=directory(ONLINE_RUN + "/checkpoints"),
         metrics=ONLINE_RUN + "/metrics.parquet",
@@ -45,6 +47,7 @@ rule train_online:
 
 rule report_online:
     input:
+        code=code("report.py"),
         metrics=online_paths("metrics.parquet"),
         runs=online_paths("run.json"),
     output:

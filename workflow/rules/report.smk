@@ -3,6 +3,7 @@
 
 rule report_tables:
     input:
+        code=code("report.py"),
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
@@ -20,6 +21,7 @@ rule report_tables:
 
 rule report_figure:
     input:
+        code=code("report.py"),
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
@@ -34,6 +36,7 @@ rule report_figure:
 
 rule predictions:
     input:
+        code=code("analysis/predictions.py"),
         seem=run_paths("seem.parquet"),
         metrics=run_paths("metrics.parquet"),
         runs=run_paths("run.json"),

@@ -8,7 +8,8 @@ RESUME = "results/resume/{dataset}/{percent}pct/{algo}/{norm}"
 
 rule train:
     input:
-        "resources/datasets/{dataset}/subset-{percent}pct.parquet",
+        data="resources/datasets/{dataset}/subset-{percent}pct.parquet",
+        code=train_code,
     output:
         checkpoints=directory(RUN + "/checkpoints"),
         metrics=RUN + "/metrics.parquet",
@@ -28,7 +29,7 @@ rule train:
     log:
         RUN + "/train.log",
     shell:
-        "python -m seemrl train --trainer {params.trainer} --data {input} --params '{params.algo}'"
+        "python -m seemrl train --trainer {params.trainer} --data {input.data} --params '{params.algo}'"
         " --seeds {params.seeds}"
         " --label dataset={wildcards.dataset} --label percent={wildcards.percent}"
         " --label algo={wildcards.algo} --label critic_norm={wildcards.norm}"
