@@ -44,3 +44,33 @@ def test_seed_slice_and_norm():
     assert all(v.shape[0] == 1 for v in one.values())
     expected = torch.sqrt(sum(v[1].pow(2).sum() for v in params.values()))
     torch.testing.assert_close(per_seed_norm(list(params.values()))[1], expected)
+
+
+def test_fused_layer_norm_is_off_on_cpu_and_matches_the_plain_ops():
+    from seemrl.nets import _layer_norm_act, enable_fused_pointwise, seed_generators
+
+    net = StackedMLP(seed_generators([0, 1], 0), 5, 1, (8, 8), norm="layernorm")
+    assert enable_fused_pointwise([net], "cpu") is False and net.fused_pointwise is False
+    x = torch.randn(2, 4, 5)
+    h = torch.baddbmm(net.biases[0], x, net.weights[0])
+    ref = torch.relu(net._layer_norm(0, h))
+    torch.testing.assert_close(_layer_norm_act(h, net.ln_weights["0"], net.ln_biases["0"], "relu"), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("affine, activation", [(True, "relu"), (False, "mish")])
+def test_fused_layer_norm_matches_the_plain_ops_on_cuda(affine, activation):
+    from seemrl.nets import enable_fused_pointwise, seed_generators
+
+    def make():
+        return StackedMLP(seed_generators([0, 1, 2], 0), 7, 1, (64, 64), norm="layernorm", norm_affine=affine,
+                          activation=activation).cuda()
+    plain, fused = make(), make()
+    assert enable_fused_pointwise([fused], "cuda") and fused.fused_pointwise
+    x = torch.randn(3, 256, 7, device="cuda")
+    out_p, out_f = plain(x), fused(x)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    out_p.square().sum().backward()
+    out_f.square().sum().backward()
+    for p, q in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from seemrl.devices import matmul_precision
 from seemrl.io import atomic_path
-from seemrl.nets import seed_generators
+from seemrl.nets import enable_fused_pointwise, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths
 
 DRAW_KINDS = ("randint", "normal", "uniform")
@@ -335,12 +335,14 @@ class StackedTrainer:
     # -------------------------------------------------------------- set-up helpers
     def finish_setup(self) -> None:
         """Call at the end of the subclass constructor, once networks and optimisers exist."""
+        fused = enable_fused_pointwise([*self.networks.values(), *self.targets.values()], self.device)
         self.graphed = self.cuda_graph and self.device.type == "cuda" and self.graphable
         # on a GPU every step reads windows, graphed or not, so both compute the same; on the CPU
         # windows are optional (tests: the window draws what stepping draws)
         self.use_window = self.device.type == "cuda"
         self._opt_flags = {name: {k: o.param_groups[0][k] for k in ("capturable", "fused", "foreach")
                                   if k in o.param_groups[0]} for name, o in self.optimizers.items()}
+        self.fused_pointwise = fused
         if self.device.type != "cuda":
             self.mode = "eager (CPU)"
         elif self.graphed:
@@ -349,6 +351,8 @@ class StackedTrainer:
             self.mode = "eager (cuda_graph=False)"
         else:
             self.mode = f"eager ({self.not_graphable_reason()})"
+        if fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
+            self.mode += ", LayerNorm + activation compiled into one kernel"
 
     def not_graphable_reason(self) -> str:
         return "this configuration draws random numbers inside the step"
