@@ -17,9 +17,14 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/online.smk"
+include: "workflow/rules/theory.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     input:
         report_outputs(),
         ["results/report/online_sac.png"] if config.get("online", {}).get("envs") else [],
+        theory_outputs(),

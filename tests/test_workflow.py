@@ -63,6 +63,7 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
         "recipe_train": 1, "recipe_dataset": 1, "dataset_table": 1,
         "subset": len(exp["percents"]), "train": n_cells, "seem": n_cells,
         "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1,
+        "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1,
     }
 
 
@@ -89,6 +90,8 @@ TINY["recipes"]["demo"].update(sac_steps=300, learning_starts=100, snapshot_ever
 TINY["algorithms"]["td3_seem"].update(steps=30, batch_size=32, hidden=[32, 32], checkpoint_every=10, log_every=5)
 TINY["experiment"]["percents"] = [50, 100]
 TINY["analysis"]["seem_samples"] = 16
+TINY["theory"] = {"toy": {"seem_every": 5}, "ntk_map": {"hidden": 256, "resolution": 21},
+                  "baird": {"steps": 500}, "homogeneity": {"hidden": [32, 32], "n_inputs": 16}}
 
 
 @pytest.mark.slow
@@ -122,6 +125,17 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     predictions = pd.read_csv(tmp_path / "results/report/predictions.csv")
     assert len(predictions) == 4 * 2  # one row per (run, seed)
     assert "precision" in (tmp_path / "results/report/predictions.md").read_text()
+
+    # theory experiments: their tables and figures
+    toy = pd.read_csv(tmp_path / "results/theory/toy/toy_summary.csv")
+    assert len(toy) == 1
+    for experiment in ("toy", "ntk_map", "baird", "homogeneity"):
+        assert (tmp_path / f"results/theory/{experiment}/{experiment}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a self-contained HTML report with every figure and its caption
+    smk(TINY, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "seem_q.png" in html and "toy.png" in html and "Baird" in html
 
     # idempotent: a second run does nothing
     again = smk(TINY)

@@ -51,7 +51,7 @@ rule report_online:
         metrics=online_paths("metrics.parquet"),
         runs=online_paths("run.json"),
     output:
-        "results/report/online_sac.png",
+        report("results/report/online_sac.png", caption="../report/online_sac.rst", category="Online SAC"),
     conda:
         CONDA_ENV
     log:

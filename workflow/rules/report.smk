@@ -7,7 +7,7 @@ rule report_tables:
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
-        summary="results/report/summary.csv",
+        summary=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown="results/report/summary.md",
         seeds="results/report/seeds.csv",
     conda:
@@ -25,7 +25,7 @@ rule report_figure:
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
-        "results/report/seem_q.png",
+        report("results/report/seem_q.png", caption="../report/seem_q.rst", category="SEEM and Q"),
     conda:
         CONDA_ENV
     log:
@@ -41,7 +41,7 @@ rule predictions:
         metrics=run_paths("metrics.parquet"),
         runs=run_paths("run.json"),
     output:
-        csv="results/report/predictions.csv",
+        csv=report("results/report/predictions.csv", caption="../report/predictions.rst", category="Tables"),
         markdown="results/report/predictions.md",
     params:
         run_dirs=[RUN.format(**c) for c in cells()],
