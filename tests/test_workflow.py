@@ -75,6 +75,13 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     (lambda c: c["experiment"].__setitem__("datasets", ["hopper-medum-v2"]), "hopper-medium-v2"),
     (lambda c: c["recipes"]["demo"].__setitem__("sac_step", 5), "'sac_step' was unexpected"),
     (lambda c: c.__setitem__("registry", "config/nope.yaml"), "config/nope.yaml"),
+    (lambda c: c["algorithms"].__setitem__("iql", {"trainer": "iql", "expectil": 0.7}) or
+     c["experiment"]["algorithms"].append("iql"), "algorithms.iql: unknown field(s) ['expectil']"),
+    (lambda c: c["algorithms"]["td3_seem"].__setitem__("policy_delay", 0), "policy_delay"),
+    (lambda c: c["algorithms"].__setitem__("cql", {"trainer": "cql", "cql_n_actions": 0}) or
+     c["experiment"]["algorithms"].append("cql"), "algorithms.cql"),
+    (lambda c: c.__setitem__("experiment", [c["experiment"], {**c["experiment"], "seeds": [5]}]),
+     "in two grids with different seeds"),
 ])
 def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
     config = copy.deepcopy(DEFAULT_CONFIG)

@@ -49,13 +49,15 @@ def registry_entry(name):
     return REGISTRY[name]
 
 
+GRIDS = config["experiment"] if isinstance(config["experiment"], list) else [config["experiment"]]
+
+
 def _check_references():
     """Names in `experiment` and the registry must resolve; say which key is wrong."""
-    exp = config["experiment"]
     sections = {"algorithms": config["algorithms"], "critic_norms": config["critic_norms"],
                 "datasets": REGISTRY}
     for section, defined in sections.items():
-        unknown = [n for n in exp[section] if n not in defined]
+        unknown = [n for exp in GRIDS for n in exp[section] if n not in defined]
         if unknown:
             where = config["registry"] if section == "datasets" else section
             raise ValueError(
@@ -63,7 +65,7 @@ def _check_references():
                 f"defined in {where}: "
                 + str(difflib.get_close_matches(unknown[0], defined, n=5) or sorted(defined)[:10])
             )
-    for name in exp["datasets"]:
+    for name in {d for exp in GRIDS for d in exp["datasets"]}:
         entry = REGISTRY[name]
         if entry["source"] == "generate" and entry["recipe"] not in config.get("recipes", {}):
             raise ValueError(
@@ -73,6 +75,27 @@ def _check_references():
 
 
 _check_references()
+
+
+def _check_algorithms():
+    """Each algorithm used by a cell builds its Config (with each critic spec it meets), so a bad
+    field or value fails now, naming the key, instead of inside a training job."""
+    import dataclasses
+
+    from seemrl.algos import trainer_module
+
+    for algo, norm in sorted({(c["algo"], c["norm"]) for c in cells()}):
+        params = dict(config["algorithms"][algo])
+        algo_module = trainer_module(params.pop("trainer"))
+        fields = sorted(f.name for f in dataclasses.fields(algo_module.Config))
+        unknown = sorted(set(params) - set(fields))
+        if unknown:
+            raise ValueError(f"config key algorithms.{algo}: unknown field(s) {unknown} for trainer "
+                             f"{config['algorithms'][algo]['trainer']}; allowed: {fields}")
+        try:
+            algo_module.Config(**params, critic=config["critic_norms"][norm])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config key algorithms.{algo} (with critic_norms.{norm}): {exc}")
 
 
 sys.path.insert(0, str(PROJECT / "src"))  # the workflow's own package, whatever runs Snakemake
@@ -120,8 +143,6 @@ def percent_label(p):
     return str(int(p)) if float(p).is_integer() else repr(float(p))
 
 
-PERCENTS = [percent_label(p) for p in config["experiment"]["percents"]]
-SEEDS = config["experiment"]["seeds"]
 RUN = "results/runs/{dataset}/{percent}pct/{algo}/{norm}"
 # Every GPU job leases a device of its own for its lifetime (seemrl.gpu_lease). How many jobs share
 # a GPU is how jobs run, not what they compute: it reaches them through the environment, so
@@ -139,16 +160,35 @@ wildcard_constraints:
     norm=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
+def _cell_seeds():
+    """(dataset, percent, algo, norm) -> seeds, over every grid; a cell in two grids must agree."""
+    seeds = {}
+    for i, exp in enumerate(GRIDS):
+        for d in exp["datasets"]:
+            for p in (percent_label(p) for p in exp["percents"]):
+                for a in exp["algorithms"]:
+                    for n in exp["critic_norms"]:
+                        key = (d, p, a, n)
+                        if key in seeds and seeds[key] != exp["seeds"]:
+                            raise ValueError(f"config key experiment[{i}]: cell {key} is in two grids with "
+                                             f"different seeds ({seeds[key]} and {exp['seeds']})")
+                        seeds[key] = exp["seeds"]
+    return seeds
+
+
+CELL_SEEDS = _cell_seeds()
+
+
 def cells():
-    """Every (dataset, percent, algo, norm) of the experiment grid; seeds share a job."""
-    exp = config["experiment"]
-    return [
-        dict(dataset=d, percent=p, algo=a, norm=n)
-        for d in exp["datasets"]
-        for p in PERCENTS
-        for a in exp["algorithms"]
-        for n in exp["critic_norms"]
-    ]
+    """Every (dataset, percent, algo, norm) of the experiment's grid(s), in order; seeds share a job."""
+    return [dict(dataset=d, percent=p, algo=a, norm=n) for d, p, a, n in CELL_SEEDS]
+
+
+_check_algorithms()
+
+
+def cell_seeds(wildcards):
+    return ",".join(str(s) for s in CELL_SEEDS[wildcards.dataset, wildcards.percent, wildcards.algo, wildcards.norm])
 
 
 def run_paths(name):

@@ -18,7 +18,7 @@ rule train:
     params:
         trainer=lambda wc: config["algorithms"][wc.algo]["trainer"],
         algo=train_params,
-        seeds=",".join(str(s) for s in SEEDS),
+        seeds=cell_seeds,
         device=config["resources"].get("device", "auto"),
         resume_dir=RESUME,
     threads: config["resources"].get("train_threads", 1)
