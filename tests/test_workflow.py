@@ -67,6 +67,30 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     }
 
 
+PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, theory jobs)
+    "table1.yaml": ("all", 6 * 4, 6 * 4, 0, 0),
+    "xpercent.yaml": ("all", 9 * 4 * 4 * 2, 9 * 4 * 4 * 2, 0, 0),
+    "seem_figures.yaml": ("all", 5 * 2 * 2 + 5, 5 * 2 * 2 + 5, 0, 0),
+    "normalizations.yaml": ("all", 2 * 10 + 3 * 9, 2 * 10 + 3 * 9, 0, 0),
+    "ablation.yaml": ("all", 9 * 2 * 4, 9 * 2 * 4, 0, 0),
+    "online_sac.yaml": ("results/report/online_sac.png", 0, 0, 2 * 3, 0),
+    "theory.yaml": ("theory", 0, 0, 0, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
+    target, n_train, n_seem, n_online, n_theory = PAPER_CONFIGS[name]
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    paper = yaml.safe_load((ROOT / "config" / "paper" / name).read_text())
+    for key, value in paper.items():  # what Snakemake's --configfile does: a recursive update
+        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    counts = job_counts(snakemake(tmp_path, config, "-n", target).stdout)
+    assert counts.get("train", 0) == n_train and counts.get("seem", 0) == n_seem
+    assert counts.get("train_online", 0) == n_online
+    assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory
+
+
 @pytest.mark.parametrize("mutate, needle", [
     (lambda c: c["algorithms"]["td3_seem"].__setitem__("stpes", 10), "'stpes' was unexpected"),
     (lambda c: c.__setitem__("analyses", {}), "'analyses' was unexpected"),

@@ -60,3 +60,9 @@ for _experiment, _files in THEORY_FILES.items():
         shell:
             "python -m seemrl.theory.cli {params.experiment} --out-dir {params.out_dir} --threads {threads}"
             " {params.flags} > {log} 2>&1"
+
+
+rule theory:
+    """Every theory experiment of the config (a named target)."""
+    input:
+        theory_outputs(),
