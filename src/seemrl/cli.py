@@ -38,6 +38,17 @@ def _job_device(a: argparse.Namespace) -> tuple[str, dict]:
     return lease.device, lease.record()
 
 
+def _run_settings(a: argparse.Namespace, config_cls, what: str):
+    """A training command's parameters (JSON), its config, seeds and leased device."""
+    try:
+        params = json.loads(a.params)
+        cfg = config_cls(**params)
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise SystemExit(f"bad {what} training parameters {a.params!r}: {exc}")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    return (params, cfg, seeds, *_job_device(a))
+
+
 def _setup(threads: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if threads:
@@ -158,13 +169,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     _setup(a.threads)
     algo = trainer_module(a.trainer)
-    try:
-        params = json.loads(a.params)
-        cfg = algo.Config(**params)
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise SystemExit(f"bad {a.trainer} training parameters {a.params!r}: {exc}")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    device, device_info = _job_device(a)
+    params, cfg, seeds, device, device_info = _run_settings(a, algo.Config, a.trainer)
     t = read_transitions(a.data)
     evaluate, eval_info = _evaluator(t, cfg, seeds, a.data)
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
@@ -233,13 +238,7 @@ def cmd_train_online(a: argparse.Namespace) -> None:
     from seemrl.io import atomic_path, write_json_atomic
 
     _setup(a.threads)
-    try:
-        params = json.loads(a.params)
-        cfg = online_sac.OnlineSACConfig(**params)
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise SystemExit(f"bad online SAC parameters {a.params!r}: {exc}")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    device, device_info = _job_device(a)
+    params, cfg, seeds, device, device_info = _run_settings(a, online_sac.OnlineSACConfig, "online SAC")
     ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
     resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
     kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max)
