@@ -15,37 +15,29 @@ importance-sampled actions per proposal, automatic entropy temperature, EMA targ
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import itertools
 import math
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from seemrl.algos import cql
-from seemrl.devices import matmul_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
 
 # ------------------------------------------------------------------ the plain baseline
-def _mlp(i, o, hidden, ln):
-    layers, d = [], i
-    for h in hidden:
-        layers += [nn.Linear(d, h)] + ([nn.LayerNorm(h)] if ln else []) + [nn.ReLU()]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, o))
-
-
 class PlainActor(nn.Module):
     def __init__(self, hidden):
         super().__init__()
-        self.net = _mlp(OBS, 2 * ACT, hidden, False)
+        self.net = mlp(OBS, 2 * ACT, hidden)
         self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
         self.log_std_offset = nn.Parameter(torch.tensor(-1.0))
 
@@ -62,7 +54,7 @@ class PlainActor(nn.Module):
 class PlainQ(nn.Module):
     def __init__(self, hidden, ln):
         super().__init__()
-        self.net = _mlp(OBS + ACT, 1, hidden, ln)
+        self.net = mlp(OBS + ACT, 1, hidden, ln)
 
     def forward(self, obs, actions):
         if actions.dim() == 3:
@@ -121,89 +113,23 @@ class PlainCQL:
         qf_loss.backward()
         self.q1opt.step()
         self.q2opt.step()
-        with torch.no_grad():
-            for net, tgt in ((self.q1, self.t1), (self.q2, self.t2)):
-                for p, tp in zip(net.parameters(), tgt.parameters()):
-                    tp.lerp_(p, c.tau)
+        polyak(((self.q1, self.t1), (self.q2, self.t2)), c.tau)
 
 
-# ------------------------------------------------------------------ timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def steps_per_second(step, device, warmup, iters) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return iters / (time.perf_counter() - start)
-
-
-def make_data(n, device) -> cql.OfflineData:
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n, OBS)).astype(np.float32)
-    return cql.OfflineData.from_arrays(
-        obs, rng.uniform(-1, 1, (n, ACT)), rng.normal(size=n), obs + 0.01, rng.random(n) < 0.01,
-        np.zeros(OBS), np.ones(OBS), device)
-
-
+# ------------------------------------------------------------------ the table
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="small sizes on CPU (smoke run)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--precision", nargs="+", default=["tf32"], choices=["tf32", "ieee"],
-                   help="CUDA float32 matmul precisions of the seemrl rows (the plain baseline runs "
-                        "in the first one)")
-    p.add_argument("--norms", nargs="+", default=["none", "layernorm"], choices=["none", "layernorm"])
-    args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    if args.tiny:
-        torch.set_num_threads(1)  # tiny ops: intra-op threads only add synchronisation
-    seeds_list = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
-    iters = args.iters or (20 if args.tiny else 200)
+    args = parser(__doc__, precisions=["tf32"]).parse_args()
+    device, seed_counts, iters = setup(args, iters=200, tiny_iters=20)
     hidden = (32, 32) if args.tiny else (256, 256)
     batch = 32 if args.tiny else 256
-    data = make_data(10_000 if args.tiny else 1_000_000, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; CQL(H), hidden {hidden}, batch {batch}, "
-          f"10 CQL actions per proposal, {iters} timed steps after warm-up")
-    print("| critic | implementation | matmul | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    precisions = args.precision if device.type == "cuda" else ["ieee"]  # the CPU is always full fp32
-    for norm in args.norms:
-        cfg = cql.CQLConfig(hidden=hidden, batch_size=batch, critic={"norm": norm})
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        plain = PlainCQL(cfg, data, device)
-        with matmul_precision(precisions[0]):
-            base = steps_per_second(plain.step, device, warmup=5, iters=iters)
-        mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-        print(f"| {norm} | plain PyTorch (CORL-style) | {precisions[0]} | 1 | {base:.0f} | {base:.0f} | 1.0x "
-              f"| {mem} |", flush=True)
-        del plain
-        modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
-        for (label, graph), precision, s in itertools.product(modes, precisions, seeds_list):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            seeds = list(range(s))
-            run_cfg = cql.CQLConfig(**{**cfg.__dict__, "cuda_graph": graph, "matmul_precision": precision})
-            nets = cql.build_nets(run_cfg, seeds, OBS, ACT)
-            trainer = cql.CQLTrainer(run_cfg, seeds, data, nets, device)
-            # the graphed step captures its graphs in the first call (part of the warm-up);
-            # its timed steps include drawing the random-number windows on the CPU
-            rate = steps_per_second(trainer.step, device, warmup=5, iters=iters * (4 if graph else 1))
-            mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-            print(f"| {norm} | {label} | {precision} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x "
-                  f"| {mem} |", flush=True)
-            del trainer, nets
+    data = offline_data(10_000 if args.tiny else 1_000_000, OBS, ACT, device)
+    print_title(device, f"CQL(H), hidden {hidden}, batch {batch}, 10 CQL actions per proposal, "
+                        f"{iters} timed steps after warm-up")
+    compare(device, args.norms, args.precision, seed_counts, iters=iters, warmup=5,
+            plain_label="plain PyTorch (CORL-style)", plain_memory=True,
+            config=lambda norm: cql.CQLConfig(hidden=hidden, batch_size=batch, critic={"norm": norm}),
+            plain=lambda cfg: PlainCQL(cfg, data, device).step,
+            stacked=offline_stacked(cql.CQLTrainer, cql.build_nets, data, device, OBS, ACT))
 
 
 if __name__ == "__main__":

@@ -18,33 +18,25 @@ seeds, the speed-up over plain and the peak GPU memory. Both use the same DPM-So
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import itertools
 import math
 import random
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.algos import diffql
-from seemrl.devices import matmul_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
 
 OBS, ACT = 29, 8  # AntMaze sizes
 
 
 # ------------------------------------------------------------------ the plain baseline
-def _mlp(i, o, hidden, ln=False):
-    layers, d = [], i
-    for h in hidden:
-        layers += [nn.Linear(d, h)] + ([nn.LayerNorm(h)] if ln else []) + [nn.Mish()]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, o))
-
-
 class SinusoidalEmb(nn.Module):
     def __init__(self, dim):
         super().__init__()
@@ -59,7 +51,7 @@ class PlainNoiseNet(nn.Module):
         super().__init__()
         e = cfg.time_embed
         self.time_mlp = nn.Sequential(SinusoidalEmb(e), nn.Linear(e, 2 * e), nn.Mish(), nn.Linear(2 * e, e))
-        self.net = _mlp(ACT + e + OBS, ACT, cfg.hidden)
+        self.net = mlp(ACT + e + OBS, ACT, cfg.hidden, activation=nn.Mish)
 
     def forward(self, x, t, s):
         return self.net(torch.cat([x, self.time_mlp(t), s], -1))
@@ -73,7 +65,7 @@ class PlainDiffQL:
         self.cfg, self.data, self.it = cfg, data, 0
         self.actor = PlainNoiseNet(cfg).to(device)
         self.actor_ema = copy.deepcopy(self.actor)
-        self.q1, self.q2 = (_mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
+        self.q1, self.q2 = (mlp(OBS + ACT, 1, cfg.hidden, ln, nn.Mish).to(device) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
@@ -122,88 +114,36 @@ class PlainDiffQL:
         if c.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
         self.aopt.step()
-        with torch.no_grad():
-            pairs = [(self.q1, self.q1_t), (self.q2, self.q2_t)]
-            if self.it > c.actor_ema_start and self.it % c.actor_ema_every == 0:
-                pairs.append((self.actor, self.actor_ema))
-            for net, tgt in pairs:
-                for p, tp in zip(net.parameters(), tgt.parameters()):
-                    tp.lerp_(p, c.tau)
+        pairs = [(self.q1, self.q1_t), (self.q2, self.q2_t)]
+        if self.it > c.actor_ema_start and self.it % c.actor_ema_every == 0:
+            pairs.append((self.actor, self.actor_ema))
+        polyak(pairs, c.tau)
 
 
-# ------------------------------------------------------------------ timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def steps_per_second(step, device, warmup, iters) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return iters / (time.perf_counter() - start)
-
-
-def make_data(n, device) -> diffql.OfflineData:
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n, OBS)).astype(np.float32)
-    return diffql.DiffQLData.from_arrays(
-        obs, rng.uniform(-0.999, 0.999, (n, ACT)), 10.0 * (rng.random(n) < 0.01), obs + 0.01,
-        rng.random(n) < 0.01, np.zeros(OBS), np.ones(OBS), device)
+# ------------------------------------------------------------------ the table
+def plain(cfg: diffql.DiffQLConfig, data, device) -> PlainDiffQL:
+    torch.manual_seed(0)  # its random numbers come from the global generator
+    return PlainDiffQL(cfg, data, device)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="small networks on CPU (smoke run)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--precision", nargs="+", default=["tf32"], choices=["tf32", "ieee"],
-                   help="CUDA float32 matmul precisions of the seemrl rows (the baseline runs in the first)")
-    p.add_argument("--norms", nargs="+", default=["none", "layernorm"], choices=["none", "layernorm"])
+    p = parser(__doc__, precisions=["tf32"])
     p.add_argument("--sample-steps", type=int, default=15, help="DPM-Solver function evaluations")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    seeds_list = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
-    iters = args.iters or (5 if args.tiny else 100)
+    device, seed_counts, iters = setup(args, iters=100, tiny_iters=5)
     hidden = (16, 16, 16) if args.tiny else (256, 256, 256)
     batch = 32 if args.tiny else 256
     warmup = 1 if args.tiny else 3
-    data = make_data(2_000 if args.tiny else 1_000_000, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; Diffusion-QL, hidden {hidden}, batch {batch}, T 1000, "
-          f"{args.sample_steps}-step DPM-Solver, max-Q backup over 10 samples, {iters} timed steps after {warmup} warm-up")
-    print("| critic | implementation | matmul | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    precisions = args.precision if device.type == "cuda" else ["ieee"]  # the CPU is always full fp32
-    for norm in args.norms:
-        cfg = diffql.DiffQLConfig(steps=1_000_000, batch_size=batch, hidden=hidden, sample_steps=args.sample_steps,
-                                  grad_clip=7.0, critic={"norm": norm})
-        torch.manual_seed(0)
-        plain = PlainDiffQL(cfg, data, device)
-        with matmul_precision(precisions[0]):
-            base = steps_per_second(plain.step, device, warmup=warmup, iters=iters)
-        print(f"| {norm} | plain PyTorch | {precisions[0]} | 1 | {base:.1f} | {base:.1f} | 1.0x | - |", flush=True)
-        del plain
-        modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
-        for (label, graph), precision, s in itertools.product(modes, precisions, seeds_list):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            seeds = list(range(s))
-            run_cfg = diffql.DiffQLConfig(**{**cfg.__dict__, "cuda_graph": graph, "matmul_precision": precision})
-            nets = diffql.build_nets(run_cfg, seeds, OBS, ACT)
-            trainer = diffql.DiffQLTrainer(run_cfg, seeds, data, nets, device)
-            # the graphed step captures its graphs in the first call (part of the warm-up); its
-            # timed steps include drawing the per-seed windows of pre-drawn inputs
-            rate = steps_per_second(trainer.step, device, warmup=warmup, iters=iters * (2 if graph else 1))
-            mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-            print(f"| {norm} | {label} | {precision} | {s} | {rate:.1f} | {rate * s:.1f} | {rate * s / base:.1f}x "
-                  f"| {mem} |", flush=True)
-            del trainer, nets
+    data = offline_data(2_000 if args.tiny else 1_000_000, OBS, ACT, device, data_cls=diffql.DiffQLData,
+                        action_bound=0.999, reward=lambda rng, n: 10.0 * (rng.random(n) < 0.01))
+    print_title(device, f"Diffusion-QL, hidden {hidden}, batch {batch}, T 1000, {args.sample_steps}-step DPM-Solver, "
+                        f"max-Q backup over 10 samples, {iters} timed steps after {warmup} warm-up")
+    compare(device, args.norms, args.precision, seed_counts, iters=iters, warmup=warmup, graph_factor=2, fmt=".1f",
+            config=lambda norm: diffql.DiffQLConfig(steps=1_000_000, batch_size=batch, hidden=hidden,
+                                                    sample_steps=args.sample_steps, grad_clip=7.0,
+                                                    critic={"norm": norm}),
+            plain=lambda cfg: plain(cfg, data, device).step,
+            stacked=offline_stacked(diffql.DiffQLTrainer, diffql.build_nets, data, device, OBS, ACT))
 
 
 if __name__ == "__main__":

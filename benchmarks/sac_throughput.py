@@ -16,36 +16,30 @@ seed-steps/s summed over seeds, the speed-up over plain and the peak GPU memory.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import time
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.algos import online_sac as osac
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+from common import compare, mlp, parser, polyak, print_title, setup  # noqa: E402
 
 OBS, ACT = 11, 3  # Hopper sizes
 
 
 # ------------------------------------------------------------------ the plain baseline
-def _mlp(i, o, hidden, ln):
-    layers, d = [], i
-    for h in hidden:
-        layers += [nn.Linear(d, h)] + ([nn.LayerNorm(h)] if ln else []) + [nn.ReLU()]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, o))
-
-
 class PlainSAC:
     """Single-seed SAC as commonly written (CleanRL / SpinningUp style), data on the device."""
 
     def __init__(self, cfg: osac.OnlineSACConfig, data: torch.Tensor, device):
         ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data = cfg, data  # data [n, obs | act | reward | next_obs | not_done]
-        self.actor = _mlp(OBS, 2 * ACT, cfg.hidden, False).to(device)
-        self.q1, self.q2 = (_mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
+        self.actor = mlp(OBS, 2 * ACT, cfg.hidden).to(device)
+        self.q1, self.q2 = (mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.log_alpha = torch.zeros(1, device=device, requires_grad=True)
         self.target_entropy = -float(ACT)
@@ -90,29 +84,10 @@ class PlainSAC:
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
-        with torch.no_grad():
-            for net, tgt in ((self.q1, self.q1_t), (self.q2, self.q2_t)):
-                for p, tp in zip(net.parameters(), tgt.parameters()):
-                    tp.lerp_(p, c.tau)
+        polyak(((self.q1, self.q1_t), (self.q2, self.q2_t)), c.tau)
 
 
-# ------------------------------------------------------------------ timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def steps_per_second(step, device, warmup, iters) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return iters / (time.perf_counter() - start)
-
-
+# ------------------------------------------------------------------ data, the stacked trainer and the table
 def fill_synthetic(data: torch.Tensor, generator: torch.Generator | None = None) -> None:
     """Hopper-like rows in place: normal states and rewards, actions in [-1, 1], 1% terminals."""
     data.normal_(generator=generator)
@@ -120,59 +95,44 @@ def fill_synthetic(data: torch.Tensor, generator: torch.Generator | None = None)
     data[..., -1] = (data[..., -1] > -2.33).float()  # P(N(0,1) > -2.33) ~ 0.99
 
 
+def plain(cfg: osac.OnlineSACConfig, n: int, device) -> PlainSAC:
+    data = torch.empty(n, 2 * OBS + ACT + 2, device=device)
+    fill_synthetic(data)
+    return PlainSAC(cfg, data, device)
+
+
+def stacked(cfg: osac.OnlineSACConfig, n: int, device, graph: bool, seeds: list[int]) -> osac.SACTrainer:
+    """The trainer with one replay buffer of n synthetic transitions per seed. Its timed steps include
+    drawing each seed's batch and noise (ahead, in the engine's windows, when graphed) and copying them."""
+    run_cfg = osac.OnlineSACConfig(**{**cfg.__dict__, "cuda_graph": graph})
+    replay = osac.ReplayBuffers(len(seeds), n, OBS, ACT, device)
+    fill_synthetic(replay.data)
+    replay.size, replay.pos = n, 0
+    replay.size_t.fill_(n)
+    return osac.SACTrainer(run_cfg, seeds, osac.build_nets(run_cfg, seeds, OBS, ACT), replay, device)
+
+
+def assert_finite(trainer: osac.SACTrainer) -> str:
+    q = trainer.step()["q_mean"]
+    assert torch.isfinite(q).all(), "the benchmark's SAC diverged"
+    return ""
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="small sizes on CPU (smoke run)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--norms", nargs="+", default=["none", "layernorm"], choices=["none", "layernorm"])
+    p = parser(__doc__, precisions=None)
     p.add_argument("--transitions", type=int, default=None, help="replay transitions per seed")
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    if args.tiny:
-        torch.set_num_threads(1)
-    seeds_list = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
-    iters = args.iters or (5 if args.tiny else 300)
+    device, seed_counts, iters = setup(args, iters=300, tiny_iters=5)
     hidden = (32, 32) if args.tiny else (256, 256)
     batch = 32 if args.tiny else 256
     n = args.transitions or (10_000 if args.tiny else 1_000_000)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; SAC update (EMA targets, auto temperature), obs {OBS}, "
-          f"act {ACT}, hidden {hidden}, batch {batch}, {n} transitions per seed, {iters} timed steps after warm-up")
-    print("| critic | implementation | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for norm in args.norms:
-        cfg = osac.OnlineSACConfig(hidden=hidden, batch_size=batch, tau=0.005, critic={"norm": norm})
-        data = torch.empty(n, 2 * OBS + ACT + 2, device=device)
-        fill_synthetic(data)
-        plain = PlainSAC(cfg, data, device)
-        base = steps_per_second(plain.step, device, warmup=3 if args.tiny else 10, iters=iters)
-        print(f"| {norm} | plain PyTorch | 1 | {base:.0f} | {base:.0f} | 1.0x | - |", flush=True)
-        del plain, data
-        modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
-        for label, graph in modes:
-            for s in seeds_list:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                seeds = list(range(s))
-                run_cfg = osac.OnlineSACConfig(**{**cfg.__dict__, "cuda_graph": graph})
-                replay = osac.ReplayBuffers(s, n, OBS, ACT, device)
-                fill_synthetic(replay.data)
-                replay.size, replay.pos = n, 0
-                replay.size_t.fill_(n)
-                trainer = osac.SACTrainer(run_cfg, seeds, osac.build_nets(run_cfg, seeds, OBS, ACT), replay, device)
-                # the graphed update captures its graphs in the first call (part of the warm-up); the
-                # timed steps include drawing each seed's batch and noise on the CPU (ahead, in the
-                # engine's windows, when graphed) and copying them
-                rate = steps_per_second(trainer.step, device, warmup=3 if args.tiny else 10,
-                                        iters=iters * (4 if graph else 1))
-                q = trainer.step()["q_mean"]
-                assert torch.isfinite(q).all(), "the benchmark's SAC diverged"
-                mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-                print(f"| {norm} | {label} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x | {mem} |",
-                      flush=True)
-                del trainer, replay
+    print_title(device, f"SAC update (EMA targets, auto temperature), obs {OBS}, act {ACT}, hidden {hidden}, "
+                        f"batch {batch}, {n} transitions per seed, {iters} timed steps after warm-up", matmul=False)
+    compare(device, args.norms, None, seed_counts, iters=iters, warmup=3 if args.tiny else 10,
+            config=lambda norm: osac.OnlineSACConfig(hidden=hidden, batch_size=batch, tau=0.005, critic={"norm": norm}),
+            plain=lambda cfg: plain(cfg, n, device).step,
+            stacked=lambda cfg, graph, precision, seeds: stacked(cfg, n, device, graph, seeds),
+            check=assert_finite)
 
 
 if __name__ == "__main__":

@@ -13,39 +13,30 @@ seeds, the speed-up over plain and the peak GPU memory.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import itertools
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.algos import td3
-from seemrl.devices import matmul_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
 
 # ------------------------------------------------------------------ the plain baseline
-def _mlp(i, o, hidden, ln):
-    layers, d = [], i
-    for h in hidden:
-        layers += [nn.Linear(d, h)] + ([nn.LayerNorm(h)] if ln else []) + [nn.ReLU()]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, o))
-
-
 class PlainTD3BC:
     """Single-seed TD3+BC as commonly written (CORL-style)."""
 
     def __init__(self, cfg: td3.TD3Config, data: td3.OfflineData, device):
         ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data, self.it = cfg, data, 0
-        self.actor = _mlp(OBS, ACT, cfg.hidden, False).to(device)
-        self.q1, self.q2 = (_mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
+        self.actor = mlp(OBS, ACT, cfg.hidden).to(device)
+        self.q1, self.q2 = (mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
         self.targets = [copy.deepcopy(m) for m in (self.actor, self.q1, self.q2)]
         self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
@@ -73,80 +64,20 @@ class PlainTD3BC:
             self.aopt.zero_grad(set_to_none=True)
             aloss.backward()
             self.aopt.step()
-            with torch.no_grad():
-                for net, tgt in zip((self.actor, self.q1, self.q2), self.targets):
-                    for p, tp in zip(net.parameters(), tgt.parameters()):
-                        tp.lerp_(p, c.tau)
+            polyak(zip((self.actor, self.q1, self.q2), self.targets), c.tau)
 
 
-# ------------------------------------------------------------------ timing
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def steps_per_second(step, device, warmup, iters) -> float:
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return iters / (time.perf_counter() - start)
-
-
-def make_data(n, device) -> td3.OfflineData:
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n, OBS)).astype(np.float32)
-    return td3.OfflineData.from_arrays(
-        obs, rng.uniform(-1, 1, (n, ACT)), rng.normal(size=n), obs + 0.01, rng.random(n) < 0.01,
-        np.zeros(OBS), np.ones(OBS), device)
-
-
+# ------------------------------------------------------------------ the table
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="small sizes on CPU (smoke run)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--precision", nargs="+", default=["tf32", "ieee"], choices=["tf32", "ieee"],
-                   help="CUDA float32 matmul precisions of the seemrl rows (the plain baseline runs "
-                        "in the first one)")
-    p.add_argument("--norms", nargs="+", default=["none", "layernorm"], choices=["none", "layernorm"])
-    args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    seeds_list = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
-    iters = args.iters or (20 if args.tiny else 300)
+    args = parser(__doc__).parse_args()
+    device, seed_counts, iters = setup(args, iters=300, tiny_iters=20)
     hidden = (32, 32) if args.tiny else (256, 256)
-    data = make_data(10_000 if args.tiny else 1_000_000, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; TD3+BC, hidden {hidden}, batch 256, "
-          f"{iters} timed steps after warm-up")
-    print("| critic | implementation | matmul | seeds | steps/s per seed | seed-steps/s | speed-up | peak GPU MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    precisions = args.precision if device.type == "cuda" else ["ieee"]  # the CPU is always full fp32
-    for norm in args.norms:
-        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm})
-        plain = PlainTD3BC(cfg, data, device)
-        with matmul_precision(precisions[0]):
-            base = steps_per_second(plain.step, device, warmup=10, iters=iters)
-        print(f"| {norm} | plain PyTorch | {precisions[0]} | 1 | {base:.0f} | {base:.0f} | 1.0x | - |")
-        modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
-        for (label, graph), precision, s in itertools.product(modes, precisions, seeds_list):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            seeds = list(range(s))
-            run_cfg = td3.TD3Config(**{**cfg.__dict__, "cuda_graph": graph, "matmul_precision": precision})
-            nets = td3.build_nets(run_cfg, seeds, OBS, ACT)
-            trainer = td3.TD3Trainer(run_cfg, seeds, data, nets, device)
-            # the graphed step captures its graphs in the first call (part of the warm-up);
-            # its timed steps include drawing the batch windows on the CPU
-            rate = steps_per_second(trainer.step, device, warmup=10, iters=iters * (4 if graph else 1))
-            mem = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}" if device.type == "cuda" else "-"
-            print(f"| {norm} | {label} | {precision} | {s} | {rate:.0f} | {rate * s:.0f} | {rate * s / base:.1f}x "
-                  f"| {mem} |", flush=True)
-            del trainer, nets
+    data = offline_data(10_000 if args.tiny else 1_000_000, OBS, ACT, device)
+    print_title(device, f"TD3+BC, hidden {hidden}, batch 256, {iters} timed steps after warm-up")
+    compare(device, args.norms, args.precision, seed_counts, iters=iters, warmup=10,
+            config=lambda norm: td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm}),
+            plain=lambda cfg: PlainTD3BC(cfg, data, device).step,
+            stacked=offline_stacked(td3.TD3Trainer, td3.build_nets, data, device, OBS, ACT))
 
 
 if __name__ == "__main__":

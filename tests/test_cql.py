@@ -5,57 +5,28 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
+import algo_checks as checks
 import seemrl.algos
+from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from seemrl.algos import cql
-from seemrl.nets import StackedMLP, per_seed_norm
+from seemrl.nets import StackedMLP
 
-CUDA = torch.cuda.is_available()
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "cql_throughput.py"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops on a shared 2-core machine: intra-op threads only add synchronisation
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _arrays(n=500, obs_dim=5, act_dim=2, seed=0):
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-    return dict(obs=obs, action=rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
-                reward=rng.normal(size=n).astype(np.float32),
-                next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32),
-                terminal=rng.random(n) < 0.05)
-
-
-def _data(arrays, device="cpu", normalize=False):
-    mean, std = cql.state_normalizer(arrays["obs"], normalize)
-    return cql.OfflineData.from_arrays(**arrays, mean=mean, std=std, device=device), mean, std
+_arrays, _data = checks.arrays, checks.offline_data
 
 
 def _trainer(cfg, seeds, arrays, device="cpu", use_window=None):
-    data, mean, std = _data(arrays, device)
-    nets = cql.build_nets(cfg, seeds, arrays["obs"].shape[1], arrays["action"].shape[1], mean, std)
-    t = cql.CQLTrainer(cfg, seeds, data, nets, device)
-    if use_window is not None:
-        t.use_window = use_window
-    return t
+    return checks.make_trainer(cql.CQLTrainer, cql.build_nets, cfg, seeds, arrays, device, use_window)
 
 
 def _train(cfg, seeds, arrays, out, **kw):
-    data, mean, std = _data(arrays, normalize=True)
-    nets = cql.build_nets(cfg, seeds, arrays["obs"].shape[1], arrays["action"].shape[1], mean, std)
-    return nets, cql.train(cfg, seeds, data, nets, out, log=lambda m: None, **kw)
+    return checks.train(cql, cfg, seeds, arrays, out, normalize=True, **kw)
 
 
 def _modules(nets):
@@ -85,23 +56,13 @@ VARIANTS = [
 def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     cfg = cql.CQLConfig(**SMALL, **extra)
     arrays = _arrays()
-    together, _ = _train(cfg, [3, 7], arrays, tmp_path / "together")
-    alone, _ = _train(cfg, [7], arrays, tmp_path / "alone")
-    for name, module in _modules(together).items():
-        a, b = dict(module.named_parameters()), dict(_modules(alone)[name].named_parameters())
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key][1], b[key][0], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
-    assert not torch.allclose(together.q1.weights[0][0], together.q1.weights[0][1])
+    checks.check_seed_alone(lambda seeds, out: _train(cfg, seeds, arrays, out)[0], _modules, tmp_path)
 
 
 def test_same_seed_same_result(tmp_path):
     cfg = cql.CQLConfig(**SMALL)
-    arrays = _arrays()
-    a, ra = _train(cfg, [1, 2], arrays, tmp_path / "a")
-    b, rb = _train(cfg, [1, 2], arrays, tmp_path / "b")
-    for name, m in _modules(a).items():
-        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), _modules(b)[name].parameters())), name
+    run = lambda seeds, out: _train(cfg, seeds, _arrays(), out)  # noqa: E731
+    (_, ra), (_, rb) = checks.check_same_seed_same_result(run, _modules, tmp_path)
     assert ra.metrics.equals(rb.metrics)
     assert {"critic_loss", "td_loss", "cql_loss", "actor_loss", "alpha", "q_mean", "entropy", "critic_grad_norm",
             "critic_param_norm"} <= set(ra.metrics.columns)
@@ -265,29 +226,14 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
     result = cql.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None)
-    assert result.diverged_step == [1, None]  # detected at the step it happened
-    for m in _modules(nets).values():
-        for p in m.parameters():
-            assert torch.isfinite(p[1]).all()
+    checks.check_nan_is_isolated(result, _modules(nets), SMALL["steps"])  # detected at the step it happened
     last = result.metrics[result.metrics.step == SMALL["steps"]].set_index("seed")
-    assert not math.isfinite(last.loc[0, "critic_loss"])
-    assert math.isfinite(last.loc[1, "critic_loss"]) and math.isfinite(last.loc[1, "actor_loss"])
+    assert math.isfinite(last.loc[1, "actor_loss"])
 
 
 def test_divergence_step_is_exact_between_logged_steps():
     cfg = cql.CQLConfig(**{**SMALL, "log_every": 1000})
-    t = _trainer(cfg, [0, 1], _arrays())
-    for _ in range(7):
-        t.step()
-    assert t.first_nonfinite_steps() == [None, None]
-    with torch.no_grad():
-        t.nets.q2.weights[0][1].fill_(math.nan)  # seed 1's second critic, before step 8
-    for _ in range(3):
-        t.step()
-    assert t.first_nonfinite_steps() == [None, 8]
-    other = _trainer(cfg, [0, 1], _arrays())
-    other.load_state_dict(t.state_dict())
-    assert other.first_nonfinite_steps() == [None, 8]
+    checks.check_divergence_step_is_exact(lambda: _trainer(cfg, [0, 1], _arrays()), before=7, after=3)
 
 
 # ------------------------------------------------------------------ windows, state, resume
@@ -298,58 +244,34 @@ def test_windowed_run_is_bitwise_the_step_by_step_run(tmp_path, monkeypatch, ext
     monkeypatch.setattr(cql.CQLTrainer, "_window_rows", lambda self: rows)
     cfg = cql.CQLConfig(**{**SMALL, "steps": 17, "checkpoint_every": checkpoint_every}, **extra)
     arrays = _arrays()
-    plain = _trainer(cfg, [1, 2], arrays, use_window=False)
-    windowed = _trainer(cfg, [1, 2], arrays, use_window=True)
-    for step in range(1, 18):
-        a, b = plain.step(grad_norm=step % 3 == 0), windowed.step(grad_norm=step % 3 == 0)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
-        if step == 8:  # mid-window: a fresh windowed trainer continues from the saved state
+
+    def at_step(step, plain, windowed):
+        if step == 8:
             sa, sb = plain.state_dict(), windowed.state_dict()
             if sb["window"] is None:  # mid-window, the state names the window to re-enter instead
-                for key in sa["generators"]:
-                    assert all(torch.equal(x, y) for x, y in zip(sa["generators"][key], sb["generators"][key])), key
-            torch.save(windowed.state_dict(), tmp_path / "s.pt")
-            windowed = _trainer(cfg, [1, 2], arrays, use_window=True)
-            windowed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert all(torch.equal(x, y) for x, y in zip(_params(plain), _params(windowed)))
+                assert checks.same_generators(sa, sb)
+
+    # after step 8 (mid-window) a fresh windowed trainer continues from the saved state
+    checks.check_windowed_matches_stepwise(lambda window: _trainer(cfg, [1, 2], arrays, use_window=window),
+                                           17, 8, tmp_path, _params, at_step)
 
 
 def test_trainer_state_round_trip_continues_identically(tmp_path):
     cfg = cql.CQLConfig(**SMALL, cql_lagrange=True, bc_steps=9, critic={"dropout": 0.1})
     arrays = _arrays()
-    straight = _trainer(cfg, [0, 1], arrays)
-    for _ in range(7):
-        straight.step()
-    torch.save(straight.state_dict(), tmp_path / "state.pt")
-    restored = _trainer(cfg, [0, 1], arrays)
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    for _ in range(5):  # across the end of the BC warm start
-        a, b = straight.step(), restored.step()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.equal(x, y) for x, y in zip(_params(straight), _params(restored)))
+    # saved after step 7, continued across the end of the BC warm start
+    checks.check_state_round_trip(lambda: _trainer(cfg, [0, 1], arrays), 7, 5, tmp_path, _params)
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_run(tmp_path, monkeypatch):
-    class Killed(Exception):
-        pass
-
     cfg = cql.CQLConfig(**{**SMALL, "steps": 14}, bc_steps=3, cql_lagrange=True)
     arrays = _arrays()
     reference_nets, reference = _train(cfg, [0, 1], arrays, tmp_path / "ref")
-    save = cql.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 10:
-            raise Killed
-
     resume = cql.ResumeDir(tmp_path / "resume", cql.run_identity(cfg, [0, 1], "sha"))
-    monkeypatch.setattr(cql.ResumeDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        _train(cfg, [0, 1], arrays, tmp_path / "out", resume=resume)
-    monkeypatch.setattr(cql.ResumeDir, "save", save)
-    nets, result = _train(cfg, [0, 1], arrays, tmp_path / "out",
-                          resume=cql.ResumeDir(tmp_path / "resume", cql.run_identity(cfg, [0, 1], "sha")))
+    # the restarted run gets a ResumeDir of its own, as a restarted process would
+    run = lambda r: _train(cfg, [0, 1], arrays, tmp_path / "out",  # noqa: E731
+                           resume=cql.ResumeDir(r.path, cql.run_identity(cfg, [0, 1], "sha")))
+    nets, result = checks.killed_then_resumed(monkeypatch, run, resume, kill_step=10)
     assert result.resumed_from_step == 10
     for name, m in _modules(nets).items():
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), _modules(reference_nets)[name].parameters()))
@@ -376,10 +298,7 @@ def test_checkpoints_round_trip_and_dispatch(tmp_path):
         pi = ck.nets.policy(ck.nets.normalize(obs))
         assert pi.shape == (2, 9, 2) and pi.abs().le(1).all()
         torch.testing.assert_close(pi, torch.tanh(nets.actor(nets.normalize(obs))[0]))
-    bad = tmp_path / "step_00000099.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="step_00000099.pt"):
-        cql.load_checkpoint(bad)
+    checks.check_bad_checkpoint_is_named(cql.load_checkpoint, tmp_path, "step_00000099.pt")
 
 
 def test_seem_analysis_runs_on_cql_checkpoints(tmp_path, monkeypatch):
@@ -440,25 +359,12 @@ def test_lagrange_multiplier_moves_towards_the_target_gap(gap, direction):
 def test_critic_grad_norm_is_the_gradient_the_optimiser_applies():
     cfg = cql.CQLConfig(**SMALL, optimizer="sgd", critic_lr=0.1)
     t = _trainer(cfg, [0, 1], _arrays())
-    critic = lambda: [p.detach().clone() for m in (t.nets.q1, t.nets.q2) for p in m.parameters()]
-    before = critic()
-    out = t.step(grad_norm=True)
-    moved = per_seed_norm([(a - b) / 0.1 for a, b in zip(critic(), before)])
-    torch.testing.assert_close(out["critic_grad_norm"], moved, rtol=1e-4, atol=1e-6)
-    assert "critic_grad_norm" not in t.step()
+    checks.check_grad_norms_are_applied(t, {"critic_grad_norm": ((t.nets.q1, t.nets.q2), 0.1)})
 
 
 def test_evaluates_every_eval_every_steps_and_at_the_end(tmp_path):
     cfg = cql.CQLConfig(**SMALL, eval_every=5)
-    calls = []
-
-    def evaluate(nets):
-        calls.append(nets)
-        return [SimpleNamespace(seed=s, return_mean=float(len(calls)), return_std=0.0, normalized_score=None,
-                                nonfinite_actions=False) for s in (0, 1)]
-
-    nets, result = _train(cfg, [0, 1], _arrays(), tmp_path, evaluate=evaluate)
-    assert result.evaluations.step.tolist() == [5, 5, 10, 10, 12, 12] and calls[0] is nets
+    checks.check_evaluates_every_eval_every(lambda ev: _train(cfg, [0, 1], _arrays(), tmp_path, evaluate=ev))
 
 
 def test_config_rejects_bad_values():
@@ -494,11 +400,7 @@ def test_benchmark_runs_at_tiny_size():
 
 
 # ------------------------------------------------------------------ CUDA (skipped without a GPU)
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-
-def _max_rel_diff(a, b):
-    return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
+gpu = checks.gpu
 
 
 @gpu
@@ -507,53 +409,30 @@ def _max_rel_diff(a, b):
 def test_graphed_matches_eager_on_cuda(extra):
     cfg = dict(steps=200, batch_size=256, hidden=(256, 256), checkpoint_every=50, matmul_precision="ieee", **extra)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
-    eager = _trainer(cql.CQLConfig(**cfg, cuda_graph=False), [0, 1, 2], arrays, "cuda")
-    graphed = _trainer(cql.CQLConfig(**cfg), [0, 1, 2], arrays, "cuda")
-    assert graphed.graphed and not eager.graphed
-    for step in range(1, 201):
-        a, b = eager.step(grad_norm=step % 10 == 0), graphed.step(grad_norm=step % 10 == 0)
-        assert a.keys() == b.keys(), step
-    drift = _max_rel_diff(_params(graphed), _params(eager))
+    eager, graphed = checks.run_graphed_and_eager(
+        lambda graph: _trainer(cql.CQLConfig(**cfg, cuda_graph=graph), [0, 1, 2], arrays, "cuda"), 200)
+    drift = checks.max_rel_diff(_params(graphed), _params(eager))
     print(f"\nCQL GRAPH-VS-EAGER {extra}: max relative parameter difference after 200 steps {drift:.1e}")
     assert drift < 1e-5
 
 
 @gpu
 def test_graphed_run_resumes_and_isolates_nan_on_cuda(tmp_path, monkeypatch):
-    class Killed(Exception):
-        pass
-
     cfg = cql.CQLConfig(steps=120, batch_size=256, hidden=(64, 64), checkpoint_every=50, log_every=10, bc_steps=20)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
 
-    def run(out, resume, poison=False):
+    def run(out, resume, log=lambda m: None, poison=False):
         data, _, _ = _data(arrays, "cuda")
         nets = cql.build_nets(cfg, [0, 1, 2], 17, 6)
         if poison:
             with torch.no_grad():
                 nets.q1.weights[-1][0].fill_(math.inf)
-        return cql.train(cfg, [0, 1, 2], data, nets, out, device="cuda", log=messages.append, resume=resume), nets
+        return cql.train(cfg, [0, 1, 2], data, nets, out, device="cuda", log=log, resume=resume), nets
 
-    messages = []
-    reference, ref_nets = run(tmp_path / "ref", None)
-    assert "update step: CUDA graph" in messages
-    save = cql.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 50:
-            raise Killed
-
-    resume = cql.ResumeDir(tmp_path / "resume", {"test": 1})
-    monkeypatch.setattr(cql.ResumeDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        run(tmp_path / "out", resume)
-    monkeypatch.setattr(cql.ResumeDir, "save", save)
-    result, nets = run(tmp_path / "out", resume)
-    assert result.resumed_from_step == 50
+    (reference, ref_nets), (result, nets) = checks.graphed_run_killed_and_resumed(run, monkeypatch, tmp_path)
     a = [p.detach().cpu() for m in _modules(ref_nets).values() for p in m.parameters()]
     b = [p.detach().cpu() for m in _modules(nets).values() for p in m.parameters()]
-    assert _max_rel_diff(b, a) < 1e-5
+    assert checks.max_rel_diff(b, a) < 1e-5
     poisoned, pnets = run(tmp_path / "nan", None, poison=True)
     assert poisoned.diverged_step == [1, None, None]
     assert all(torch.isfinite(p[1:]).all() for m in _modules(pnets).values() for p in m.parameters())

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+import algo_checks as checks
 import seemrl.algos
+from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from seemrl.algos import diffql
 from seemrl.data.transitions import Transitions
 from seemrl.engine import cosine_lr
@@ -28,15 +30,6 @@ SMALL = dict(steps=12, batch_size=16, hidden=(16, 16), time_embed=4, diffusion_s
              backup_samples=3, eval_samples=4, actor_ema_start=3, actor_ema_every=2, checkpoint_every=5,
              log_every=3)
 OBS, ACT = 5, 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: torch's intra-op threads only contend on a shared machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cfg(**kw):
@@ -95,14 +88,7 @@ def _tensors(nets):
 def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     cfg = _cfg(**extra)
     t = _transitions(sparse=cfg.oper_r)
-    together, _ = _train(cfg, [3, 7], tmp_path / "together", t)
-    alone, _ = _train(cfg, [7], tmp_path / "alone", t)
-    for name, module in _modules(together).items():
-        a, b = dict(module.named_parameters()), dict(getattr(alone, name).named_parameters())
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key][1], b[key][0], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
-    assert not torch.allclose(together.q1.weights[0][0], together.q1.weights[0][1])  # two different runs
+    together, alone = checks.check_seed_alone(lambda seeds, out: _train(cfg, seeds, out, t)[0], _modules, tmp_path)
     # the (stochastic) evaluation policy of seed 7 does not depend on seed 3 either
     obs = torch.randn(1, 6, OBS)
     pa = together.policy_greedy(obs.expand(2, 6, OBS))
@@ -113,9 +99,9 @@ def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
 def test_same_seed_same_result(tmp_path):
     cfg = _cfg(oper_r=True)
     t = _transitions(sparse=True)
-    a, ra = _train(cfg, [1, 2], tmp_path / "a", t)
-    b, rb = _train(cfg, [1, 2], tmp_path / "b", t)
-    assert all(torch.equal(x, y) for x, y in zip(_tensors(a), _tensors(b)))
+    (a, ra), (b, rb) = checks.check_same_seed_same_result(lambda seeds, out: _train(cfg, seeds, out, t), _modules,
+                                                          tmp_path)
+    assert all(torch.equal(x, y) for x, y in zip(_tensors(a), _tensors(b)))  # buffers too
     assert ra.metrics.equals(rb.metrics)
 
 
@@ -125,24 +111,13 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
     result = diffql.train(cfg, [0, 1], data, nets, tmp_path, log=lambda m: None)
-    assert result.diverged_step == [1, None]  # at the step it happened, not at a logged step
-    for module in _modules(nets).values():
-        for p in module.parameters():
-            assert torch.isfinite(p[1]).all()
+    checks.check_nan_is_isolated(result, _modules(nets), SMALL["steps"])  # at the step it happened
     last = result.metrics[result.metrics.step == SMALL["steps"]].set_index("seed")
-    assert not math.isfinite(last.loc[0, "critic_loss"]) and math.isfinite(last.loc[1, "critic_loss"])
     assert math.isfinite(last.loc[1, "actor_loss"])
 
 
 def test_divergence_step_is_exact_between_logged_steps():
-    tr = _trainer(_cfg(), [0, 1])
-    for _ in range(6):
-        tr.step()
-    with torch.no_grad():
-        tr.nets.q2.weights[0][1].fill_(math.nan)
-    for _ in range(3):
-        tr.step()
-    assert tr.first_nonfinite_steps() == [None, 7]
+    checks.check_divergence_step_is_exact(lambda: _trainer(_cfg(), [0, 1]), before=6, after=3)
 
 
 @pytest.mark.parametrize("extra", [
@@ -152,22 +127,19 @@ def test_divergence_step_is_exact_between_logged_steps():
 def test_windowed_run_is_bitwise_the_step_by_step_run(tmp_path, monkeypatch, extra):
     monkeypatch.setattr(diffql.DiffQLTrainer, "_window_rows", lambda self: 3)  # windows cut mid-checkpoint
     cfg = _cfg(**{"steps": 14, **extra})
-    plain, windowed = _trainer(cfg, [1, 2], use_window=False), _trainer(cfg, [1, 2], use_window=True)
-    assert plain.generators.keys() == windowed.generators.keys()
-    for step in range(1, 15):
-        a, b = plain.step(grad_norm=step % 3 == 0), windowed.step(grad_norm=step % 3 == 0)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
-        sa, sb = plain.state_dict(), windowed.state_dict()
+
+    def at_step(step, plain, windowed):
+        if step == 1:
+            assert plain.generators.keys() == windowed.generators.keys()
         if step == 5:  # a window's end (windows: steps 1-3, 4-5, 6-8, ...): generators where stepping left them
-            assert sb["window"] is None
-            for key in sa["generators"]:
-                assert all(torch.equal(x, y) for x, y in zip(sa["generators"][key], sb["generators"][key])), key
-        if step == 7:  # mid-window: the state names the window to re-enter; a fresh trainer continues from it
+            sa, sb = plain.state_dict(), windowed.state_dict()
+            assert sb["window"] is None and checks.same_generators(sa, sb)
+        if step == 7:  # mid-window: the state names the window to re-enter (a fresh trainer continues from it)
+            sb = windowed.state_dict()
             assert sb["window"] is not None and sb["window"]["used"] == 2 and sb["window"]["size"] == 3
-            torch.save(sb, tmp_path / "s.pt")
-            windowed = _trainer(cfg, [1, 2], use_window=True)
-            windowed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert all(torch.equal(x, y) for x, y in zip(_tensors(plain.nets), _tensors(windowed.nets)))
+
+    checks.check_windowed_matches_stepwise(lambda window: _trainer(cfg, [1, 2], use_window=window), 14, 7, tmp_path,
+                                           lambda t: _tensors(t.nets), at_step)
 
 
 def test_cuda_graph_flag_is_ignored_on_cpu_and_not_part_of_the_identity():
@@ -204,14 +176,7 @@ def test_checkpoints_round_trip_and_the_analysis_interface(tmp_path):
 
 
 def test_load_checkpoint_names_a_bad_file(tmp_path):
-    bad = tmp_path / "step_00000010.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="step_00000010.pt"):
-        diffql.load_checkpoint(bad)
-
-
-class _Killed(BaseException):
-    pass
+    checks.check_bad_checkpoint_is_named(diffql.load_checkpoint, tmp_path)
 
 
 def test_resume_continues_as_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -228,19 +193,8 @@ def test_resume_continues_as_an_uninterrupted_run(tmp_path, monkeypatch):
         return diffql.train(cfg, [0, 1], data, nets, out, log=lambda m: None, evaluate=evaluate, resume=resume), nets
 
     reference, ref_nets = run(tmp_path / "ref", None)
-    save = diffql.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 5:
-            raise _Killed
-
-    identity = diffql.run_identity(cfg, [0, 1], "data-sha")
-    monkeypatch.setattr(diffql.ResumeDir, "save", save_then_die)
-    with pytest.raises(_Killed):
-        run(tmp_path / "out", diffql.ResumeDir(tmp_path / "resume", identity))
-    monkeypatch.setattr(diffql.ResumeDir, "save", save)
-    result, nets = run(tmp_path / "out", diffql.ResumeDir(tmp_path / "resume", identity))
+    resume = diffql.ResumeDir(tmp_path / "resume", diffql.run_identity(cfg, [0, 1], "data-sha"))
+    result, nets = checks.killed_then_resumed(monkeypatch, lambda r: run(tmp_path / "out", r), resume, kill_step=5)
     assert result.resumed_from_step == 5
     assert all(torch.equal(x, y) for x, y in zip(_tensors(ref_nets), _tensors(nets)))
     assert result.metrics.equals(reference.metrics)
@@ -522,7 +476,7 @@ def test_benchmark_runs_at_tiny_size():
 
 
 # ------------------------------------------------------------------ CUDA (skipped without a GPU)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+gpu = checks.gpu
 
 
 @gpu
@@ -537,10 +491,6 @@ def test_graphed_matches_eager_on_cuda(extra):
         data, nets = _setup(c, [0, 1, 2], t, device="cuda")
         return diffql.DiffQLTrainer(c, [0, 1, 2], data, nets, "cuda")
 
-    eager, graphed = trainer(False), trainer(True)
-    assert graphed.graphed and not eager.graphed
-    for step in range(1, 61):
-        a, b = eager.step(grad_norm=step % 10 == 0), graphed.step(grad_norm=step % 10 == 0)
-        assert a.keys() == b.keys(), step
+    eager, graphed = checks.run_graphed_and_eager(trainer, 60)
     for x, y in zip(_tensors(eager.nets), _tensors(graphed.nets)):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)

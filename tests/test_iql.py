@@ -5,63 +5,35 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import algo_checks as checks
 import seemrl.algos
+from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from seemrl.algos import iql
 from seemrl.data.transitions import Transitions
 from seemrl.engine import Draw, cosine_lr
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators
+from seemrl.nets import StackedMLP, seed_generators
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one CPU thread is faster than several on a shared machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SMALL = dict(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_every=3)
+_arrays = checks.arrays
 
 
-def _arrays(n=500, obs_dim=5, act_dim=2, seed=0):
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-    return dict(obs=obs, action=rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
-                reward=rng.normal(size=n).astype(np.float32),
-                next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32),
-                terminal=rng.random(n) < 0.05)
-
-
-def _data(arrays, mean=None, std=None, device="cpu"):
-    d = arrays["obs"].shape[1]
-    return iql.OfflineData.from_arrays(**arrays, mean=np.zeros(d) if mean is None else mean,
-                                       std=np.ones(d) if std is None else std, device=device)
+def _data(arrays, device="cpu"):
+    return checks.offline_data(arrays, device)[0]
 
 
 def _trainer(cfg, seeds, arrays=None, use_window=None):
-    arrays = arrays or _arrays()
-    obs_dim, act_dim = arrays["obs"].shape[1], arrays["action"].shape[1]
-    t = iql.IQLTrainer(cfg, seeds, _data(arrays), iql.build_nets(cfg, seeds, obs_dim, act_dim), "cpu")
-    if use_window is not None:
-        t.use_window = use_window
-    return t
+    return checks.make_trainer(iql.IQLTrainer, iql.build_nets, cfg, seeds, arrays or _arrays(), use_window=use_window)
 
 
 def _train(cfg, seeds, arrays, out, **kw):
-    mean, std = iql.state_normalizer(arrays["obs"], cfg.normalize_states)
-    nets = iql.build_nets(cfg, seeds, arrays["obs"].shape[1], arrays["action"].shape[1], mean, std)
-    result = iql.train(cfg, seeds, _data(arrays, mean, std), nets, out, log=lambda m: None, **kw)
-    return nets, result
+    return checks.train(iql, cfg, seeds, arrays, out, **kw)
 
 
 def _modules(nets):
@@ -86,25 +58,12 @@ def _all_tensors(t):
 def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     cfg = iql.IQLConfig(**SMALL, **extra)
     arrays = _arrays()
-    together, _ = _train(cfg, [3, 7], arrays, tmp_path / "together")
-    alone, _ = _train(cfg, [7], arrays, tmp_path / "alone")
-    for name, module in _modules(together).items():
-        a, b = dict(module.named_parameters()), dict(_modules(alone)[name].named_parameters())
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key][1], b[key][0], rtol=1e-5, atol=1e-6, msg=f"{name}.{key}")
-    assert not torch.allclose(together.value.weights[0][0], together.value.weights[0][1])
+    checks.check_seed_alone(lambda seeds, out: _train(cfg, seeds, arrays, out)[0], _modules, tmp_path, "value")
 
 
 def test_same_seed_same_result(tmp_path):
     cfg = iql.IQLConfig(**SMALL, actor_dropout=0.1)
-    arrays = _arrays()
-    a, ra = _train(cfg, [1, 2], arrays, tmp_path / "a")
-    b, rb = _train(cfg, [1, 2], arrays, tmp_path / "b")
-    for name in ("actor", "q1", "q2", "value"):
-        for pa, pb in zip(getattr(a, name).parameters(), getattr(b, name).parameters()):
-            assert torch.equal(pa, pb), name
-    pd.testing.assert_frame_equal(ra.metrics, rb.metrics, check_exact=True)
+    checks.check_same_seed_same_result(lambda seeds, out: _train(cfg, seeds, _arrays(), out), _modules, tmp_path)
 
 
 # ------------------------------------------------------------------ the update against plain IQL
@@ -178,29 +137,14 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
     result = iql.train(cfg, [0, 1], _data(arrays), nets, tmp_path, log=lambda m: None)
-    assert result.diverged_step == [1, None]  # at the step it happened, not at a logged step
-    for m in _modules(nets).values():
-        for p in m.parameters():
-            assert torch.isfinite(p[1]).all()
+    checks.check_nan_is_isolated(result, _modules(nets), SMALL["steps"])  # at the step it happened
     last = result.metrics[result.metrics.step == SMALL["steps"]].set_index("seed")
-    assert not math.isfinite(last.loc[0, "critic_loss"])
     assert all(math.isfinite(last.loc[1, k]) for k in (*iql.METRIC_KEYS, *iql.GRAD_NORM_KEYS))
 
 
 def test_divergence_step_is_exact_between_logged_steps():
     cfg = iql.IQLConfig(**{**SMALL, "log_every": 1000})
-    t = _trainer(cfg, [0, 1])
-    for _ in range(7):
-        t.step()
-    assert t.first_nonfinite_steps() == [None, None]
-    with torch.no_grad():
-        t.nets.q2.weights[0][1].fill_(math.nan)  # seed 1's second critic, before step 8
-    for _ in range(5):
-        t.step()
-    assert t.first_nonfinite_steps() == [None, 8]
-    other = _trainer(cfg, [0, 1])
-    other.load_state_dict(t.state_dict())  # the record survives a resume
-    assert other.first_nonfinite_steps() == [None, 8]
+    checks.check_divergence_step_is_exact(lambda: _trainer(cfg, [0, 1]), before=7, after=5)
 
 
 # ------------------------------------------------------------------ windows and state
@@ -208,32 +152,16 @@ def test_divergence_step_is_exact_between_logged_steps():
 def test_windowed_run_is_bitwise_the_step_by_step_run(tmp_path, monkeypatch, extra):
     monkeypatch.setattr(iql.IQLTrainer, "_window_rows", lambda self: 3)
     cfg = iql.IQLConfig(steps=17, batch_size=16, hidden=(16, 16), checkpoint_every=7, **extra)
-    plain = _trainer(cfg, [1, 2], use_window=False)
-    windowed = _trainer(cfg, [1, 2], use_window=True)
-    for step in range(1, 18):
-        a, b = plain.step(grad_norm=step % 3 == 0), windowed.step(grad_norm=step % 3 == 0)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
-        if step == 8:  # mid-window: a fresh windowed trainer continues from the saved state
-            torch.save(windowed.state_dict(), tmp_path / "s.pt")
-            windowed = _trainer(cfg, [1, 2], use_window=True)
-            windowed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert all(torch.equal(x, y) for x, y in zip(_all_tensors(plain), _all_tensors(windowed), strict=True))
+    # after step 8 (mid-window) a fresh windowed trainer continues from the saved state
+    plain, windowed = checks.check_windowed_matches_stepwise(lambda window: _trainer(cfg, [1, 2], use_window=window),
+                                                             17, 8, tmp_path, _all_tensors)
     assert plain.optimizers["actor"].param_groups[0]["lr"] == windowed.optimizers["actor"].param_groups[0]["lr"]
 
 
 def test_trainer_state_round_trip_with_dropout_generators(tmp_path):
     cfg = iql.IQLConfig(**SMALL, critic={"dropout": 0.2}, actor_dropout=0.1)
-    straight = _trainer(cfg, [0, 1])
-    assert not straight.graphable  # critic / V dropout draw inside the forward pass
-    for _ in range(5):
-        straight.step()
-    torch.save(straight.state_dict(), tmp_path / "state.pt")
-    restored = _trainer(cfg, [0, 1])
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    for _ in range(4):
-        a, b = straight.step(), restored.step()
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.equal(x, y) for x, y in zip(_all_tensors(straight), _all_tensors(restored), strict=True))
+    assert not _trainer(cfg, [0, 1]).graphable  # critic / V dropout draw inside the forward pass
+    checks.check_state_round_trip(lambda: _trainer(cfg, [0, 1]), 5, 4, tmp_path, _all_tensors)
 
 
 def test_graphable_and_draws():
@@ -259,14 +187,9 @@ def test_actor_learning_rate_schedule(schedule):
 def test_grad_norms_are_the_gradients_the_optimisers_apply():
     cfg = iql.IQLConfig(**SMALL, optimizer="sgd", critic_lr=0.1, value_lr=0.05)
     t = _trainer(cfg, [0, 1])
-    snap = lambda mods: [p.detach().clone() for m in mods for p in m.parameters()]
-    critics, value = (t.nets.q1, t.nets.q2), (t.nets.value,)
-    c0, v0 = snap(critics), snap(value)
-    out = t.step(grad_norm=True)
-    for key, mods, before, lr in (("critic_grad_norm", critics, c0, 0.1), ("value_grad_norm", value, v0, 0.05)):
-        moved = per_seed_norm([(a - b) / lr for a, b in zip(snap(mods), before)])
-        torch.testing.assert_close(out[key], moved, rtol=1e-4, atol=1e-6)
-    assert not set(iql.GRAD_NORM_KEYS) & set(t.step())  # only computed when asked for
+    assert set(iql.GRAD_NORM_KEYS) == {"critic_grad_norm", "value_grad_norm"}
+    checks.check_grad_norms_are_applied(t, {"critic_grad_norm": ((t.nets.q1, t.nets.q2), 0.1),
+                                            "value_grad_norm": ((t.nets.value,), 0.05)})
 
 
 def test_logged_metrics(tmp_path):
@@ -302,14 +225,7 @@ def test_checkpoints_round_trip_and_dispatch(tmp_path):
         torch.testing.assert_close(n.value(obs_n), nets.value(obs_n))
         torch.testing.assert_close(n.policy(obs_n), nets.policy(obs_n))
         torch.testing.assert_close(n.actor.log_std, nets.actor.log_std)
-    bad = tmp_path / "step_00000099.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="step_00000099.pt"):
-        iql.load_checkpoint(bad)
-
-
-class _Killed(BaseException):
-    """Stands in for SIGKILL: raised right after a resume state was saved."""
+    checks.check_bad_checkpoint_is_named(iql.load_checkpoint, tmp_path, "step_00000099.pt")
 
 
 def test_train_resumes_bitwise_through_resume_dir(tmp_path, monkeypatch):
@@ -323,20 +239,13 @@ def test_train_resumes_bitwise_through_resume_dir(tmp_path, monkeypatch):
         return iql.train(cfg, [0, 1], _data(arrays), nets, out, log=messages.append, resume=resume), nets
 
     reference, ref_nets = run(tmp_path / "ref", None)
-    save = iql.ResumeDir.save
     resume = iql.ResumeDir(tmp_path / "resume", iql.run_identity(cfg, [0, 1], "sha"))
 
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 20:
-            raise _Killed
+    def run_fresh_log(resume):  # the second run's messages only
+        messages.clear()
+        return run(tmp_path / "out", resume)
 
-    monkeypatch.setattr(iql.ResumeDir, "save", save_then_die)
-    with pytest.raises(_Killed):
-        run(tmp_path / "out", resume)
-    monkeypatch.setattr(iql.ResumeDir, "save", save)
-    messages.clear()
-    result, nets = run(tmp_path / "out", resume)
+    result, nets = checks.killed_then_resumed(monkeypatch, run_fresh_log, resume, kill_step=20)
     assert "resuming from step 20" in " ".join(messages) and result.resumed_from_step == 20
     pd.testing.assert_frame_equal(result.metrics, reference.metrics, check_exact=True)
     for name in ("actor", "q1", "q2", "value"):
@@ -357,15 +266,7 @@ def test_run_identity():
 
 def test_evaluate_every_eval_every_steps(tmp_path):
     cfg = iql.IQLConfig(**SMALL, eval_every=5)
-    calls = []
-
-    def evaluate(nets):
-        calls.append(nets)
-        return [SimpleNamespace(seed=s, return_mean=float(len(calls)), return_std=0.0, normalized_score=None,
-                                nonfinite_actions=False) for s in (0, 1)]
-
-    nets, result = _train(cfg, [0, 1], _arrays(), tmp_path, evaluate=evaluate)
-    assert result.evaluations.step.tolist() == [5, 5, 10, 10, 12, 12] and calls[0] is nets
+    checks.check_evaluates_every_eval_every(lambda ev: _train(cfg, [0, 1], _arrays(), tmp_path, evaluate=ev))
 
 
 def test_evaluate_policies_plays_iql_policies():
@@ -450,7 +351,7 @@ def test_benchmark_runs_at_tiny_size():
 
 
 # ------------------------------------------------------------------ CUDA (skipped without a GPU)
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+gpu = checks.gpu
 
 
 @gpu
@@ -464,13 +365,8 @@ def test_graphed_matches_eager_on_cuda(extra):
         c = iql.IQLConfig(**cfg, cuda_graph=graph)
         return iql.IQLTrainer(c, [0, 1, 2], _data(arrays, device="cuda"), iql.build_nets(c, [0, 1, 2], 17, 6), "cuda")
 
-    eager, graphed = make(False), make(True)
-    assert graphed.graphed and not eager.graphed
-    for step in range(1, 201):
-        a, b = eager.step(grad_norm=step % 10 == 0), graphed.step(grad_norm=step % 10 == 0)
-        assert a.keys() == b.keys(), step
-    drift = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
-                for x, y in zip(_all_tensors(graphed), _all_tensors(eager)))
+    eager, graphed = checks.run_graphed_and_eager(make, 200)
+    drift = checks.max_rel_diff(_all_tensors(graphed), _all_tensors(eager))
     print(f"\nIQL GRAPH-VS-EAGER {extra}: max relative difference after 200 steps {drift:.1e}")
     assert drift < 1e-6  # the same kernels (fused capturable Adam in both modes)
 
@@ -479,32 +375,17 @@ def test_graphed_matches_eager_on_cuda(extra):
 def test_graphed_run_resumes_and_isolates_nan_on_cuda(tmp_path, monkeypatch):
     cfg = iql.IQLConfig(steps=120, batch_size=256, hidden=(64, 64), checkpoint_every=50, log_every=10)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
-    messages = []
 
-    def run(out, resume, poison=False):
+    def run(out, resume, log):  # seed 2's first critic poisoned
         nets = iql.build_nets(cfg, [0, 1, 2], 17, 6)
-        if poison:
-            with torch.no_grad():
-                nets.q1.weights[-1][2].fill_(math.inf)
-        result = iql.train(cfg, [0, 1, 2], _data(arrays, device="cuda"), nets, out, device="cuda",
-                           log=messages.append, resume=resume)
+        with torch.no_grad():
+            nets.q1.weights[-1][2].fill_(math.inf)
+        result = iql.train(cfg, [0, 1, 2], _data(arrays, device="cuda"), nets, out, device="cuda", log=log,
+                           resume=resume)
         return result, nets
 
-    reference, ref_nets = run(tmp_path / "ref", None, poison=True)
-    assert "update step: CUDA graph" in messages and reference.diverged_step == [None, None, 1]
-    save = iql.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 50:
-            raise _Killed
-
-    resume = iql.ResumeDir(tmp_path / "resume", {"test": 1})
-    monkeypatch.setattr(iql.ResumeDir, "save", save_then_die)
-    with pytest.raises(_Killed):
-        run(tmp_path / "out", resume, poison=True)
-    monkeypatch.setattr(iql.ResumeDir, "save", save)
-    result, nets = run(tmp_path / "out", resume, poison=True)
+    (reference, ref_nets), (result, nets) = checks.graphed_run_killed_and_resumed(run, monkeypatch, tmp_path)
+    assert reference.diverged_step == [None, None, 1]
     assert result.resumed_from_step == 50 and result.diverged_step == [None, None, 1]
     for name in ("actor", "q1", "q2", "value"):
         for x, y in zip(getattr(ref_nets, name).parameters(), getattr(nets, name).parameters()):

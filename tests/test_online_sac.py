@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
+import algo_checks as checks
+from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from seemrl.algos import online_sac as osac
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +49,6 @@ def _continued(trainer: osac.SACTrainer, fresh: osac.SACTrainer) -> osac.SACTrai
     fresh.load_state_dict(state["trainer"])
     fresh.replay.load_state_dict(state["replay"])
     return fresh
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------ seeds are independent
@@ -164,10 +158,7 @@ def test_checkpoints_load_with_the_td3_interface(tmp_path):
 
 
 def test_load_checkpoint_names_a_bad_file(tmp_path):
-    bad = tmp_path / "step_00000010.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="step_00000010.pt"):
-        osac.load_checkpoint(bad)
+    checks.check_bad_checkpoint_is_named(osac.load_checkpoint, tmp_path)
     torch.save({"format": "seemrl.td3.v2"}, tmp_path / "td3.pt")
     with pytest.raises(ValueError, match="not a seemrl.online_sac.v1 checkpoint"):
         osac.load_checkpoint(tmp_path / "td3.pt")
@@ -326,28 +317,19 @@ def test_metrics_and_evaluations(tmp_path):
 
 
 # ------------------------------------------------------------------ resuming
-class _Killed(BaseException):
-    """Stands in for SIGKILL inside the process: raised right after a state was saved."""
-
-
 @pytest.mark.parametrize("extra", [dict(tau=0.005), dict(tau=1.0, critic={"norm": "layernorm"}, updates_per_step=2)])
 def test_resume_after_a_checkpoint_continues_bitwise(tmp_path, monkeypatch, extra):
     cfg = _cfg(steps=220, learning_starts=40, checkpoint_every=90, log_every=30, eval_every=110, eval_episodes=1,
                **extra)
     reference = osac.train(cfg, [0, 1], ENV, tmp_path / "ref", log=quiet)
     resume = osac.ResumeDir(tmp_path / "resume", osac.run_identity(cfg, [0, 1], ENV))
-    save = osac.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        raise _Killed
-
-    monkeypatch.setattr(osac.ResumeDir, "save", save_then_die)
-    with pytest.raises(_Killed):
-        osac.train(cfg, [0, 1], ENV, tmp_path / "out", log=quiet, resume=resume)
-    monkeypatch.setattr(osac.ResumeDir, "save", save)
     messages: list[str] = []
-    result = osac.train(cfg, [0, 1], ENV, tmp_path / "out", log=messages.append, resume=resume)
+
+    def run(resume):  # the second run's messages only
+        messages.clear()
+        return osac.train(cfg, [0, 1], ENV, tmp_path / "out", log=messages.append, resume=resume)
+
+    result = checks.killed_then_resumed(monkeypatch, run, resume)  # killed after its first resume state
     assert "resuming from step 90" in " ".join(messages) and result.resumed_from_step == 90
     for name in ("metrics", "episodes", "evaluations"):
         pd.testing.assert_frame_equal(getattr(result, name), getattr(reference, name), check_exact=True)

@@ -11,28 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+import algo_checks as checks
 from seemrl.algos import td3
 from seemrl.engine import Window
 
-CUDA = torch.cuda.is_available()
-
-
-def _arrays(n=500, obs_dim=5, act_dim=2, seed=0):
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-    return dict(obs=obs, action=rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
-                reward=rng.normal(size=n).astype(np.float32),
-                next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32),
-                terminal=rng.random(n) < 0.05)
+_arrays = checks.arrays
 
 
 def _trainer(cfg, seeds, arrays, device, use_window=None):
-    obs_dim, act_dim = arrays["obs"].shape[1], arrays["action"].shape[1]
-    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(obs_dim), std=np.ones(obs_dim), device=device)
-    t = td3.TD3Trainer(cfg, seeds, data, td3.build_nets(cfg, seeds, obs_dim, act_dim), device)
-    if use_window is not None:
-        t.use_window = use_window
-    return t
+    return checks.make_trainer(td3.TD3Trainer, td3.build_nets, cfg, seeds, arrays, device, use_window)
 
 
 def _params(t):
@@ -66,24 +53,20 @@ def test_windowed_run_is_bitwise_the_step_by_step_run(tmp_path, monkeypatch, ext
     monkeypatch.setattr(td3.TD3Trainer, "_window_rows", lambda self: rows)
     cfg = td3.TD3Config(steps=23, batch_size=16, hidden=(16, 16), checkpoint_every=checkpoint_every, **extra)
     arrays = _arrays()
-    plain = _trainer(cfg, [1, 2], arrays, "cpu", use_window=False)
-    windowed = _trainer(cfg, [1, 2], arrays, "cpu", use_window=True)
-    for step in range(1, 24):
-        a, b = plain.step(grad_norm=step % 3 == 0), windowed.step(grad_norm=step % 3 == 0)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), step
+
+    def at_step(step, plain, windowed):
         if step in (4, 10, 11):  # at a window's end the generators are where stepping left them;
             # mid-window the state names the window to re-enter instead
             sa, sb = plain.state_dict(), windowed.state_dict()
             if sb["window"] is None:
                 for key in ("idx", "noise"):
-                    assert all(torch.equal(x, y) for x, y in zip(sa["generators"][key], sb["generators"][key])), (step, key)
+                    assert checks.same_generators(sa, sb, [key]), (step, key)
             else:
                 assert sb["window"]["used"] == (step % checkpoint_every) % rows or sb["window"]["used"] > 0
-        if step == 11:  # a fresh windowed trainer continues from the state
-            torch.save(windowed.state_dict(), tmp_path / "s.pt")
-            windowed = _trainer(cfg, [1, 2], arrays, "cpu", use_window=True)
-            windowed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert all(torch.equal(x, y) for x, y in zip(_params(plain), _params(windowed)))
+
+    # after step 11 a fresh windowed trainer continues from the state
+    checks.check_windowed_matches_stepwise(lambda window: _trainer(cfg, [1, 2], arrays, "cpu", use_window=window),
+                                           23, 11, tmp_path, _params, at_step)
 
 
 def test_cuda_graph_is_ignored_on_cpu():
@@ -95,13 +78,9 @@ def test_cuda_graph_is_ignored_on_cpu():
 
 
 # ------------------------------------------------------------------ CUDA
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+gpu = checks.gpu
 GPU_CASES = [dict(critic={"norm": n}, tau=tau, bc_weight=1.0 if tau < 1 else 0.0)
              for n in ("none", "layernorm", "batchnorm") for tau in (1.0, 0.005)]
-
-
-def _max_rel_diff(a, b):
-    return max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
 
 
 @gpu
@@ -111,16 +90,14 @@ def _max_rel_diff(a, b):
 def test_graphed_matches_eager_on_cuda(extra, record_property):
     cfg = dict(steps=200, batch_size=256, hidden=(256, 256), checkpoint_every=50, **extra)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
-    eager = _trainer(td3.TD3Config(**cfg, cuda_graph=False), [0, 1, 2], arrays, "cuda")
-    graphed = _trainer(td3.TD3Config(**cfg), [0, 1, 2], arrays, "cuda")
-    assert graphed.graphed and not eager.graphed
     drift = {}
-    for step in range(1, 201):
-        gn = step % 10 == 0
-        a, b = eager.step(grad_norm=gn), graphed.step(grad_norm=gn)
-        assert a.keys() == b.keys(), step
+
+    def record_drift(step, eager, graphed):
         if step in (1, 2, 10, 50, 200):
-            drift[step] = _max_rel_diff(_params(graphed), _params(eager))
+            drift[step] = checks.max_rel_diff(_params(graphed), _params(eager))
+
+    checks.run_graphed_and_eager(lambda graph: _trainer(td3.TD3Config(**cfg, cuda_graph=graph), [0, 1, 2], arrays,
+                                                        "cuda"), 200, record_drift)
     print(f"\nGRAPH-VS-EAGER {extra}: max relative parameter difference: "
           + "  ".join(f"step {k}: {v:.1e}" for k, v in drift.items()))
     record_property("drift", drift)
@@ -131,37 +108,18 @@ def test_graphed_matches_eager_on_cuda(extra, record_property):
 @gpu
 @pytest.mark.parametrize("extra", [dict(), dict(tau=0.005, bc_weight=1.0, critic={"norm": "batchnorm"})])
 def test_graphed_run_resumes_identically_on_cuda(tmp_path, monkeypatch, extra):
-    class Killed(Exception):
-        pass
-
     cfg = td3.TD3Config(steps=120, batch_size=256, hidden=(64, 64), checkpoint_every=50, log_every=10, **extra)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
 
-    def run(out, resume):
+    def run(out, resume, log):
         data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(17), std=np.ones(17), device="cuda")
         nets = td3.build_nets(cfg, [0, 1, 2], 17, 6)
-        return td3.train(cfg, [0, 1, 2], data, nets, out, device="cuda", log=messages.append, resume=resume), nets
+        return td3.train(cfg, [0, 1, 2], data, nets, out, device="cuda", log=log, resume=resume), nets
 
-    messages = []
-    reference, ref_nets = run(tmp_path / "ref", None)
-    assert "update step: CUDA graph" in messages
-    save = td3.ResumeDir.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        if state["step"] == 50:
-            raise Killed
-
-    resume = td3.ResumeDir(tmp_path / "resume", {"test": 1})
-    monkeypatch.setattr(td3.ResumeDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        run(tmp_path / "out", resume)
-    monkeypatch.setattr(td3.ResumeDir, "save", save)
-    result, nets = run(tmp_path / "out", resume)
-    assert result.resumed_from_step == 50
+    (reference, ref_nets), (result, nets) = checks.graphed_run_killed_and_resumed(run, monkeypatch, tmp_path)
     a = [p.detach().cpu() for m in (ref_nets.actor, ref_nets.q1, ref_nets.q2) for p in m.parameters()]
     b = [p.detach().cpu() for m in (nets.actor, nets.q1, nets.q2) for p in m.parameters()]
-    diff = _max_rel_diff(b, a)
+    diff = checks.max_rel_diff(b, a)
     bitwise = all(torch.equal(x, y) for x, y in zip(a, b)) and result.metrics.equals(reference.metrics)
     print(f"\nRESUME {extra}: bitwise={bitwise}, max relative parameter difference {diff:.2e}")
     assert diff < 1e-5

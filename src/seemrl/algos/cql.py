@@ -38,8 +38,6 @@ actor's Q use eval mode (as in `seemrl.algos.td3`).
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +48,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seemrl.algos.td3 import state_normalizer
-from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.algos.common import (CriticTrainer, OfflineNets, check_run_settings, check_shared_fields,
+                                 critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
+                                 load_offline_checkpoint, obs_stats, offline_data, run_identity_of,
+                                 save_offline_checkpoint, train_offline, twin_critics)
+from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
 from seemrl.engine import (EVALUATION_COLUMNS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
                            StackedTrainer, TrainResult, evaluations_frame, make_optimizer, read_checkpoint,
                            train_loop, transform_reward, write_checkpoint, REWARD_TRANSFORMS)
-from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.cql.v1"
@@ -63,6 +64,7 @@ CHECKPOINT_FORMAT = "seemrl.cql.v1"
 # per random input of the update step.
 (STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NEXT_NOISE, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2,
  STREAM_ACTOR_NOISE, STREAM_CQL_RANDOM, STREAM_CQL_CURRENT, STREAM_CQL_NEXT) = range(11)
+CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # CORL's ReparameterizedTanhGaussian clamp
 LOG_STD_MULTIPLIER_INIT, LOG_STD_OFFSET_INIT = 1.0, -1.0  # CORL / JaxCQL TanhGaussianPolicy
 ACTOR_LAST_LAYER_SCALE = math.sqrt(3 * 0.01)  # variance_scaling(0.01, fan_in, uniform) / PyTorch's default bound
@@ -114,23 +116,8 @@ class CQLConfig:
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" or "ieee"; CPU: always ieee
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        self.critic = dict(self.critic)
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-        if unknown:
-            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-        if not self.critic.get("weight_decay", 0.0) >= 0:
-            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        for name in ("steps", "batch_size", "cql_n_actions", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_shared_fields(self, ("steps", "batch_size", "cql_n_actions", "checkpoint_every", "log_every"),
+                            gamma=True)
         if self.bc_steps < 0:
             raise ValueError(f"bc_steps must be >= 0, got {self.bc_steps}")
         for name in ("policy_lr", "critic_lr", "alpha_lr", "alpha_prime_lr"):
@@ -149,11 +136,7 @@ class CQLConfig:
         if self.reward_transform not in REWARD_TRANSFORMS:
             raise ValueError(f"reward_transform must be one of {sorted(REWARD_TRANSFORMS)}, "
                              f"got {self.reward_transform!r}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
-                             f"and {self.eval_episodes}")
+        check_run_settings(self)
 
     @property
     def twin_q(self) -> bool:
@@ -226,7 +209,7 @@ class Temperatures(nn.Module):
 
 
 @dataclass
-class CQLNets:
+class CQLNets(OfflineNets):
     """Actor, twin critics and temperatures of S seeds. The SEEM interface: `q1` (a StackedMLP
     over [normalised state, action]), `q2`, `actor`, `normalize`, `policy` (deterministic tanh(mean))."""
 
@@ -237,81 +220,55 @@ class CQLNets:
     obs_mean: torch.Tensor
     obs_std: torch.Tensor
 
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+    MODULES = ("actor", "q1", "q2", "temperatures")
 
     def policy(self, obs_n: torch.Tensor) -> torch.Tensor:
         """Deterministic actions tanh(mean) [S, B, act] in [-1, 1] for normalised states [S, B, obs]."""
         return torch.tanh(self.actor(obs_n)[0])
-
-    def to(self, device) -> "CQLNets":
-        for name in ("actor", "q1", "q2", "temperatures", "obs_mean", "obs_std"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
 
 
 def build_nets(cfg: CQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
                obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> CQLNets:
     """Initial networks; seed s's weights come from its own generators (alone or among others)."""
     actor = TanhGaussianActor(seeds, obs_dim, act_dim, cfg.hidden)
-    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
-    dropout = spec.get("dropout", 0.0) > 0
-    q1, q2 = (
-        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
-                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
-        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
-    )
+    q1, q2 = twin_critics(cfg.critic, seeds, obs_dim + act_dim, cfg.hidden, CRITIC_STREAMS)
     temps = Temperatures(len(seeds), cfg.init_log_alpha, cfg.init_log_alpha_prime)
-    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
-    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
-    return CQLNets(actor, q1, q2, temps, mean, std)
+    return CQLNets(actor, q1, q2, temps, *obs_stats(obs_dim, obs_mean, obs_std))
 
 
 # ------------------------------------------------------------------ data
 def prepare_data(transitions, cfg: CQLConfig, device) -> tuple[OfflineData, dict]:
     """Training tensors from a `seemrl.data.transitions` table: rewards through
     `cfg.reward_transform`, states standardised (when `cfg.normalize_states`) with the statistics
-    that `build_nets` gets from `seemrl.algos.td3.state_normalizer`. No extra train() arguments."""
+    that `build_nets` gets from `state_normalizer` (as `seemrl.algos.td3`'s). No extra train() arguments."""
     t = transitions
-    mean, std = state_normalizer(t.obs, cfg.normalize_states)
-    reward = transform_reward(t.reward, cfg.reward_transform)
-    return OfflineData.from_arrays(t.obs, t.action, reward, t.next_obs, t.terminal, mean, std, device), {}
+    data, _, _ = offline_data(t, transform_reward(t.reward, cfg.reward_transform), cfg.normalize_states, device)
+    return data, {}
 
 
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: CQLNets, cfg: CQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
-    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
-                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "temperatures": nets.temperatures},
-                     obs_dim=nets.actor.dims[0], act_dim=nets.actor.act_dim,
-                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+    save_offline_checkpoint(path, CHECKPOINT_FORMAT, nets, cfg, seeds, step, diverged_step,
+                            obs_dim=nets.actor.dims[0], act_dim=nets.actor.act_dim)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
-    cfg = CQLConfig(**payload["config"])
-    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
-                      payload["obs_mean"], payload["obs_std"])
-    for name in ("actor", "q1", "q2", "temperatures"):
-        getattr(nets, name).load_state_dict(payload[name])
-    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+    return load_offline_checkpoint(path, CHECKPOINT_FORMAT, CQLConfig, build_nets, CQLNets.MODULES)
 
 
 # ------------------------------------------------------------------ the update step
-class CQLTrainer(StackedTrainer):
+class CQLTrainer(CriticTrainer):
     """CQL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
 
     Step kinds: "bc" (the first `bc_steps` steps: BC actor loss) and "rl" (the SAC actor loss).
     Critics with dropout draw their masks from CPU generators inside the forward pass, so they
-    run eagerly.
+    run eagerly (`CriticTrainer`).
     """
 
     def __init__(self, cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, device):
-        self.cfg, self.nets = cfg, nets.to(device)
         self.act_dim = nets.actor.act_dim
-        self.matmul_precision = cfg.matmul_precision
-        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                         cuda_graph=cfg.cuda_graph)
+        super().__init__(cfg, seeds, data, nets, device)
         self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "temperatures": nets.temperatures}
         self.targets = {name: copy.deepcopy(self.networks[name]).eval() for name in ("q1", "q2")}
@@ -322,8 +279,7 @@ class CQLTrainer(StackedTrainer):
         self.optimizers = {
             "actor": opt(nets.actor.parameters(), cfg.policy_lr),
             # weight decay is the optimiser's (coupled) L2 penalty on the critics only
-            "critic": opt([*nets.q1.parameters(), *nets.q2.parameters()], cfg.critic_lr,
-                          weight_decay=cfg.critic.get("weight_decay", 0.0)),
+            "critic": opt(critic_params(nets), cfg.critic_lr, weight_decay=critic_weight_decay(cfg.critic)),
         }
         if cfg.auto_alpha:
             self.optimizers["alpha"] = opt([temps.log_alpha], cfg.alpha_lr or cfg.policy_lr)
@@ -341,13 +297,6 @@ class CQLTrainer(StackedTrainer):
                 Draw("cql_random", "uniform", (b, n, A), STREAM_CQL_RANDOM),  # U[0,1) -> U[-1,1) actions
                 Draw("cql_current_noise", "normal", (b, n, A), STREAM_CQL_CURRENT),  # CQL actions ~ pi(s)
                 Draw("cql_next_noise", "normal", (b, n, A), STREAM_CQL_NEXT)]  # CQL actions ~ pi(s')
-
-    @property
-    def graphable(self) -> bool:
-        return not self.cfg.critic.get("dropout", 0.0) > 0
-
-    def not_graphable_reason(self) -> str:
-        return "critic dropout draws its masks from CPU generators inside the step"
 
     def step_kinds(self) -> list[str]:
         return ["bc", "rl"] if self.cfg.bc_steps > 0 else ["rl"]
@@ -394,12 +343,12 @@ class CQLTrainer(StackedTrainer):
         if kind == "bc":  # CORL's warm start: maximise the likelihood of the dataset actions
             actor_loss = (alpha[:, None] * logp - action_log_prob(mean, log_std, a)).mean(-1)
         else:
-            critic_params = [*nets.q1.parameters(), *nets.q2.parameters()]
-            for p in critic_params:  # backpropagate through the critics, skip their weight gradients
+            q_params = critic_params(nets)
+            for p in q_params:  # backpropagate through the critics, skip their weight gradients
                 p.requires_grad_(False)
             xp = torch.cat([s, pi], -1)
             q_pi = torch.minimum(nets.q1(xp), nets.q2(xp)).squeeze(-1)
-            for p in critic_params:
+            for p in q_params:
                 p.requires_grad_(True)
             actor_loss = (alpha[:, None] * logp - q_pi).mean(-1)
         losses = actor_loss.sum()
@@ -451,32 +400,17 @@ class CQLTrainer(StackedTrainer):
                    actor_loss=actor_loss.detach(), alpha=alpha, q_mean=q1_all[:, :B].detach().mean(-1),
                    entropy=-logp.detach().mean(-1))
         if grad_norm:  # the gradient the optimiser is about to apply
-            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
-                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
+            out["critic_grad_norm"] = critic_grad_norm(nets)
         for o in self.optimizers.values():
             o.step()
         self.update_targets(cfg.tau)  # parameters and (BatchNorm) buffers follow the online critics
         return out
 
-    def _critic_mode(self, train: bool) -> None:
-        self.nets.q1.train(train)
-        self.nets.q2.train(train)
-
-    def extra_state(self) -> dict:
-        return {"dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()]}
-
-    def load_extra_state(self, state: dict) -> None:
-        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
-            if states is not None:
-                net.set_dropout_rng_states(states)
-
 
 # ------------------------------------------------------------------ resumable state
 def run_identity(cfg: CQLConfig, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
-    config = dataclasses.asdict(cfg)
-    config.pop("cuda_graph")  # how the step executes, not which run this is
-    return json.loads(json.dumps({"config": config, "seeds": list(seeds), "data_sha256": data_sha256}))
+    return run_identity_of(cfg, seeds, data_sha256=data_sha256)
 
 
 # ------------------------------------------------------------------ training loop
@@ -487,20 +421,7 @@ def train(cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, ch
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-
-    evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
-    environment bound) is called every `cfg.eval_every` steps and after the last step. For
-    `resume` see `seemrl.engine.train_loop`.
-    """
-    trainer = CQLTrainer(cfg, seeds, data, nets, device)
-
-    def save(path: Path, step: int, diverged: list) -> None:
-        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
-
-    def param_norms() -> dict[str, torch.Tensor]:
-        return {"critic_param_norm": per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()])}
-
+    `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
     keys = (*METRIC_KEYS, *(("alpha_prime",) if cfg.cql_lagrange else ()), "critic_grad_norm")
-    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
-                      checkpoint_dir, save, keys, param_norms, log=log,
-                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
+    return train_offline(CQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir, keys,
+                         critic_param_norms, log, evaluate, resume)

@@ -72,8 +72,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +81,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from seemrl.algos.common import (CriticTrainer, OfflineNets, check_at_least_one, check_critic_spec, check_gamma,
+                                 check_one_of, check_tau, coerce_shared_fields, critic_grad_norm, critic_param_norms,
+                                 critic_params, critic_weight_decay, load_offline_checkpoint, obs_stats,
+                                 offline_data, run_identity_of, save_offline_checkpoint, train_offline, twin_critics)
+from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
 from seemrl.devices import MATMUL_PRECISIONS
-from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedTrainer, TrainResult,
+from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedTrainer, TrainResult,  # noqa: F401
                            clip_grad_norm_per_seed, cosine_lr, episode_returns, make_optimizer,
                            read_checkpoint, return_priorities, sampling_cdf, set_lr, train_loop,
                            transform_reward, weighted_indices, write_checkpoint)
 from seemrl.engine import REWARD_TRANSFORMS
-from seemrl.nets import ACTIVATIONS, CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.nets import ACTIVATIONS, StackedMLP, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.diffql.v1"
@@ -98,6 +101,7 @@ CHECKPOINT_FORMAT = "seemrl.diffql.v1"
 (STREAM_BATCH, STREAM_POLICY_BATCH, STREAM_DIFF_T, STREAM_DIFF_NOISE, STREAM_HEAD, STREAM_BACKUP_XT,
  STREAM_BACKUP_STEPS) = range(20, 27)
 STREAM_EVAL = 40  # the evaluation policy's CPU generators (with eval_seed)
+CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 
 SAMPLERS = ("dpm_solver", "ddpm")
 BETA_SCHEDULES = ("linear", "vp")
@@ -148,25 +152,16 @@ class DiffQLConfig:
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" or "ieee"; CPU: always ieee
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        self.critic = dict(self.critic)
+        coerce_shared_fields(self)
         choices = {"lr_decay": LR_DECAY, "activation": tuple(ACTIVATIONS), "beta_schedule": BETA_SCHEDULES,
                    "sampler": SAMPLERS, "guide_q": GUIDE_Q, "eval_select": ("softmax", "argmax"),
                    "eval_actor": ("online", "ema"), "reward_transform": tuple(REWARD_TRANSFORMS),
                    "matmul_precision": MATMUL_PRECISIONS}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-        if unknown:
-            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-        if not self.critic.get("weight_decay", 0.0) >= 0:
-            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "sample_steps", "backup_samples",
-                     "actor_ema_every", "eval_samples", "eval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_one_of(self, name, allowed)
+        check_critic_spec(self.critic)
+        check_at_least_one(self, ("steps", "batch_size", "checkpoint_every", "log_every", "sample_steps",
+                                  "backup_samples", "actor_ema_every", "eval_samples", "eval_episodes"))
         if self.diffusion_steps < 2:
             raise ValueError(f"diffusion_steps must be >= 2, got {self.diffusion_steps}")
         if self.time_embed < 2 or self.time_embed % 2:
@@ -178,10 +173,8 @@ class DiffQLConfig:
         if self.sampler == "ddpm" and self.sample_steps != self.diffusion_steps:
             raise ValueError(f"sample_steps must equal diffusion_steps ({self.diffusion_steps}) with the ddpm "
                              f"sampler (it runs every step of the chain), got {self.sample_steps}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_tau(self.tau)
+        check_gamma(self.gamma)
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for name in ("bc_weight", "alpha", "grad_clip", "actor_ema_start"):
@@ -417,7 +410,7 @@ def eval_generators(seeds: Sequence[int], eval_seed: int) -> list[torch.Generato
 
 
 @dataclass
-class DiffQLNets:
+class DiffQLNets(OfflineNets):
     """Diffusion actor (online and EMA), twin critics and their EMA targets, for S seeds."""
 
     cfg: DiffQLConfig
@@ -435,12 +428,8 @@ class DiffQLNets:
 
     MODULES = ("actor", "actor_ema", "q1", "q2", "q1_target", "q2_target")
 
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.obs_mean) / self.obs_std
-
     def to(self, device) -> "DiffQLNets":
-        for name in (*self.MODULES, "obs_mean", "obs_std"):
-            setattr(self, name, getattr(self, name).to(device))
+        super().to(device)
         self.schedule.to(device)
         return self
 
@@ -536,28 +525,13 @@ def _eval_mode(*modules: nn.Module):
 def build_nets(cfg: DiffQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
                obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> DiffQLNets:
     actor = DiffusionActor(seeds, obs_dim, act_dim, cfg.hidden, cfg.time_embed, cfg.activation)
-    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
-    dropout = spec.get("dropout", 0.0) > 0
-    q1, q2 = (
-        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
-                           activation=cfg.activation,
-                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
-        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
-    )
+    q1, q2 = twin_critics(cfg.critic, seeds, obs_dim + act_dim, cfg.hidden, CRITIC_STREAMS, activation=cfg.activation)
     frozen = lambda m: copy.deepcopy(m).requires_grad_(False)
-    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
-    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
+    mean, std = obs_stats(obs_dim, obs_mean, obs_std)
     schedule = DiffusionSchedule(cfg.beta_schedule, cfg.diffusion_steps)
     plan = dpm_solver_plan(schedule, cfg.sample_steps, cfg.dpm_order) if cfg.sampler == "dpm_solver" else []
     return DiffQLNets(cfg, actor, frozen(actor), q1, q2, frozen(q1).eval(), frozen(q2).eval(), mean, std,
                       schedule, plan, eval_generators(seeds, cfg.eval_seed))
-
-
-def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the training states (TD3+BC's recipe); identity when disabled (the default)."""
-    if not enabled:
-        return np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
-    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-3).astype(np.float32)
 
 
 # ------------------------------------------------------------------ data
@@ -576,10 +550,9 @@ def prepare_data(transitions, cfg: DiffQLConfig, device) -> tuple[DiffQLData, di
     same for "x10"). Returns the data and extras: obs_mean, obs_std (for `build_nets`) and
     policy_probabilities (None without OPER-R)."""
     t = transitions
-    mean, std = state_normalizer(t.obs, cfg.normalize_states)
     action = np.clip(np.asarray(t.action, np.float32), -cfg.action_clip, cfg.action_clip)
     reward = transform_reward(t.reward, cfg.reward_transform)
-    data = DiffQLData.from_arrays(t.obs, action, reward, t.next_obs, t.terminal, mean, std, device)
+    data, mean, std = offline_data(t, reward, cfg.normalize_states, device, action=action, data_cls=DiffQLData)
     probs = None
     if cfg.oper_r:
         probs = return_priorities(episode_returns(t.reward, t.episode_id))
@@ -590,47 +563,36 @@ def prepare_data(transitions, cfg: DiffQLConfig, device) -> tuple[DiffQLData, di
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: DiffQLNets, cfg: DiffQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
-    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
-                     modules={name: getattr(nets, name) for name in DiffQLNets.MODULES},
-                     obs_dim=nets.actor.obs_dim, act_dim=nets.actor.act_dim,
-                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+    save_offline_checkpoint(path, CHECKPOINT_FORMAT, nets, cfg, seeds, step, diverged_step,
+                            obs_dim=nets.actor.obs_dim, act_dim=nets.actor.act_dim)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
-    cfg = DiffQLConfig(**payload["config"])
-    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
-                      payload["obs_mean"], payload["obs_std"])
-    for name in DiffQLNets.MODULES:
-        getattr(nets, name).load_state_dict(payload[name])
-    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+    return load_offline_checkpoint(path, CHECKPOINT_FORMAT, DiffQLConfig, build_nets, DiffQLNets.MODULES)
 
 
 # ------------------------------------------------------------------ the update step
-class DiffQLTrainer(StackedTrainer):
+class DiffQLTrainer(CriticTrainer):
     """Diffusion-QL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
 
     One step: critic update (uniform batch; max-Q backup with the EMA actor and target critics),
     actor update (its own batch under OPER-R), EMA of the critics every step. Step kinds: whether
     the EMA actor updates this step. Critics with dropout draw their masks from CPU generators
-    inside the forward pass, so they run eagerly.
+    inside the forward pass, so they run eagerly (`CriticTrainer`).
     """
 
     def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device):
         if cfg.oper_r and getattr(data, "policy_cdf", None) is None:
             raise ValueError("oper_r needs the actor batch's sampling probabilities: build the data with "
                              "seemrl.algos.diffql.prepare_data")
-        self.cfg, self.nets = cfg, nets.to(device)
-        self.matmul_precision = cfg.matmul_precision
-        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                         cuda_graph=cfg.cuda_graph)
+        super().__init__(cfg, seeds, data, nets, device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         self.targets = {"actor": nets.actor_ema, "q1": nets.q1_target, "q2": nets.q2_target}
         self.optimizers = {
             "actor": make_optimizer("adam", nets.actor.parameters(), cfg.lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty on the critics only
-            "critic": make_optimizer("adam", [*nets.q1.parameters(), *nets.q2.parameters()], cfg.lr, self.device,
-                                     weight_decay=cfg.critic.get("weight_decay", 0.0)),
+            "critic": make_optimizer("adam", critic_params(nets), cfg.lr, self.device,
+                                     weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
 
@@ -654,13 +616,6 @@ class DiffQLTrainer(StackedTrainer):
         if cfg.sampler == "ddpm" and cfg.diffusion_steps > 1:
             draws.append(Draw("backup_steps", "normal", (cfg.diffusion_steps - 1, b, n, A), STREAM_BACKUP_STEPS))
         return draws
-
-    @property
-    def graphable(self) -> bool:
-        return not self.cfg.critic.get("dropout", 0.0) > 0
-
-    def not_graphable_reason(self) -> str:
-        return "critic dropout draws its masks from CPU generators inside the step"
 
     def step_kinds(self) -> list[bool]:
         return [False, True]
@@ -732,8 +687,7 @@ class DiffQLTrainer(StackedTrainer):
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         n1, n2 = self._clip(nets.q1), self._clip(nets.q2)
         if grad_norm:  # before clipping
-            out["critic_grad_norm"] = torch.sqrt(n1 ** 2 + n2 ** 2) if cfg.grad_clip > 0 else per_seed_norm(
-                [p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters()) if p.grad is not None])
+            out["critic_grad_norm"] = torch.sqrt(n1 ** 2 + n2 ** 2) if cfg.grad_clip > 0 else critic_grad_norm(nets)
         critic_opt.step()
 
         # actor: denoising loss + Q of the one-step action, through the updated critics
@@ -773,18 +727,11 @@ class DiffQLTrainer(StackedTrainer):
             tgt = [t for n in names for t in (*self.targets[n].parameters(), *self.targets[n].buffers())]
             torch._foreach_lerp_(tgt, src, tau)
 
-    def _critic_mode(self, train: bool) -> None:
-        self.nets.q1.train(train)
-        self.nets.q2.train(train)
-
     def extra_state(self) -> dict:
-        return {"dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()],
-                "eval_gens": self.nets.eval_rng_states()}
+        return {**super().extra_state(), "eval_gens": self.nets.eval_rng_states()}
 
     def load_extra_state(self, state: dict) -> None:
-        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
-            if states is not None:
-                net.set_dropout_rng_states(states)
+        super().load_extra_state(state)
         self.nets.set_eval_rng_states(state["eval_gens"])
 
 
@@ -805,10 +752,7 @@ def _frozen(*modules: nn.Module):
 # ------------------------------------------------------------------ resumable state
 def run_identity(cfg: DiffQLConfig, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
-    config = dataclasses.asdict(cfg)
-    config.pop("cuda_graph")  # how the step executes, not which run this is
-    return json.loads(json.dumps({"algorithm": "diffql", "config": config, "seeds": list(seeds),
-                                  "data_sha256": data_sha256}))
+    return run_identity_of(cfg, seeds, tag={"algorithm": "diffql"}, data_sha256=data_sha256)
 
 
 # ------------------------------------------------------------------ training loop
@@ -819,21 +763,11 @@ def train(cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNe
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
+    `data` comes from `prepare_data` (needed for OPER-R); `evaluate` and `resume` as in
+    `seemrl.algos.common.train_offline`."""
+    return train_offline(DiffQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+                         (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), _param_norms, log, evaluate, resume)
 
-    `data` comes from `prepare_data` (needed for OPER-R). evaluate(nets) -> one result per seed
-    (`seemrl.evaluation.evaluate_policies` with the environment bound) is called every
-    `cfg.eval_every` steps and after the last step. For `resume` see `seemrl.engine.train_loop`.
-    """
-    trainer = DiffQLTrainer(cfg, seeds, data, nets, device)
 
-    def save(path: Path, step: int, diverged: list) -> None:
-        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
-
-    def param_norms() -> dict[str, torch.Tensor]:
-        n = trainer.nets
-        return {"critic_param_norm": per_seed_norm([*n.q1.parameters(), *n.q2.parameters()]),
-                "actor_param_norm": per_seed_norm(list(n.actor.parameters()))}
-
-    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
-                      checkpoint_dir, save, (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), param_norms,
-                      log=log, evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
+def _param_norms(nets: DiffQLNets) -> dict[str, torch.Tensor]:
+    return {**critic_param_norms(nets), "actor_param_norm": per_seed_norm(list(nets.actor.parameters()))}

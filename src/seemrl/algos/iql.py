@@ -52,8 +52,6 @@ checked for NaN / inf at every step (the first such step is recorded per seed; t
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -63,12 +61,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seemrl.algos.td3 import state_normalizer
-from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.algos.common import (CriticTrainer, OfflineNets, check_at_least_one, check_critic_spec, check_gamma,
+                                 check_one_of, check_optimizer, check_run_settings, check_tau, coerce_shared_fields,
+                                 critic_grad_norm, critic_net, critic_param_norms, critic_params, critic_spec,
+                                 critic_weight_decay, load_offline_checkpoint, obs_stats, offline_data,
+                                 run_identity_of, save_offline_checkpoint, train_offline, twin_critics)
+from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
 from seemrl.engine import (REWARD_TRANSFORMS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
                            StackedTrainer, TrainResult, cosine_lr, episode_returns, make_optimizer,
                            read_checkpoint, set_lr, train_loop, transform_reward, write_checkpoint)
-from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.iql.v1"
@@ -76,6 +78,7 @@ CHECKPOINT_FORMAT = "seemrl.iql.v1"
 # noise, is unused), so that e.g. changing the batch size never changes initialisation.
 (STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, _STREAM_UNUSED, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2,
  STREAM_VALUE, STREAM_DROPOUT_VALUE, STREAM_ACTOR_DROPOUT) = range(10)
+CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 
 ACTOR_TYPES = ("gaussian", "deterministic")
 ACTOR_LR_SCHEDULES = ("cosine", "constant")
@@ -124,47 +127,29 @@ class IQLConfig:
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee" (full fp32); CPU: always ieee
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        self.critic = dict(self.critic)
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-        if unknown:
-            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-        if not self.critic.get("weight_decay", 0.0) >= 0:
-            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        coerce_shared_fields(self)
+        check_optimizer(self.optimizer)
+        check_critic_spec(self.critic)
+        check_at_least_one(self, ("steps", "batch_size", "checkpoint_every", "log_every"))
         for name in ("actor_lr", "critic_lr", "value_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.actor_lr_schedule not in ACTOR_LR_SCHEDULES:
-            raise ValueError(f"actor_lr_schedule must be one of {list(ACTOR_LR_SCHEDULES)}, got {self.actor_lr_schedule!r}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_one_of(self, "actor_lr_schedule", ACTOR_LR_SCHEDULES)
+        check_tau(self.tau)
+        check_gamma(self.gamma)
         if not 0 < self.expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not self.exp_adv_max > 0:
             raise ValueError(f"exp_adv_max must be > 0, got {self.exp_adv_max}")
-        if self.actor_type not in ACTOR_TYPES:
-            raise ValueError(f"actor_type must be one of {list(ACTOR_TYPES)}, got {self.actor_type!r}")
+        check_one_of(self, "actor_type", ACTOR_TYPES)
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"log_std_min must be < log_std_max, got {self.log_std_min} and {self.log_std_max}")
         if isinstance(self.actor_dropout, bool) or not 0 <= self.actor_dropout < 1:
             raise ValueError(f"actor_dropout must be a probability in [0, 1), got {self.actor_dropout!r}")
-        if self.reward_mode not in REWARD_MODES:
-            raise ValueError(f"reward_mode must be one of {list(REWARD_MODES)}, got {self.reward_mode!r}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
-                             f"and {self.eval_episodes}")
+        check_one_of(self, "reward_mode", REWARD_MODES)
+        check_run_settings(self)
 
     @property
     def twin_q(self) -> bool:
@@ -195,7 +180,7 @@ class IQLActor(nn.Module):
 
 
 @dataclass
-class IQLNets:
+class IQLNets(OfflineNets):
     """Actor, twin critics and value network of S seeds; the policy is tanh(mean(normalised state))."""
 
     actor: IQLActor
@@ -205,44 +190,23 @@ class IQLNets:
     obs_mean: torch.Tensor
     obs_std: torch.Tensor
 
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+    MODULES = ("actor", "q1", "q2", "value")
 
     def policy(self, obs_n: torch.Tensor) -> torch.Tensor:
         """Deterministic actions [S, B, act] in [-1, 1] for normalised states [S, B, obs] (the
         Gaussian's mean; no dropout)."""
         return torch.tanh(self.actor.net(obs_n))
 
-    def to(self, device) -> "IQLNets":
-        for name in ("actor", "q1", "q2", "value", "obs_mean", "obs_std"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-
-def _split_spec(critic: dict) -> tuple[dict, float]:
-    """The normalisation spec (for critic_from_config) and the weight decay (an optimiser setting)."""
-    return {k: v for k, v in critic.items() if k != "weight_decay"}, float(critic.get("weight_decay", 0.0))
-
 
 def build_nets(cfg: IQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
                obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> IQLNets:
-    spec, _ = _split_spec(cfg.critic)
-    dropout = spec.get("dropout", 0.0) > 0
-    q1, q2 = (
-        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
-                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
-        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
-    )
-    v_spec = spec if cfg.value_norm_like_critic else {}
-    value = critic_from_config(seed_generators(seeds, STREAM_VALUE), obs_dim, 1, cfg.hidden, v_spec,
-                               dropout_generators=seed_generators(seeds, STREAM_DROPOUT_VALUE)
-                               if v_spec.get("dropout", 0.0) > 0 else None)
+    q1, q2 = twin_critics(cfg.critic, seeds, obs_dim + act_dim, cfg.hidden, CRITIC_STREAMS)
+    v_spec = critic_spec(cfg.critic) if cfg.value_norm_like_critic else {}
+    value = critic_net(v_spec, seeds, STREAM_VALUE, STREAM_DROPOUT_VALUE, obs_dim, cfg.hidden)
     # the actor's dropout (if any) is applied by the trainer with masks from a Draw
     actor = IQLActor(StackedMLP(seed_generators(seeds, STREAM_ACTOR), obs_dim, act_dim, cfg.hidden),
                      gaussian=cfg.actor_type == "gaussian")
-    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
-    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
-    return IQLNets(actor, q1, q2, value, mean, std)
+    return IQLNets(actor, q1, q2, value, *obs_stats(obs_dim, obs_mean, obs_std))
 
 
 # ------------------------------------------------------------------ data
@@ -271,8 +235,7 @@ def prepare_data(transitions, cfg: IQLConfig, device) -> tuple[OfflineData, dict
         reward = (reward.astype(np.float64) * scale).astype(np.float32)
     else:
         reward = transform_reward(reward, cfg.reward_mode)
-    mean, std = state_normalizer(np.asarray(t.obs, np.float32), cfg.normalize_states)
-    data = OfflineData.from_arrays(t.obs, t.action, reward, t.next_obs, t.terminal, mean, std, device)
+    data, mean, std = offline_data(t, reward, cfg.normalize_states, device, obs=np.asarray(t.obs, np.float32))
     extras = {"obs_mean": mean, "obs_std": std, "reward_mode": cfg.reward_mode, "reward_scale": scale,
               "return_min": lo, "return_max": hi}
     return data, extras
@@ -281,20 +244,12 @@ def prepare_data(transitions, cfg: IQLConfig, device) -> tuple[OfflineData, dict
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: IQLNets, cfg: IQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
-    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
-                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "value": nets.value},
-                     obs_dim=nets.value.dims[0], act_dim=nets.actor.dims[-1],
-                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+    save_offline_checkpoint(path, CHECKPOINT_FORMAT, nets, cfg, seeds, step, diverged_step,
+                            obs_dim=nets.value.dims[0], act_dim=nets.actor.dims[-1])
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
-    cfg = IQLConfig(**payload["config"])
-    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
-                      payload["obs_mean"], payload["obs_std"])
-    for name in ("actor", "q1", "q2", "value"):
-        getattr(nets, name).load_state_dict(payload[name])
-    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+    return load_offline_checkpoint(path, CHECKPOINT_FORMAT, IQLConfig, build_nets, IQLNets.MODULES)
 
 
 # ------------------------------------------------------------------ the update step
@@ -304,7 +259,7 @@ def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * u.pow(2)).mean((1, 2))
 
 
-class IQLTrainer(StackedTrainer):
+class IQLTrainer(CriticTrainer):
     """IQL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
 
     One kind of step. Draws: the minibatch indices and, with `actor_dropout`, the uniform numbers
@@ -313,20 +268,17 @@ class IQLTrainer(StackedTrainer):
     """
 
     def __init__(self, cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, device):
-        self.cfg, self.nets = cfg, nets.to(device)
-        self.matmul_precision = cfg.matmul_precision
-        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                         cuda_graph=cfg.cuda_graph)
+        super().__init__(cfg, seeds, data, nets, device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "value": nets.value}
         self.targets = {name: copy.deepcopy(self.networks[name]).eval() for name in ("q1", "q2")}
-        _, weight_decay = _split_spec(cfg.critic)
+        weight_decay = float(critic_weight_decay(cfg.critic))
         self.optimizers = {
             "value": make_optimizer(cfg.optimizer, nets.value.parameters(), cfg.value_lr, self.device,
                                     weight_decay=weight_decay if cfg.value_norm_like_critic else 0.0),
             "actor": make_optimizer(cfg.optimizer, nets.actor.parameters(), cfg.actor_lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty
-            "critic": make_optimizer(cfg.optimizer, [*nets.q1.parameters(), *nets.q2.parameters()], cfg.critic_lr,
-                                     self.device, weight_decay=weight_decay),
+            "critic": make_optimizer(cfg.optimizer, critic_params(nets), cfg.critic_lr, self.device,
+                                     weight_decay=weight_decay),
         }
         self.finish_setup()
 
@@ -338,9 +290,12 @@ class IQLTrainer(StackedTrainer):
             out.append(Draw("actor_dropout", "uniform", (b, sum(self.cfg.hidden)), STREAM_ACTOR_DROPOUT))
         return out
 
+    def dropout_modules(self) -> tuple[nn.Module, ...]:
+        return self.nets.q1, self.nets.q2, self.nets.value
+
     @property
     def graphable(self) -> bool:
-        return not any(m.dropout > 0 for m in (self.nets.q1, self.nets.q2, self.nets.value))
+        return not any(m.dropout > 0 for m in self.dropout_modules())
 
     def not_graphable_reason(self) -> str:
         return "critic / value dropout draws its masks from CPU generators inside the step"
@@ -421,8 +376,7 @@ class IQLTrainer(StackedTrainer):
         critic_loss.sum().backward()
         self.record_nonfinite(critic_loss)
         if grad_norm:  # the gradient the optimiser is about to apply
-            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
-                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
+            out["critic_grad_norm"] = critic_grad_norm(nets)
         critic_opt.step()
 
         # 4. EMA of the critics (parameters and BatchNorm buffers)
@@ -435,22 +389,11 @@ class IQLTrainer(StackedTrainer):
         for m in (self.nets.q1, self.nets.q2, self.nets.value):
             m.train(train)
 
-    def extra_state(self) -> dict:
-        return {"dropout_gens": [m.dropout_rng_states() for m in (self.nets.q1, self.nets.q2, self.nets.value)]}
-
-    def load_extra_state(self, state: dict) -> None:
-        for net, states in zip((self.nets.q1, self.nets.q2, self.nets.value), state["dropout_gens"]):
-            if states is not None:
-                net.set_dropout_rng_states(states)
-
 
 # ------------------------------------------------------------------ resumable state
 def run_identity(cfg: IQLConfig, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
-    config = dataclasses.asdict(cfg)
-    config.pop("cuda_graph")  # how the step executes, not which run this is
-    return json.loads(json.dumps({"trainer": "iql", "config": config, "seeds": list(seeds),
-                                  "data_sha256": data_sha256}))
+    return run_identity_of(cfg, seeds, tag={"trainer": "iql"}, data_sha256=data_sha256)
 
 
 # ------------------------------------------------------------------ training loop
@@ -462,22 +405,11 @@ def train(cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, ch
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
+    `data` as returned by `prepare_data` (rewards already transformed); `evaluate` and `resume`
+    as in `seemrl.algos.common.train_offline`."""
+    return train_offline(IQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+                         (*METRIC_KEYS, *GRAD_NORM_KEYS), _param_norms, log, evaluate, resume)
 
-    `data` as returned by `prepare_data` (rewards already transformed). evaluate(nets) -> one
-    result per seed (`seemrl.evaluation.evaluate_policies` with the environment bound) is called
-    every `cfg.eval_every` steps and after the last step. For `resume` see
-    `seemrl.engine.train_loop`.
-    """
-    trainer = IQLTrainer(cfg, seeds, data, nets, device)
 
-    def save(path: Path, step: int, diverged: list) -> None:
-        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
-
-    def param_norms() -> dict[str, torch.Tensor]:
-        n = trainer.nets
-        return {"critic_param_norm": per_seed_norm([*n.q1.parameters(), *n.q2.parameters()]),
-                "value_param_norm": per_seed_norm(list(n.value.parameters()))}
-
-    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
-                      checkpoint_dir, save, (*METRIC_KEYS, *GRAD_NORM_KEYS), param_norms, log=log,
-                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
+def _param_norms(nets: IQLNets) -> dict[str, torch.Tensor]:
+    return {**critic_param_norms(nets), "value_param_norm": per_seed_norm(list(nets.value.parameters()))}

@@ -41,8 +41,6 @@ a killed run continues bit for bit on the CPU.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +53,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl import engine
-from seemrl.devices import MATMUL_PRECISIONS
-from seemrl.engine import (Draw, LoopSettings, StackedTrainer, make_optimizer, read_checkpoint, train_loop,
-                           write_checkpoint)
-from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.algos.common import (CriticTrainer, check_run_settings, check_shared_fields, critic_grad_norm,
+                                 critic_param_norms, critic_params, critic_weight_decay, load_nets, loop_settings,
+                                 run_identity_of, twin_critics)
+from seemrl.engine import (Draw, LoopSettings, StackedTrainer, make_optimizer, read_checkpoint,  # noqa: F401
+                           train_loop, write_checkpoint)
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # gymnasium is imported where environments are used: the update runs without it
@@ -68,6 +68,7 @@ CHECKPOINT_FORMAT = "seemrl.online_sac.v1"
 # Independent random streams per seed (the first seven as in td3.py).
 (STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NOISE, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2,
  STREAM_EXPLORE, STREAM_WARMUP, STREAM_ENV) = range(10)
+CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 LOG_2PI = math.log(2 * math.pi)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as seemrl.algos.sac (not imported: the update needs no gymnasium)
 # Minibatch positions are drawn as integers in [0, INDEX_RANGE) and taken modulo the buffer size
@@ -110,28 +111,13 @@ class OnlineSACConfig:
     matmul_precision: str = "tf32"  # float32 matmuls of the update on CUDA: "tf32" or "ieee"; CPU: always ieee
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        self.critic = dict(self.critic)
-        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-        if unknown:
-            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-        if not self.critic.get("weight_decay", 0.0) >= 0:
-            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        for name in ("steps", "updates_per_step", "buffer_size", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_shared_fields(self, ("steps", "updates_per_step", "buffer_size", "batch_size", "checkpoint_every",
+                                   "log_every"), optimizer=False)
         if self.learning_starts < 0:
             raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
         if not self.init_alpha > 0:
             raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
-                             f"and {self.eval_episodes}")
+        check_run_settings(self)
 
     def updates_before(self, env_step: int) -> int:
         """Updates made in environment steps 1..env_step (none in the warm-up)."""
@@ -157,6 +143,8 @@ class SACNets:
     q2: StackedMLP
     action_low: torch.Tensor  # the environment's action bounds [act]
     action_high: torch.Tensor
+
+    MODULES = ("actor", "q1", "q2")  # what a checkpoint holds
 
     @property
     def act_dim(self) -> int:
@@ -194,13 +182,7 @@ def build_nets(cfg: OnlineSACConfig, seeds: list[int], obs_dim: int, act_dim: in
                action_low=None, action_high=None) -> SACNets:
     """Initial networks; seed s's weights come from its own generators (alone or among others)."""
     actor = StackedMLP(seed_generators(seeds, STREAM_ACTOR), obs_dim, 2 * act_dim, cfg.hidden)
-    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
-    dropout = spec.get("dropout", 0.0) > 0
-    q1, q2 = (
-        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
-                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
-        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
-    )
+    q1, q2 = twin_critics(cfg.critic, seeds, obs_dim + act_dim, cfg.hidden, CRITIC_STREAMS)
     low = -torch.ones(act_dim) if action_low is None else torch.as_tensor(action_low, dtype=torch.float32)
     high = torch.ones(act_dim) if action_high is None else torch.as_tensor(action_high, dtype=torch.float32)
     return SACNets(actor, q1, q2, low.clone(), high.clone())
@@ -210,7 +192,7 @@ def build_nets(cfg: OnlineSACConfig, seeds: list[int], obs_dim: int, act_dim: in
 def save_checkpoint(path: Path, nets: SACNets, cfg: OnlineSACConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None], env_id: str, log_alpha: torch.Tensor) -> None:
     write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
-                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}, env_id=env_id,
+                     modules={name: getattr(nets, name) for name in SACNets.MODULES}, env_id=env_id,
                      obs_dim=nets.actor.dims[0], act_dim=nets.act_dim, action_low=nets.action_low.cpu().tolist(),
                      action_high=nets.action_high.cpu().tolist(), log_alpha=log_alpha.detach())
 
@@ -222,12 +204,8 @@ class Checkpoint(engine.Checkpoint):
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
-    cfg = OnlineSACConfig(**payload["config"])
-    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
-                      payload["action_low"], payload["action_high"])
-    for name in ("actor", "q1", "q2"):
-        getattr(nets, name).load_state_dict(payload[name])
+    payload, cfg, nets = load_nets(path, CHECKPOINT_FORMAT, OnlineSACConfig, build_nets, SACNets.MODULES,
+                                   stats=("action_low", "action_high"))
     return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"],
                       payload["env_id"], payload["log_alpha"])
 
@@ -280,7 +258,7 @@ class Temperature(nn.Module):
         self.log_alpha = nn.Parameter(torch.full((n_seeds,), math.log(init_alpha)))
 
 
-class SACTrainer(StackedTrainer):
+class SACTrainer(CriticTrainer):
     """One SAC update for all seeds (`step()`, the engine's), the exploration policy (`explore()`).
 
     The engine (`seemrl.engine.StackedTrainer`) supplies the rest: the draws ("idx": minibatch
@@ -296,16 +274,13 @@ class SACTrainer(StackedTrainer):
     """
 
     def __init__(self, cfg: OnlineSACConfig, seeds: list[int], nets: SACNets, replay: ReplayBuffers, device):
-        self.cfg, self.replay = cfg, replay
-        self.nets = nets.to(device)
+        self.replay = replay
         self.act_dim = nets.act_dim
-        self.matmul_precision = cfg.matmul_precision
         # windows of pre-drawn inputs end where the engine's checkpoint_every divides the update
         # count: the update counts at checkpoint env steps c*k, (c*k - learning_starts) * ups, are
         # all multiples of ups * gcd(c, learning_starts)
-        super().__init__(seeds, replay, device, steps=cfg.updates_before(cfg.steps),
-                         checkpoint_every=cfg.updates_per_step * math.gcd(cfg.checkpoint_every, cfg.learning_starts),
-                         cuda_graph=cfg.cuda_graph)
+        super().__init__(cfg, seeds, replay, nets, device, steps=cfg.updates_before(cfg.steps),
+                         checkpoint_every=cfg.updates_per_step * math.gcd(cfg.checkpoint_every, cfg.learning_starts))
         self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         self.temperature = Temperature(self.S, cfg.init_alpha).to(self.device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "temperature": self.temperature}
@@ -314,8 +289,8 @@ class SACTrainer(StackedTrainer):
         self.optimizers = {
             "actor": make_optimizer("adam", nets.actor.parameters(), cfg.actor_lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty on the critics only
-            "critic": make_optimizer("adam", [*nets.q1.parameters(), *nets.q2.parameters()], cfg.critic_lr,
-                                     self.device, weight_decay=cfg.critic.get("weight_decay", 0.0)),
+            "critic": make_optimizer("adam", critic_params(nets), cfg.critic_lr, self.device,
+                                     weight_decay=critic_weight_decay(cfg.critic)),
             "alpha": make_optimizer("adam", [self.temperature.log_alpha], cfg.alpha_lr, self.device),
         }
         self.explore_gens = seed_generators(self.seeds, STREAM_EXPLORE)
@@ -331,13 +306,6 @@ class SACTrainer(StackedTrainer):
         B, A = self.cfg.batch_size, self.act_dim
         return [Draw("idx", "randint", (B,), STREAM_BATCH, high=INDEX_RANGE),
                 Draw("noise", "normal", (2, B, A), STREAM_NOISE)]  # [0]: a' at s', [1]: pi(s) of the actor loss
-
-    @property
-    def graphable(self) -> bool:
-        return not self.cfg.critic.get("dropout", 0.0) > 0
-
-    def not_graphable_reason(self) -> str:
-        return "critic dropout draws its masks from CPU generators inside the step"
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -376,12 +344,11 @@ class SACTrainer(StackedTrainer):
         critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
-            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
-                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
+            out["critic_grad_norm"] = critic_grad_norm(nets)
         critic_opt.step()
 
-        critic_params = [*nets.q1.parameters(), *nets.q2.parameters()]
-        for p in critic_params:  # backpropagate through the critics, skip their weight gradients
+        q_params = critic_params(nets)
+        for p in q_params:  # backpropagate through the critics, skip their weight gradients
             p.requires_grad_(False)
         pi, logp = nets.sample(s, noise[:, 1])
         xp = torch.cat([s, pi], -1)
@@ -389,7 +356,7 @@ class SACTrainer(StackedTrainer):
         actor_opt.zero_grad(set_to_none=set_to_none)
         actor_loss.sum().backward()
         actor_opt.step()
-        for p in critic_params:
+        for p in q_params:
             p.requires_grad_(True)
 
         logp_mean = logp.detach().mean((1, 2))
@@ -404,21 +371,14 @@ class SACTrainer(StackedTrainer):
         self.record_nonfinite(torch.stack([out["critic_loss"], out["actor_loss"], out["q_mean"]]).abs().amax(0))
         return out
 
-    def _critic_mode(self, train: bool) -> None:
-        self.nets.q1.train(train)
-        self.nets.q2.train(train)
-
     # ------------------------------------------------------------------ state beyond the engine's
     def extra_state(self) -> dict:
-        return {"explore_gens": [g.get_state() for g in self.explore_gens],
-                "dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()]}
+        return {"explore_gens": [g.get_state() for g in self.explore_gens], **super().extra_state()}
 
     def load_extra_state(self, state: dict) -> None:
         for g, g_state in zip(self.explore_gens, state["explore_gens"], strict=True):
             g.set_state(g_state)
-        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
-            if states is not None:
-                net.set_dropout_rng_states(states)
+        super().load_extra_state(state)
 
 
 # ------------------------------------------------------------------ environments
@@ -507,10 +467,8 @@ def run_identity(cfg: OnlineSACConfig, seeds: list[int], env_id: str) -> dict:
     import gymnasium as gym
     import mujoco
 
-    config = dataclasses.asdict(cfg)
-    config.pop("cuda_graph")  # how the update executes, not which run this is
-    return json.loads(json.dumps({"algorithm": "online_sac", "config": config, "seeds": list(seeds),
-                                  "env_id": env_id, "gymnasium": gym.__version__, "mujoco": mujoco.__version__}))
+    return run_identity_of(cfg, seeds, tag={"algorithm": "online_sac"}, env_id=env_id, gymnasium=gym.__version__,
+                           mujoco=mujoco.__version__)
 
 
 METRIC_COLUMNS = ("step", "seed", "updates", "critic_loss", "actor_loss", "alpha", "entropy", "q_mean",
@@ -582,7 +540,7 @@ class OnlineRun:
 
     def log_values(self) -> dict[str, torch.Tensor]:
         return {"updates": torch.full((len(self.seeds),), self.trainer.it, dtype=torch.int64),
-                "critic_param_norm": per_seed_norm([*self.nets.q1.parameters(), *self.nets.q2.parameters()]),
+                **critic_param_norms(self.nets),
                 "last_episode_return": torch.from_numpy(self.last_return.copy()),
                 "episodes": torch.from_numpy(self.n_episodes.copy()),
                 "nonfinite_actions": torch.from_numpy(self.nonfinite.copy())}
@@ -647,7 +605,7 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
         def evaluate_run(r: OnlineRun) -> list:
             return evaluate(r.nets, seeds, env_id, cfg.eval_episodes, cfg.eval_seed, ref_min, ref_max)
 
-        result = train_loop(run, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
+        result = train_loop(run, loop_settings(cfg),
                             Path(checkpoint_dir), save, METRIC_COLUMNS[2:], run.log_values, log=log,
                             evaluate=evaluate_run, resume=resume)
     finally:

@@ -17,8 +17,6 @@ resumed run produces the same outputs, bit for bit on the CPU, as one that was n
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,16 +24,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.algos.common import (CriticTrainer, OfflineNets, check_run_settings, check_shared_fields,
+                                 critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
+                                 load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
+                                 train_offline, twin_critics)
+from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
 from seemrl.engine import (EVALUATION_COLUMNS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
                            StackedTrainer, TrainResult, evaluations_frame, make_optimizer, read_checkpoint,
                            train_loop, write_checkpoint)
-from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.td3.v2"  # v2: critic normalisation as one `critic` spec
 # Independent random streams per seed, so that e.g. changing the batch size never changes init.
 STREAM_ACTOR, STREAM_Q1, STREAM_Q2, STREAM_BATCH, STREAM_NOISE, STREAM_DROPOUT_Q1, STREAM_DROPOUT_Q2 = range(7)
+CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 
 
 @dataclass
@@ -66,34 +69,15 @@ class TD3Config:
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee" (full fp32); CPU: always ieee
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        self.critic = dict(self.critic)
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        unknown = sorted(set(self.critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-        if unknown:
-            raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                             f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-        if not self.critic.get("weight_decay", 0.0) >= 0:
-            raise ValueError(f"critic.weight_decay must be >= 0, got {self.critic['weight_decay']}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        for name in ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {list(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
-                             f"and {self.eval_episodes}")
-
+        check_shared_fields(self, ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"))
+        check_run_settings(self)
 
 
 Config = TD3Config  # the name every algorithm module offers (seemrl.algos)
 
 
 @dataclass
-class TD3Nets:
+class TD3Nets(OfflineNets):
     """Actor and twin critics of S seeds; the policy is tanh(actor(normalised state))."""
 
     actor: StackedMLP
@@ -102,73 +86,41 @@ class TD3Nets:
     obs_mean: torch.Tensor
     obs_std: torch.Tensor
 
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+    MODULES = ("actor", "q1", "q2")
 
     def policy(self, obs_n: torch.Tensor) -> torch.Tensor:
         """Deterministic actions [S, B, act] for normalised states [S, B, obs]."""
         return torch.tanh(self.actor(obs_n))
 
-    def to(self, device) -> "TD3Nets":
-        for name in ("actor", "q1", "q2", "obs_mean", "obs_std"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
 
 def build_nets(cfg: TD3Config, seeds: list[int], obs_dim: int, act_dim: int,
                obs_mean: np.ndarray | None = None, obs_std: np.ndarray | None = None) -> TD3Nets:
     actor = StackedMLP(seed_generators(seeds, STREAM_ACTOR), obs_dim, act_dim, cfg.hidden)
-    spec = {k: v for k, v in cfg.critic.items() if k != "weight_decay"}  # an optimiser setting
-    dropout = spec.get("dropout", 0.0) > 0
-    q1, q2 = (
-        critic_from_config(seed_generators(seeds, stream), obs_dim + act_dim, 1, cfg.hidden, spec,
-                           dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None)
-        for stream, dropout_stream in ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))
-    )
-    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
-    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
-    return TD3Nets(actor, q1, q2, mean, std)
-
-
-def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the training states (TD3+BC's normalisation); identity when disabled."""
-    if not enabled:
-        return np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
-    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-3).astype(np.float32)
+    q1, q2 = twin_critics(cfg.critic, seeds, obs_dim + act_dim, cfg.hidden, CRITIC_STREAMS)
+    return TD3Nets(actor, q1, q2, *obs_stats(obs_dim, obs_mean, obs_std))
 
 
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: TD3Nets, cfg: TD3Config, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
-    write_checkpoint(path, CHECKPOINT_FORMAT, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
-                     modules={"actor": nets.actor, "q1": nets.q1, "q2": nets.q2},
-                     obs_dim=nets.actor.dims[0], act_dim=nets.actor.dims[-1],
-                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+    save_offline_checkpoint(path, CHECKPOINT_FORMAT, nets, cfg, seeds, step, diverged_step,
+                            obs_dim=nets.actor.dims[0], act_dim=nets.actor.dims[-1])
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    payload = read_checkpoint(path, CHECKPOINT_FORMAT)
-    cfg = TD3Config(**payload["config"])
-    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"],
-                      payload["obs_mean"], payload["obs_std"])
-    for name in ("actor", "q1", "q2"):
-        getattr(nets, name).load_state_dict(payload[name])
-    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+    return load_offline_checkpoint(path, CHECKPOINT_FORMAT, TD3Config, build_nets, TD3Nets.MODULES)
 
 
 # ------------------------------------------------------------------ the update step
-class TD3Trainer(StackedTrainer):
+class TD3Trainer(CriticTrainer):
     """TD3's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
 
     Step kinds: with or without the (delayed) actor update. Critics with dropout draw their masks
-    from CPU generators inside the forward pass, so they run eagerly.
+    from CPU generators inside the forward pass, so they run eagerly (`CriticTrainer`).
     """
 
     def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device):
-        self.cfg, self.nets = cfg, nets.to(device)
-        self.matmul_precision = cfg.matmul_precision
-        super().__init__(seeds, data, device, steps=cfg.steps, checkpoint_every=cfg.checkpoint_every,
-                         cuda_graph=cfg.cuda_graph)
+        super().__init__(cfg, seeds, data, nets, device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         if cfg.tau < 1.0:
             import copy
@@ -177,8 +129,8 @@ class TD3Trainer(StackedTrainer):
         self.optimizers = {
             "actor": make_optimizer(cfg.optimizer, nets.actor.parameters(), cfg.lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty on the critic only
-            "critic": make_optimizer(cfg.optimizer, [*nets.q1.parameters(), *nets.q2.parameters()], cfg.lr,
-                                     self.device, weight_decay=cfg.critic.get("weight_decay", 0.0)),
+            "critic": make_optimizer(cfg.optimizer, critic_params(nets), cfg.lr, self.device,
+                                     weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
 
@@ -187,13 +139,6 @@ class TD3Trainer(StackedTrainer):
         b, act_dim = self.cfg.batch_size, self.data.action.shape[1]
         return [Draw("idx", "randint", (b,), STREAM_BATCH, high=len(self.data)),
                 Draw("noise", "normal", (b, act_dim), STREAM_NOISE)]
-
-    @property
-    def graphable(self) -> bool:
-        return not self.cfg.critic.get("dropout", 0.0) > 0
-
-    def not_graphable_reason(self) -> str:
-        return "critic dropout draws its masks from CPU generators inside the step"
 
     def step_kinds(self) -> list[bool]:
         return [False, True] if self.cfg.policy_delay > 1 else [True]
@@ -230,8 +175,7 @@ class TD3Trainer(StackedTrainer):
         self.record_nonfinite(critic_loss)
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
-            out["critic_grad_norm"] = per_seed_norm([p.grad for p in (*nets.q1.parameters(), *nets.q2.parameters())
-                                                     if p.grad is not None])  # None: unused (pre-BatchNorm bias)
+            out["critic_grad_norm"] = critic_grad_norm(nets)
         critic_opt.step()
         if actor_update:
             pi = torch.tanh(nets.actor(s))
@@ -246,26 +190,11 @@ class TD3Trainer(StackedTrainer):
                 self.update_targets(cfg.tau)
         return out
 
-    def _critic_mode(self, train: bool) -> None:
-        self.nets.q1.train(train)
-        self.nets.q2.train(train)
-
-    def extra_state(self) -> dict:
-        return {"dropout_gens": [self.nets.q1.dropout_rng_states(), self.nets.q2.dropout_rng_states()]}
-
-    def load_extra_state(self, state: dict) -> None:
-        for net, states in zip((self.nets.q1, self.nets.q2), state["dropout_gens"]):
-            if states is not None:
-                net.set_dropout_rng_states(states)
-
 
 # ------------------------------------------------------------------ resumable state
 def run_identity(cfg: TD3Config, seeds: list[int], data_sha256: str) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists)."""
-    config = dataclasses.asdict(cfg)
-    config.pop("cuda_graph")  # how the step executes, not which run this is
-    return json.loads(json.dumps({"config": config, "seeds": list(seeds),
-                                  "data_sha256": data_sha256}))
+    return run_identity_of(cfg, seeds, data_sha256=data_sha256)
 
 
 # ------------------------------------------------------------------ training loop
@@ -276,19 +205,6 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-
-    evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
-    environment bound) is called every `cfg.eval_every` steps and after the last step. For
-    `resume` see `seemrl.engine.train_loop`.
-    """
-    trainer = TD3Trainer(cfg, seeds, data, nets, device)
-
-    def save(path: Path, step: int, diverged: list) -> None:
-        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
-
-    def param_norms() -> dict[str, torch.Tensor]:
-        return {"critic_param_norm": per_seed_norm([*trainer.nets.q1.parameters(), *trainer.nets.q2.parameters()])}
-
-    return train_loop(trainer, LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every),
-                      checkpoint_dir, save, (*METRIC_KEYS, "critic_grad_norm"), param_norms, log=log,
-                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
+    `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
+    return train_offline(TD3Trainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+                         (*METRIC_KEYS, "critic_grad_norm"), critic_param_norms, log, evaluate, resume)

@@ -1,0 +1,293 @@
+"""The plumbing every algorithm module shares; each module keeps its update step to itself.
+
+- Config checks: the fields every config has (`critic` spec, `tau`, step counts, evaluation
+  settings, `matmul_precision`, ...), checked with the same messages everywhere.
+- Networks: the twin critics built from the `critic` spec (`twin_critics`), the state statistics
+  (`obs_stats`, `state_normalizer`) and `OfflineNets`, the part of an offline algorithm's
+  networks dataclass that normalises states and moves to a device.
+- `CriticTrainer`: a `seemrl.engine.StackedTrainer` configured from `cfg`, with twin critics
+  whose dropout (masks drawn inside the forward pass) rules out a CUDA graph and whose dropout
+  generators are part of the resumable state.
+- Checkpoints (`save_offline_checkpoint`, `load_nets`, `load_offline_checkpoint`), the run
+  identity of `seemrl.resume.ResumeDir` (`run_identity_of`) and the offline `train()` wrapper
+  around `seemrl.engine.train_loop` (`train_offline`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from seemrl.devices import MATMUL_PRECISIONS
+from seemrl.engine import (Checkpoint, LoopSettings, OfflineData, StackedTrainer, TrainResult, read_checkpoint,
+                           train_loop, write_checkpoint)
+from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.resume import ResumeDir
+
+CRITIC_DROPOUT_REASON = "critic dropout draws its masks from CPU generators inside the step"
+
+
+# ------------------------------------------------------------------ config checks
+def coerce_shared_fields(cfg) -> None:
+    """`hidden` as a tuple and `critic` as a dict of their own (a config may be given lists / mappings)."""
+    cfg.hidden = tuple(cfg.hidden)
+    cfg.critic = dict(cfg.critic)
+
+
+def check_optimizer(optimizer: str) -> None:
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+
+def check_critic_spec(critic: dict) -> None:
+    """Keys of `nets.CRITIC_SPEC_DEFAULTS` and `weight_decay` (>= 0) only."""
+    unknown = sorted(set(critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
+    if unknown:
+        raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
+                         f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
+    if not critic.get("weight_decay", 0.0) >= 0:
+        raise ValueError(f"critic.weight_decay must be >= 0, got {critic['weight_decay']}")
+
+
+def check_tau(tau: float) -> None:
+    if not 0 < tau <= 1:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+
+
+def check_gamma(gamma: float) -> None:
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+
+
+def check_at_least_one(cfg, names: Sequence[str]) -> None:
+    """Every field in `names` (step counts, sizes) is >= 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def check_one_of(cfg, name: str, allowed) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
+
+
+def check_eval_settings(cfg) -> None:
+    if cfg.eval_every < 0 or cfg.eval_episodes < 1:
+        raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {cfg.eval_every} "
+                         f"and {cfg.eval_episodes}")
+
+
+def check_shared_fields(cfg, positive: Sequence[str], *, optimizer: bool = True, gamma: bool = False) -> None:
+    """What a config's `__post_init__` starts with: `hidden` / `critic` coerced, then checked in
+    this order: `optimizer` (if the config has one), the `critic` spec, `tau`, `gamma` (if asked
+    for) and the fields `positive` (each >= 1). `check_run_settings` checks the rest."""
+    coerce_shared_fields(cfg)
+    if optimizer:
+        check_optimizer(cfg.optimizer)
+    check_critic_spec(cfg.critic)
+    check_tau(cfg.tau)
+    if gamma:
+        check_gamma(cfg.gamma)
+    check_at_least_one(cfg, positive)
+
+
+def check_run_settings(cfg) -> None:
+    """What a config's `__post_init__` ends with: `matmul_precision` and the evaluation settings."""
+    check_one_of(cfg, "matmul_precision", MATMUL_PRECISIONS)
+    check_eval_settings(cfg)
+
+
+# ------------------------------------------------------------------ networks
+def critic_spec(critic: dict) -> dict:
+    """The normalisation spec of a `critic` config (for `critic_from_config`): weight decay is an
+    optimiser setting, not part of it."""
+    return {k: v for k, v in critic.items() if k != "weight_decay"}
+
+
+def critic_weight_decay(critic: dict):
+    """The critics' (coupled L2) weight decay of a `critic` config; 0 when not given."""
+    return critic.get("weight_decay", 0.0)
+
+
+def critic_net(spec: dict, seeds: Sequence[int], stream: int, dropout_stream: int, in_dim: int,
+               hidden: Sequence[int], **kw) -> StackedMLP:
+    """One stacked network with one output from a normalisation spec, initialised from `stream`;
+    with dropout, its masks come from generators of `dropout_stream`."""
+    dropout = spec.get("dropout", 0.0) > 0
+    return critic_from_config(seed_generators(seeds, stream), in_dim, 1, hidden, spec,
+                              dropout_generators=seed_generators(seeds, dropout_stream) if dropout else None, **kw)
+
+
+def twin_critics(critic: dict, seeds: Sequence[int], in_dim: int, hidden: Sequence[int],
+                 streams: Sequence[tuple[int, int]], **kw) -> tuple[StackedMLP, StackedMLP]:
+    """Q1 and Q2 from a `critic` config; `streams` gives (init stream, dropout stream) of each."""
+    spec = critic_spec(critic)
+    q1, q2 = (critic_net(spec, seeds, stream, dropout_stream, in_dim, hidden, **kw)
+              for stream, dropout_stream in streams)
+    return q1, q2
+
+
+def critic_params(nets) -> list[torch.Tensor]:
+    """The parameters of both critics, q1's first."""
+    return [*nets.q1.parameters(), *nets.q2.parameters()]
+
+
+def critic_grad_norm(nets) -> torch.Tensor:
+    """Per-seed norm of the critics' gradients (what their optimiser is about to apply)."""
+    # a None gradient: a parameter the loss does not use (the bias before a BatchNorm)
+    return per_seed_norm([p.grad for p in critic_params(nets) if p.grad is not None])
+
+
+def critic_param_norms(nets) -> dict[str, torch.Tensor]:
+    """The logged per-seed norm of the critics' parameters."""
+    return {"critic_param_norm": per_seed_norm(critic_params(nets))}
+
+
+def obs_stats(obs_dim: int, obs_mean=None, obs_std=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """State mean and std as float32 tensors; 0 and 1 when not given."""
+    mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
+    std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
+    return mean, std
+
+
+def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the training states (TD3+BC's normalisation); identity when disabled."""
+    if not enabled:
+        return np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
+    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-3).astype(np.float32)
+
+
+def offline_data(t, reward, normalize_states: bool, device, *, obs=None, action=None,
+                 data_cls: type[OfflineData] = OfflineData) -> tuple[OfflineData, np.ndarray, np.ndarray]:
+    """Training tensors from a transition table with the given (transformed) rewards, and the
+    state statistics they were standardised with (`state_normalizer` of `obs`, by default the
+    table's states). `action` replaces the table's actions (e.g. clipped)."""
+    mean, std = state_normalizer(t.obs if obs is None else obs, normalize_states)
+    data = data_cls.from_arrays(t.obs, t.action if action is None else action, reward, t.next_obs, t.terminal,
+                                mean, std, device)
+    return data, mean, std
+
+
+class OfflineNets:
+    """Mixin of an offline algorithm's networks dataclass: states are standardised with its fields
+    `obs_mean` / `obs_std`; `MODULES` names its networks (those a checkpoint holds)."""
+
+    MODULES: ClassVar[tuple[str, ...]] = ()
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def to(self, device):
+        for name in (*self.MODULES, "obs_mean", "obs_std"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+# ------------------------------------------------------------------ the trainer
+class CriticTrainer(StackedTrainer):
+    """A `StackedTrainer` configured from `cfg` (steps, checkpoint_every, cuda_graph,
+    matmul_precision, critic) with networks `nets` that hold twin critics q1 and q2.
+
+    Critics with dropout draw their masks from CPU generators inside the forward pass: such a
+    step runs eagerly, and the generators (`dropout_modules()`) are part of the resumable state.
+    """
+
+    def __init__(self, cfg, seeds: Sequence[int], data, nets, device, *, steps: int | None = None,
+                 checkpoint_every: int | None = None):
+        self.cfg, self.nets = cfg, nets.to(device)
+        self.matmul_precision = cfg.matmul_precision
+        super().__init__(seeds, data, device, steps=cfg.steps if steps is None else steps,
+                         checkpoint_every=cfg.checkpoint_every if checkpoint_every is None else checkpoint_every,
+                         cuda_graph=cfg.cuda_graph)
+
+    def dropout_modules(self) -> tuple[nn.Module, ...]:
+        """The networks that may draw dropout masks inside the step."""
+        return self.nets.q1, self.nets.q2
+
+    @property
+    def graphable(self) -> bool:
+        return not self.cfg.critic.get("dropout", 0.0) > 0
+
+    def not_graphable_reason(self) -> str:
+        return CRITIC_DROPOUT_REASON
+
+    def _critic_mode(self, train: bool) -> None:
+        self.nets.q1.train(train)
+        self.nets.q2.train(train)
+
+    def extra_state(self) -> dict:
+        return {"dropout_gens": [m.dropout_rng_states() for m in self.dropout_modules()]}
+
+    def load_extra_state(self, state: dict) -> None:
+        for net, states in zip(self.dropout_modules(), state["dropout_gens"]):
+            if states is not None:
+                net.set_dropout_rng_states(states)
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_offline_checkpoint(path: Path, fmt: str, nets: OfflineNets, cfg, seeds: list[int], step: int,
+                            diverged_step: list[int | None], *, obs_dim: int, act_dim: int) -> None:
+    """A checkpoint of every network in `nets.MODULES`, the dimensions and the state statistics."""
+    write_checkpoint(path, fmt, step=step, seeds=seeds, config=cfg, diverged_step=diverged_step,
+                     modules={name: getattr(nets, name) for name in nets.MODULES}, obs_dim=obs_dim, act_dim=act_dim,
+                     obs_mean=nets.obs_mean, obs_std=nets.obs_std)
+
+
+def load_nets(path: str | Path, fmt: str, config_cls: type, build_nets: Callable, modules: Sequence[str],
+              stats: Sequence[str] = ("obs_mean", "obs_std")) -> tuple[dict, Any, Any]:
+    """A checkpoint's payload, its config and its networks: `build_nets(cfg, seeds, obs_dim,
+    act_dim, *payload[stats])` loaded with the saved weights of `modules`."""
+    payload = read_checkpoint(path, fmt)
+    cfg = config_cls(**payload["config"])
+    nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"], *(payload[k] for k in stats))
+    for name in modules:
+        getattr(nets, name).load_state_dict(payload[name])
+    return payload, cfg, nets
+
+
+def load_offline_checkpoint(path: str | Path, fmt: str, config_cls: type, build_nets: Callable,
+                            modules: Sequence[str]) -> Checkpoint:
+    """A checkpoint written by `save_offline_checkpoint`, its networks rebuilt by `build_nets`."""
+    payload, cfg, nets = load_nets(path, fmt, config_cls, build_nets, modules)
+    return Checkpoint(payload["step"], payload["seeds"], cfg, nets, payload["diverged_step"])
+
+
+# ------------------------------------------------------------------ runs
+def run_identity_of(cfg, seeds: Sequence[int], *, tag: dict | None = None, **fields) -> dict:
+    """What makes two runs the same run, as plain JSON values (tuples become lists): `tag`
+    first, then the config (without `cuda_graph`: how the step executes, not which run this
+    is), the seeds and `fields`."""
+    config = dataclasses.asdict(cfg)
+    config.pop("cuda_graph")
+    return json.loads(json.dumps({**(tag or {}), "config": config, "seeds": list(seeds), **fields}))
+
+
+def loop_settings(cfg) -> LoopSettings:
+    return LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every)
+
+
+def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint_dir: Path,
+                  metric_keys: Sequence[str], param_norms: Callable[[Any], dict[str, torch.Tensor]],
+                  log: Callable[[str], None], evaluate: Callable | None, resume: ResumeDir | None) -> TrainResult:
+    """Train an offline trainer (with `cfg`, `seeds`, `nets`) for `cfg.steps` steps with
+    `seemrl.engine.train_loop`; the checkpoints, written by save_checkpoint(path, nets, cfg,
+    seeds, step, diverged_step), end up in `checkpoint_dir`. Logged steps add `metric_keys` of
+    the step's output and `param_norms(nets)`.
+
+    evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
+    environment bound) is called every `cfg.eval_every` steps and after the last step. For
+    `resume` see `seemrl.engine.train_loop`.
+    """
+    cfg, seeds = trainer.cfg, trainer.seeds
+
+    def save(path: Path, step: int, diverged: list) -> None:
+        save_checkpoint(path, trainer.nets, cfg, seeds, step, diverged)
+
+    return train_loop(trainer, loop_settings(cfg), checkpoint_dir, save, metric_keys,
+                      lambda: param_norms(trainer.nets), log=log,
+                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
