@@ -155,9 +155,9 @@ def test_card_counts_only_complete_episodes(tmp_path):
     assert card["episode_return"]["mean"] == 12
 
 
-def test_read_is_fast_for_a_million_rows(tmp_path):
-    import time
-
+def test_a_million_rows_come_back_as_flat_float32_arrays(tmp_path):
+    # speed is benchmarks/data_load_subset.py's job; here: the vectorised read gives contiguous
+    # [N, dim] float32 arrays, equal to what was written
     n, od, ad = 1_000_000, 11, 3
     rng = np.random.default_rng(0)
     t = Transitions(
@@ -173,8 +173,9 @@ def test_read_is_fast_for_a_million_rows(tmp_path):
     )
     path = tmp_path / "big.parquet"
     write_transitions(path, t)
-    start = time.perf_counter()
     back = read_transitions(path)
-    elapsed = time.perf_counter() - start
-    np.testing.assert_array_equal(back.next_obs[-5:], t.next_obs[-5:])
-    assert elapsed < 2.0, f"reading 1M transitions took {elapsed:.2f}s"
+    for name in ("obs", "action", "next_obs"):
+        arr = getattr(back, name)
+        assert arr.dtype == np.float32 and arr.flags["C_CONTIGUOUS"] and arr.shape == getattr(t, name).shape
+        np.testing.assert_array_equal(arr, getattr(t, name))
+    np.testing.assert_array_equal(back.episode_id, t.episode_id)
