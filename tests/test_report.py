@@ -125,3 +125,20 @@ def test_evaluation_scores_join_the_seed_and_summary_tables():
     assert seeds[seeds.critic_norm == "none"].final_score.isna().all()  # not evaluated
     row = summary_table(frames, scores=scores).set_index("critic_norm").loc["layernorm"]
     assert row.final_score_mean == 20.0 and row.final_score_std == 10.0
+
+
+def test_seem_against_gamma_takes_each_seeds_final_and_maximum(tmp_path):
+    from seemrl.report import plot_seem_vs_gamma, seem_vs_gamma_frame
+
+    def run(gamma_seem, norm):
+        return pd.DataFrame({"step": [0, 10, 20] * 2, "seed": [0] * 3 + [1] * 3,
+                             "seem_normalized": [*gamma_seem, -0.1, 0.2, float("nan")],
+                             "dataset": "d", "percent": "100", "algo": "a", "critic_norm": norm})
+    frame = seem_vs_gamma_frame([run([0.1, 0.9, 0.5], "none"), run([-0.2, -0.1, -0.3], "ln")], [0.99, 0.9])
+    row = frame[(frame.critic_norm == "none") & (frame.seed == 0)].iloc[0]
+    assert row.gamma == 0.99 and row.seem_normalized_final == 0.5 and row.seem_normalized_max == 0.9
+    assert frame[(frame.critic_norm == "ln") & (frame.seed == 0)].iloc[0].gamma == 0.9
+    nan_final = frame[(frame.critic_norm == "none") & (frame.seed == 1)].iloc[0]
+    assert np.isnan(nan_final.seem_normalized_final) and nan_final.seem_normalized_max == 0.2
+    plot_seem_vs_gamma(frame, tmp_path / "g.png")
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"

@@ -152,6 +152,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     summary = pd.read_csv(tmp_path / "results/report/summary.csv")
     assert len(summary) == 4
     assert (tmp_path / "results/report/seem_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "results/report/seem_vs_gamma.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "results/report/summary.md").read_text().startswith("|")
     predictions = pd.read_csv(tmp_path / "results/report/predictions.csv")
     assert len(predictions) == 4 * 2  # one row per (run, seed)

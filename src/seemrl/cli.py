@@ -344,7 +344,17 @@ def cmd_report_figure(a: argparse.Namespace) -> None:
     from seemrl import report
 
     _setup()
-    report.plot_seem_and_q(pd.concat(_labelled_frames(a.seem, a.runs), ignore_index=True), a.out)
+    frames = _labelled_frames(a.seem, a.runs)
+    report.plot_seem_and_q(pd.concat(frames, ignore_index=True), a.out)
+    if a.seem_vs_gamma:
+        from seemrl.algos import trainer_module
+
+        gammas = []
+        for path in a.runs:  # a run's gamma: its config, else its algorithm's default
+            run = json.loads(Path(path).read_text())
+            default = trainer_module(run.get("algorithm", "td3")).Config().gamma
+            gammas.append(run.get("config", {}).get("gamma", default))
+        report.plot_seem_vs_gamma(report.seem_vs_gamma_frame(frames, gammas), a.seem_vs_gamma)
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
@@ -478,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["report-tables"].add_argument("--markdown", required=True)
     sub.choices["report-tables"].add_argument("--seeds", required=True)
     sub.choices["report-figure"].add_argument("--out", required=True)
+    sub.choices["report-figure"].add_argument("--seem-vs-gamma", help="also the figure of SEEM against gamma (Fig. 3 left)")
     return p
 
 

@@ -133,6 +133,52 @@ def plot_seem_and_q(df: pd.DataFrame, path: str | os.PathLike, hue: str = "criti
     plot_panels(df, path, PANELS, hue, ("dataset", "percent", "algo"))
 
 
+def seem_vs_gamma_frame(seem_frames: Sequence[pd.DataFrame], gammas: Sequence[float]) -> pd.DataFrame:
+    """Per run and seed: the discount factor, and the normalised SEEM at the final checkpoint and
+    its maximum over training (paper Fig. 3 left); frames carry their run labels."""
+    rows = []
+    for df, gamma in zip(seem_frames, gammas):
+        keys = [c for c in ("dataset", "percent", "algo", "critic_norm") if c in df.columns]
+        for seed, g in df.groupby("seed"):
+            g = g.sort_values("step")
+            values = pd.to_numeric(g["seem_normalized"], errors="coerce")
+            rows.append({**{k: g[k].iloc[0] for k in keys}, "seed": seed, "gamma": float(gamma),
+                         "seem_normalized_final": float(values.iloc[-1]),
+                         "seem_normalized_max": float(values.max()) if values.notna().any() else math.nan})
+    return pd.DataFrame(rows)
+
+
+def plot_seem_vs_gamma(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Normalised SEEM (final checkpoint, and maximum over training) against gamma, a point per
+    seed coloured by critic normalisation, a line through the means; one panel per dataset."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    data = df.copy()
+    data["critic_norm"] = data.get("critic_norm", "all")
+    datasets = sorted(data["dataset"].unique()) if "dataset" in data else [None]
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 6.4), squeeze=False)
+    try:
+        for c, dataset in enumerate(datasets):
+            sub = data if dataset is None else data[data["dataset"] == dataset]
+            for r, (col, label) in enumerate((("seem_normalized_final", "final normalised SEEM"),
+                                              ("seem_normalized_max", "max normalised SEEM"))):
+                ax = axes[r, c]
+                sns.lineplot(data=sub, x="gamma", y=col, hue="critic_norm", marker="o", errorbar=None, ax=ax,
+                             legend=(r == 0 and c == 0))
+                sns.scatterplot(data=sub, x="gamma", y=col, hue="critic_norm", alpha=0.4, ax=ax, legend=False)
+                ax.axhline(0.0, color="grey", linewidth=0.5)
+                ax.set_ylabel(label)
+                ax.set_title(dataset or "", fontsize=9)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+
+
 ONLINE_PANELS = (("q_mean", "mean Q on the batch", "symlog"), ("last_episode_return", "episode return", "linear"),
                  ("critic_param_norm", "critic parameter norm", "symlog"))
 

@@ -209,6 +209,7 @@ def report_outputs():
         "results/report/summary.md",
         "results/report/seeds.csv",
         "results/report/seem_q.png",
+        "results/report/seem_vs_gamma.png",
         "results/report/predictions.csv",
         "results/report/predictions.md",
     ]

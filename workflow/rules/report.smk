@@ -25,13 +25,15 @@ rule report_figure:
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
-        report("results/report/seem_q.png", caption="../report/seem_q.rst", category="SEEM and Q"),
+        seem_q=report("results/report/seem_q.png", caption="../report/seem_q.rst", category="SEEM and Q"),
+        gamma=report("results/report/seem_vs_gamma.png", caption="../report/seem_vs_gamma.rst", category="SEEM and Q"),
     conda:
         CONDA_ENV
     log:
         "results/logs/report_figure.log",
     shell:
-        "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output} > {log} 2>&1"
+        "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output.seem_q}"
+        " --seem-vs-gamma {output.gamma} > {log} 2>&1"
 
 
 rule predictions:
