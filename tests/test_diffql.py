@@ -494,3 +494,15 @@ def test_graphed_matches_eager_on_cuda(extra):
     eager, graphed = checks.run_graphed_and_eager(trainer, 60)
     for x, y in zip(_tensors(eager.nets), _tensors(graphed.nets)):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_eps_equals_the_actor_on_concatenated_inputs():
+    import torch
+
+    from seemrl.algos.diffql import DiffusionActor
+
+    actor = DiffusionActor([0, 3], obs_dim=5, act_dim=2, hidden=(16, 16), time_embed=8, activation="mish")
+    x, s = torch.randn(2, 7, 2), torch.randn(2, 7, 5)
+    for t in (0.0, 3.5, 999.0):
+        full = actor(x, x.new_full((2, 7), t), s)
+        torch.testing.assert_close(actor.sampling_eps(x, t, actor.state_projection(s)), full, rtol=1e-5, atol=1e-6)

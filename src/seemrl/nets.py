@@ -198,14 +198,29 @@ class StackedMLP(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.weights) == 1:  # no hidden layer: the output layer alone
+            return torch.baddbmm(self.biases[-1], x, self.output_weight())
+        if self.training and self.dropout > 0 and self.dropout_generators is not None \
+                and x.shape[0] != len(self.dropout_generators):
+            raise ValueError(f"input has {x.shape[0]} seeds but there are {len(self.dropout_generators)} dropout generators")
+        return self.forward_from(self.linear(0, x), 0)
+
+    def linear(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Hidden layer k's linear map of x (no bias before BatchNorm: `unused_biases`)."""
+        if k in self.unused_biases:
+            return torch.bmm(x, self.weights[k])
+        return torch.baddbmm(self.biases[k], x, self.weights[k])
+
+    def forward_from(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        """The rest of the forward pass from hidden layer `layer`'s linear output h [S, B, width]
+        (so a caller can build that output its own way, e.g. from parts computed once)."""
         act = ACTIVATIONS[self.activation]
         n = len(self.weights)
-        masks = self._dropout_masks(x) if self.training and self.dropout > 0 and n > 1 else None
-        for k in range(n - 1):
-            if k in self.unused_biases:
-                x = torch.bmm(x, self.weights[k])
-            else:
-                x = torch.baddbmm(self.biases[k], x, self.weights[k])
+        masks = self._dropout_masks(h) if self.training and self.dropout > 0 else None
+        x = h
+        for k in range(layer, n - 1):
+            if k > layer:
+                x = self.linear(k, x)
             if k in self.norm_layers and self.norm == "layernorm" and self.fused_pointwise and x.is_cuda:
                 affine = (self.ln_weights[str(k)], self.ln_biases[str(k)]) if self.norm_affine else (None, None)
                 x = fused_layer_norm_act(x, *affine, self.activation)
