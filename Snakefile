@@ -23,6 +23,11 @@ include: "workflow/rules/theory.smk"
 report: "workflow/report/workflow.rst"
 
 
+localrules:
+    all,
+    theory,
+
+
 rule all:
     input:
         report_outputs(),
