@@ -136,12 +136,9 @@ def _toy(args, out: Path) -> dict:
     headline = {"crash_step": _num(s["crash_step"]), "predicted_step": _num(s["predicted_step"]),
                 "rel_error": _num(s["rel_error"]), "fit_window": [_num(s["window_start"]), _num(s["window_end"])],
                 "fit_slope": _num(s["slope"]), "fit_intercept": _num(s["intercept"]), "fit_r2": _num(s["r2"]),
-                "seem_positive_frac": _num(s["seem_positive_frac"]), "seconds": round(res.seconds, 2)}
-    _write_parquet(res.steps, out / "toy_steps.parquet")
-    _write_csv(res.summary, out / "toy_summary.csv")
-    plot_toy(res, out / "toy.png")
-    _write_meta(out / "toy_meta.json", cfg, res.seconds, headline)
-    return headline
+                "seem_positive_frac": _num(s["seem_positive_frac"])}
+    return _write_outputs(out, "toy", cfg, res, headline, plot_toy,
+                          {"toy_steps.parquet": res.steps, "toy_summary.csv": res.summary})
 
 
 def _ntk_map(args, out: Path) -> dict:
@@ -153,12 +150,8 @@ def _ntk_map(args, out: Path) -> dict:
     res = run_ntk_map(cfg)
     ratios = probe_ratios(res)
     headline = {f"ratio_at_probe_{k}": round(v, 4) for k, v in ratios.items()}
-    headline["seconds"] = round(res.seconds, 2)
-    _write_parquet(res.grid, out / "ntk_map_grid.parquet")
-    _write_csv(res.summary, out / "ntk_map_summary.csv")
-    plot_ntk_map(res, out / "ntk_map.png")
-    _write_meta(out / "ntk_map_meta.json", cfg, res.seconds, headline)
-    return headline
+    return _write_outputs(out, "ntk_map", cfg, res, headline, plot_ntk_map,
+                          {"ntk_map_grid.parquet": res.grid, "ntk_map_summary.csv": res.summary})
 
 
 def _baird(args, out: Path) -> dict:
@@ -170,12 +163,8 @@ def _baird(args, out: Path) -> dict:
     res = run_baird(cfg)
     headline = {f"{r.variant}": {"final_param_norm": _num(r.final_param_norm), "diverged": bool(r.diverged),
                                  "seem_init": _num(r.seem_init)} for r in res.summary.itertuples()}
-    headline["seconds"] = round(res.seconds, 2)
-    _write_parquet(res.trajectory, out / "baird_trajectory.parquet")
-    _write_csv(res.summary, out / "baird_summary.csv")
-    plot_baird(res, out / "baird.png")
-    _write_meta(out / "baird_meta.json", cfg, res.seconds, headline)
-    return headline
+    return _write_outputs(out, "baird", cfg, res, headline, plot_baird,
+                          {"baird_trajectory.parquet": res.trajectory, "baird_summary.csv": res.summary})
 
 
 def _homogeneity(args, out: Path) -> dict:
@@ -191,16 +180,28 @@ def _homogeneity(args, out: Path) -> dict:
                                             "ntk": _num(r["ntk_ratio"]), "ntk_cos_gap": _num(r["ntk_cos_gap"])}
                 for _, r in t.iterrows()}
     headline["n_layers"] = res.info["n_layers"]
-    headline["seconds"] = round(res.seconds, 2)
-    _write_csv(t, out / "homogeneity_table.csv")
-    _write_parquet(t, out / "homogeneity_table.parquet")
-    _write_csv(res.paper_table, out / "homogeneity_paper_table.csv", index=True)
-    plot_homogeneity(res, out / "homogeneity.png")
-    _write_meta(out / "homogeneity_meta.json", cfg, res.seconds, headline, extra={"network": res.info})
-    return headline
+    return _write_outputs(out, "homogeneity", cfg, res, headline, plot_homogeneity,
+                          {"homogeneity_table.csv": t, "homogeneity_table.parquet": t,
+                           "homogeneity_paper_table.csv": (res.paper_table, True)},
+                          extra={"network": res.info})
 
 
 # ------------------------------------------------------------------ atomic writers
+def _write_outputs(out: Path, name: str, cfg, res, headline: dict, plot, tables: dict, extra: dict | None = None) -> dict:
+    """An experiment's files: each table (file name -> frame, or (frame, keep_index); Parquet or
+    CSV by suffix), the figure `<name>.png` and `<name>_meta.json`; returns the headline."""
+    headline["seconds"] = round(res.seconds, 2)
+    for file, table in tables.items():
+        df, index = table if isinstance(table, tuple) else (table, False)
+        if file.endswith(".parquet"):
+            _write_parquet(df, out / file)
+        else:
+            _write_csv(df, out / file, index=index)
+    plot(res, out / f"{name}.png")
+    _write_meta(out / f"{name}_meta.json", cfg, res.seconds, headline, extra)
+    return headline
+
+
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     from seemrl.io import atomic_path
 
