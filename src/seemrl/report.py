@@ -96,9 +96,9 @@ def to_markdown(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_table_csv(df: pd.DataFrame, path: str | os.PathLike, index: bool = False) -> None:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=index)
 
 
 def write_table_markdown(df: pd.DataFrame, path: str | os.PathLike) -> None:

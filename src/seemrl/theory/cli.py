@@ -191,12 +191,14 @@ def _write_outputs(out: Path, name: str, cfg, res, headline: dict, plot, tables:
     """An experiment's files: each table (file name -> frame, or (frame, keep_index); Parquet or
     CSV by suffix), the figure `<name>.png` and `<name>_meta.json`; returns the headline."""
     headline["seconds"] = round(res.seconds, 2)
+    from seemrl.report import write_table_csv
+
     for file, table in tables.items():
         df, index = table if isinstance(table, tuple) else (table, False)
         if file.endswith(".parquet"):
             _write_parquet(df, out / file)
         else:
-            _write_csv(df, out / file, index=index)
+            write_table_csv(df, out / file, index=index)
     plot(res, out / f"{name}.png")
     _write_meta(out / f"{name}_meta.json", cfg, res.seconds, headline, extra)
     return headline
@@ -207,13 +209,6 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-
-
-def _write_csv(df: pd.DataFrame, path: Path, index: bool = False) -> None:
-    from seemrl.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=index)
 
 
 def _write_meta(path: Path, cfg, seconds: float, headline: dict, extra: dict | None = None) -> None:
