@@ -503,6 +503,9 @@ def test_sampling_eps_equals_the_actor_on_concatenated_inputs():
 
     actor = DiffusionActor([0, 3], obs_dim=5, act_dim=2, hidden=(16, 16), time_embed=8, activation="mish")
     x, s = torch.randn(2, 7, 2), torch.randn(2, 7, 5)
-    for t in (0.0, 3.5, 999.0):
+    times = (0.0, 3.5, 999.0)
+    t_proj = actor.time_projection(torch.tensor(times))
+    for k, t in enumerate(times):
         full = actor(x, x.new_full((2, 7), t), s)
-        torch.testing.assert_close(actor.sampling_eps(x, t, actor.state_projection(s)), full, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(actor.sampling_eps(x, t_proj[:, k:k + 1], actor.state_projection(s)), full,
+                                   rtol=1e-5, atol=1e-6)

@@ -24,7 +24,7 @@ import math
 import numbers
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -209,6 +209,8 @@ class StackedMLP(nn.Module):
         """Hidden layer k's linear map of x (no bias before BatchNorm: `unused_biases`)."""
         if k in self.unused_biases:
             return torch.bmm(x, self.weights[k])
+        if torch.compiler.is_compiling():  # the bias joins the next pointwise kernel (activation, norm)
+            return torch.bmm(x, self.weights[k]) + self.biases[k]
         return torch.baddbmm(self.biases[k], x, self.weights[k])
 
     def forward_from(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
@@ -315,7 +317,30 @@ class StackedMLP(nn.Module):
 
 # ------------------------------------------------------------------ fused LayerNorm + activation
 FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kernels off
-_COMPILED: dict = {}  # (activation, affine) -> compiled function, or None once compilation failed
+
+
+class Compiled:
+    """`fn` compiled by torch.compile (static shapes) on first call; where compilation or the
+    compiled code fails (no Triton, no compiler), `fn` itself from then on, with a warning."""
+
+    def __init__(self, fn: Callable, what: str, fullgraph: bool = False):
+        self.fn, self.what, self.fullgraph = fn, what, fullgraph
+        self._compiled: Callable | None | bool = None  # None: not yet; False: failed
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._compiled = torch.compile(self.fn, dynamic=False, fullgraph=self.fullgraph)
+        if self._compiled is False:
+            return self.fn(*args, **kwargs)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as exc:  # same math, unfused
+            warnings.warn(f"compiled {self.what} unavailable ({type(exc).__name__}: {exc}); using plain ops")
+            self._compiled = False
+            return self.fn(*args, **kwargs)
 
 
 def _layer_norm_act(x, weight, bias, activation: str):
@@ -325,28 +350,20 @@ def _layer_norm_act(x, weight, bias, activation: str):
     return ACTIVATIONS[activation](x)
 
 
+_LAYER_NORM_ACT = Compiled(_layer_norm_act, "LayerNorm", fullgraph=True)
+
+
 def fused_layer_norm_act(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                          activation: str) -> torch.Tensor:
     """LayerNorm (per-seed affine optional) then the activation, compiled by torch.compile into
     one fused kernel forward and backward. The step on a GPU is a chain of small kernels; this
     chain is the largest part of a LayerNorm critic's, and fusing it made the graphed TD3+BC step
     at 40 seeds 1.4x faster on an H200. Falls back to the plain ops (with a warning) where
-    compilation is not available."""
-    key = (activation, weight is not None)
-    fn = _COMPILED.get(key, ...)
-    if fn is ...:
-        import torch._dynamo
-
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        fn = _COMPILED[key] = torch.compile(_layer_norm_act, dynamic=False, fullgraph=True)
-    if fn is None:
+    compilation is not available; inside a region being compiled it is the plain ops, which
+    that compilation fuses."""
+    if torch.compiler.is_compiling():
         return _layer_norm_act(x, weight, bias, activation)
-    try:
-        return fn(x, weight, bias, activation)
-    except Exception as exc:  # no Triton / no compiler on this machine: same math, unfused
-        warnings.warn(f"compiled LayerNorm unavailable ({type(exc).__name__}: {exc}); using plain ops")
-        _COMPILED[key] = None
-        return _layer_norm_act(x, weight, bias, activation)
+    return _LAYER_NORM_ACT(x, weight, bias, activation)
 
 
 def enable_fused_pointwise(modules, device) -> bool:

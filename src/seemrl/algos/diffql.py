@@ -92,7 +92,7 @@ from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedT
                            read_checkpoint, return_priorities, sampling_cdf, set_lr, train_loop,
                            transform_reward, weighted_indices, write_checkpoint)
 from seemrl.engine import REWARD_TRANSFORMS
-from seemrl.nets import ACTIVATIONS, StackedMLP, per_seed_norm, seed_generators
+from seemrl.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.diffql.v1"
@@ -401,20 +401,25 @@ class DiffusionActor(nn.Module):
         temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed))
         return self.net(torch.cat([x, temb, s], -1))
 
-    # The sampler evaluates eps at one time for all rows, 15 or more times with the same states:
-    # the first layer's state part (and bias) is computed once and its time part on one row,
-    # instead of concatenating [x, temb, s] for every row at every evaluation. Same function.
+    # The sampler evaluates eps at a few fixed times for all rows, with the same states: the first
+    # layer's state part (and bias) is computed once, its time part once for all the sampler's
+    # times (one small batch through the time MLP), instead of concatenating [x, temb, s] for
+    # every row at every evaluation. Same function.
     def state_projection(self, s: torch.Tensor) -> torch.Tensor:
         """The first layer's state term plus bias, [S, M, hidden], for `sampling_eps`."""
         w = self.net.weights[0][:, self.act_dim + self.time_embed:]
         return torch.baddbmm(self.net.biases[0], s, w)
 
-    def sampling_eps(self, x: torch.Tensor, t: float, s_proj: torch.Tensor) -> torch.Tensor:
-        """eps(x, t, s) for one time t shared by all rows, given `state_projection(s)`."""
-        w = self.net.weights[0]
-        A, E = self.act_dim, self.time_embed
-        temb = self.time_mlp(sinusoidal_embedding(x.new_full((x.shape[0], 1), t), E))  # [S, 1, E]
-        h = torch.baddbmm(s_proj + torch.bmm(temb, w[:, A:A + E]), x, w[:, :A])
+    def time_projection(self, times: torch.Tensor) -> torch.Tensor:
+        """The first layer's time term at each of `times` [K], [S, K, hidden], for `sampling_eps`."""
+        A, E, w = self.act_dim, self.time_embed, self.net.weights[0]
+        temb = self.time_mlp(sinusoidal_embedding(times.expand(w.shape[0], -1), E))  # [S, K, E]
+        return torch.bmm(temb, w[:, A:A + E])
+
+    def sampling_eps(self, x: torch.Tensor, t_proj: torch.Tensor, s_proj: torch.Tensor) -> torch.Tensor:
+        """eps(x, t, s) for one time t shared by all rows, given its `time_projection` [S, 1,
+        hidden] and `state_projection(s)`."""
+        h = torch.baddbmm(s_proj + t_proj, x, self.net.weights[0][:, :self.act_dim])
         return self.net.forward_from(h, 0)
 
 
@@ -441,6 +446,9 @@ class DiffQLNets(OfflineNets):
     schedule: DiffusionSchedule
     plan: list  # DPM-Solver stages (empty for the ddpm sampler)
     eval_gens: list  # per-seed CPU generators of the evaluation policy
+    # the sampler's model times per device, made outside any CUDA-graph capture (a warm-up step
+    # always comes first): a host-to-device copy can't be captured
+    times_on: dict = field(default_factory=dict, repr=False, compare=False)
 
     MODULES = ("actor", "actor_ema", "q1", "q2", "q1_target", "q2_target")
 
@@ -455,6 +463,18 @@ class DiffQLNets(OfflineNets):
         """Per-step noises the sampler needs besides x_T (ddpm: T - 1; DPM-Solver: none)."""
         return self.cfg.diffusion_steps - 1 if self.cfg.sampler == "ddpm" else 0
 
+    def sampler_times(self) -> list[float]:
+        """The model times at which the sampler evaluates the noise network, each once."""
+        if self.cfg.sampler == "dpm_solver":
+            return sorted({ev.t_in for st in self.plan for ev in st.evals})
+        return [float(t) for t in range(self.cfg.diffusion_steps)]
+
+    def _sampler_times_on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self.times_on:
+            self.times_on[key] = torch.tensor(self.sampler_times(), dtype=torch.float32, device=device)
+        return self.times_on[key]
+
     def sample_actions(self, actor: DiffusionActor, obs_n: torch.Tensor, x_T: torch.Tensor,
                        step_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Actions [S, B, n, act] in [-1, 1] for states [S, B, obs], from x_T [S, B, n, act] (and,
@@ -463,9 +483,12 @@ class DiffQLNets(OfflineNets):
         s = obs_n.unsqueeze(2).expand(S, B, n, obs_n.shape[-1]).reshape(S, B * n, -1)
         x = x_T.reshape(S, B * n, A)
         s_proj = actor.state_projection(s)
+        t_proj = actor.time_projection(self._sampler_times_on(x.device))
+        column = {t: k for k, t in enumerate(self.sampler_times())}
 
         def eps_fn(x_in: torch.Tensor, t_in: float) -> torch.Tensor:
-            return actor.sampling_eps(x_in, t_in, s_proj)
+            k = column[t_in]
+            return actor.sampling_eps(x_in, t_proj[:, k:k + 1], s_proj)
 
         if self.cfg.sampler == "dpm_solver":
             x = dpm_solver_sample(eps_fn, x, self.plan)
@@ -612,6 +635,13 @@ class DiffQLTrainer(CriticTrainer):
                                      weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
+        # The backup's sampler (solver steps of the actor over batch x backup_samples rows) is most
+        # of the step; on CUDA it is compiled into fused kernels, like the LayerNorm chain
+        # (SEEMRL_FUSED_POINTWISE=0: plain ops), in eager and graphed runs alike.
+        self._backup = Compiled(self.backup_target, "Diffusion-QL backup") if self.fused_pointwise \
+            else self.backup_target
+        if self.fused_pointwise:
+            self.mode += ", backup sampler compiled"
 
     # -------------------------------------------------------------- draws and step kinds
     @property
@@ -691,7 +721,7 @@ class DiffQLTrainer(CriticTrainer):
         # BatchNorm and dropout act (batch statistics, masks) only in the critic-loss forward;
         # bootstrap targets and the actor's Q use eval mode. No-ops for other critics.
         self._critic_mode(train=False)
-        target = self.backup_target(r, s2, not_done, draws)
+        target = self._backup(r, s2, not_done, draws)
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
         q1 = nets.q1(x)
