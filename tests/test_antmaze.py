@@ -2,6 +2,9 @@
 compiled MuJoCo model, D4RL's success semantics, and the Minari observation layout."""
 import dataclasses
 import math
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import gymnasium as gym
@@ -334,3 +337,80 @@ def test_registry_antmaze_entries_carry_their_evaluation():
             assert task.minari_id == "D4RL/antmaze/" + name.removeprefix("minari-antmaze-")
     with pytest.raises(ValueError, match="not an AntMaze"):
         antmaze_task("hopper-medium-v2")
+
+
+# ------------------------------------------------------------------ worker processes
+PAR_ENTRY = dict(SHORT_V2, max_episode_steps=25)
+
+
+def _policy_of_obs(obs):
+    """Deterministic, varied actions; seed 1 sometimes NaN."""
+    action = np.tanh(3 * obs[..., :8] + np.sin(7 * obs[..., 8:16]))
+    action[1, :, 3] = np.where(obs[1, :, 1] > obs[1, :, 0], np.nan, action[1, :, 3])
+    return action
+
+
+def test_workers_give_the_same_results_as_one_process():
+    """2 seeds x 3 episodes in waves of 2 per seed (the second wave uses half the envs): 2 and 3
+    worker processes give exactly the single-process results."""
+    run = lambda workers: [dataclasses.asdict(r) for r in evaluate_antmaze(
+        _policy_of_obs, [0, 1], "antmaze-umaze-v2", 3, eval_seed=3, entry=PAR_ENTRY, max_envs=4, workers=workers)]
+    one = run(1)
+    assert [r["nonfinite_actions"] for r in one] == [False, True]
+    assert all(r["episode_lengths"] == [25] * 3 for r in one)
+    assert run(2) == one and run(3) == one
+    makers = [antmaze_env_fn("antmaze-umaze-v0", entry=PAR_ENTRY, goal_seed=s) for s in (4, 4, 5, 5)]
+    direct = play_episodes(_policy_of_obs, [m() for m in makers], 2, [1, 2, 3, 4])
+    pooled = play_episodes(_policy_of_obs, makers, 2, [1, 2, 3, 4], workers=2)
+    assert all(np.array_equal(direct[k], pooled[k]) for k in direct)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _workers_now():
+    return sorted((p for p in multiprocessing.active_children() if p.name.startswith("antmaze-eval-")),
+                  key=lambda p: p.name)
+
+
+def test_a_failing_policy_leaves_no_worker_behind():
+    seen = []
+
+    def policy(obs):
+        seen.append([p.pid for p in _workers_now()])
+        if len(seen) == 4:
+            raise KeyError("policy broke")
+        return np.zeros(obs.shape[:2] + (8,))
+
+    with pytest.raises(KeyError, match="policy broke"):
+        evaluate_antmaze(policy, [0, 1], "antmaze-umaze-v2", 2, entry=PAR_ENTRY, workers=2)
+    assert len(seen[0]) == 2 and _workers_now() == []
+    assert not any(map(_alive, seen[0]))
+
+
+def test_a_killed_worker_is_named_in_the_error():
+    def policy(obs):
+        if policy.calls == 2:
+            [victim] = [p for p in _workers_now() if p.name == "antmaze-eval-1"]
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join()
+        policy.calls += 1
+        return np.zeros(obs.shape[:2] + (8,))
+
+    policy.calls = 0
+    with pytest.raises(RuntimeError, match=r"AntMaze evaluation worker 1 \(pid \d+\) died \(exit code -9\)"):
+        evaluate_antmaze(policy, [0, 1], "antmaze-umaze-v2", 2, entry=PAR_ENTRY, workers=2)
+    assert _workers_now() == []
+
+
+def test_task_observation_widths_match_the_data_layouts():
+    from seemrl.antmaze import antmaze_task
+
+    assert antmaze_task("antmaze-umaze-v0").obs_dim == 29  # qpos[:15] + qvel[:14]
+    assert antmaze_task("minari-antmaze-umaze-v1").obs_dim == 31  # achieved_goal + observation + desired_goal
+

@@ -11,6 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, args, needle", [
     ("data_load_subset.py", ["--rows", "2000"], "target <= 2 s"),
     ("train_throughput.py", ["--tiny", "--iters", "2", "--seeds", "1", "2"], "| layernorm | seemrl stacked | ieee | 2 |"),
+    ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
 ])
 def test_benchmark_runs_at_tiny_size(script, args, needle):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,

@@ -55,17 +55,23 @@ continuing (no termination at the goal, reward accumulates), so the return is th
 spent at the goal.
 
 `evaluate_antmaze` plays every seed's policy together and returns `SeedEvaluation`s (as
-`seemrl.evaluation.evaluate_policies`) whose normalized_score is 100 x the success rate.
+`seemrl.evaluation.evaluate_policies`) whose normalized_score is 100 x the success rate. With
+`workers` > 1 the physics runs in that many worker processes (the policy stays in the caller), with
+bitwise the same results.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
+import signal
 import tempfile
+import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +210,8 @@ class AntMazeTask:
 
     @property
     def obs_dim(self) -> int:
-        return D4RL_OBS_DIM  # 15 + 14, or 27 + 2
+        # d4rl: qpos[:15] + qvel[:14]; minari: achieved_goal 2 + observation 27 + desired_goal 2
+        return D4RL_OBS_DIM if self.obs_layout == "d4rl" else 2 + 27 + 2
 
 
 _NAME = re.compile(r"^(?P<minari>minari-)?antmaze-(?P<maze>umaze|medium|large)(-(?P<kind>diverse|play))?"
@@ -448,17 +455,31 @@ def make_minari_antmaze(spec, max_episode_steps: int) -> MinariAntMaze:
     return MinariAntMaze(env)
 
 
+@dataclass(frozen=True)
+class AntMazeEnvMaker:
+    """A picklable maker (no arguments) of the evaluation env of `task`: what a worker process
+    of `play_episodes` builds its envs from. `goal_seed`: the D4RL layout's fixed goal noise;
+    `minari_spec`: the Minari layout's EnvSpec (`minari_eval_env_spec`)."""
+    task: AntMazeTask
+    goal_seed: int | None = None
+    minari_spec: Any = None
+
+    def __call__(self) -> gym.Env:
+        if self.task.obs_layout == "d4rl":
+            return make_d4rl_antmaze(self.task.maze, self.goal_seed, self.task.max_episode_steps)
+        return make_minari_antmaze(self.minari_spec, self.task.max_episode_steps)
+
+
 def antmaze_env_fn(dataset_name: str, *, goal_seed: int | None = None, entry: dict | None = None,
                    minari_root: str | os.PathLike | None = None,
-                   registry_path: str | os.PathLike | None = None) -> Callable[[], gym.Env]:
-    """A maker (no arguments) of the evaluation env of registry dataset `dataset_name`; makers
-    go straight into `gymnasium.vector.SyncVectorEnv`. `goal_seed` only matters for the D4RL
-    layout (fixed goal noise, as in a v0 run)."""
+                   registry_path: str | os.PathLike | None = None) -> AntMazeEnvMaker:
+    """A maker (no arguments, picklable) of the evaluation env of registry dataset
+    `dataset_name`; makers go straight into `gymnasium.vector.SyncVectorEnv`. `goal_seed` only
+    matters for the D4RL layout (fixed goal noise, as in a v0 run)."""
     task = antmaze_task(dataset_name, entry, registry_path)
     if task.obs_layout == "d4rl":
-        return lambda: make_d4rl_antmaze(task.maze, goal_seed, task.max_episode_steps)
-    spec, _ = minari_eval_env_spec(task, minari_root)
-    return lambda: make_minari_antmaze(spec, task.max_episode_steps)
+        return AntMazeEnvMaker(task, goal_seed)
+    return AntMazeEnvMaker(task, minari_spec=minari_eval_env_spec(task, minari_root)[0])
 
 
 def run_goal_seed(eval_seed: int, seed: int) -> int:
@@ -478,20 +499,138 @@ class AntMazeSeedEvaluation(SeedEvaluation):
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
 
-def play_episodes(policy_fn: PolicyFn, envs: Sequence[gym.Env], n_seeds: int,
-                  reset_seeds: Sequence[int]) -> dict[str, np.ndarray]:
-    """One episode in each of n_seeds * E envs (env i = s * E + k), all seeds' actions from one
-    policy_fn call per step: obs [S, E, obs_dim] float32 -> actions [S, E, act_dim].
+class _Envs:
+    """Envs stepped in this process (and, in each worker process, that worker's chunk).
+    `index`: which envs, ascending."""
 
-    Finished envs are not stepped again (their last observation is still passed). Non-finite
-    actions become 0 and flag their seed. Returns per env: return, success (info["success"] at
-    any step), length; per seed: nonfinite.
-    """
-    n = len(envs)
+    def __init__(self, envs: Sequence[gym.Env]):
+        self.envs = list(envs)
+
+    def reset(self, index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        return np.stack([self.envs[i].reset(seed=int(s))[0] for i, s in zip(index, seeds)])
+
+    def step(self, index: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """obs, reward, terminated, truncated, success (info["success"]) of one step of each."""
+        steps = [self.envs[i].step(a) for i, a in zip(index, actions)]
+        obs, reward, terminated, truncated, info = zip(*steps)
+        return (np.stack(obs), np.array(reward, float), np.array(terminated, bool),
+                np.array(truncated, bool), np.array([bool(x.get("success", False)) for x in info]))
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, makers: Sequence[Callable[[], gym.Env]]) -> None:
+    """A worker process: builds its envs, then runs the parent's (method, index, array) calls on
+    them until it receives None (or the parent is gone); answers ("ok", result) or ("error",
+    traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    envs = None
+    try:
+        envs = _Envs([make() for make in makers])
+        conn.send(("ok", None))
+        while (call := conn.recv()) is not None:
+            method, *args = call
+            conn.send(("ok", getattr(envs, method)(*args)))
+    except EOFError:
+        pass
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        if envs is not None:
+            envs.close()
+
+
+class _EnvPool:
+    """The envs of `makers` split into `workers` contiguous chunks, each built and stepped by one
+    worker process; the same calls as `_Envs`. Workers are spawned (fresh interpreters that import
+    this module, not torch), so a caller's script needs the usual `if __name__ == "__main__":`
+    guard, as for any spawned multiprocessing."""
+
+    def __init__(self, makers: Sequence[Callable[[], gym.Env]], workers: int):
+        chunks = np.array_split(np.arange(len(makers)), workers)
+        self.owner = np.repeat(np.arange(workers), [len(c) for c in chunks])  # env -> its worker
+        self.local = np.concatenate([c - c[0] for c in chunks])  # env -> its index in its worker
+        # not forked: the parent holds CUDA and torch threads; not a forkserver: its socket lives
+        # in $TMPDIR, whose path (the workflow's is inside the project) can be too long for one
+        ctx = multiprocessing.get_context("spawn")
+        self.procs, self.conns = [], []
+        try:
+            for w, chunk in enumerate(chunks):
+                conn, child = ctx.Pipe()
+                self.conns.append(conn)
+                self.procs.append(ctx.Process(target=_worker, args=(child, [makers[i] for i in chunk]),
+                                              name=f"antmaze-eval-{w}", daemon=True))
+                self.procs[-1].start()
+                child.close()  # the worker holds the only other end: its death is our EOF
+            for w in range(workers):
+                self._recv(w)  # built
+        except BaseException:
+            self.close()
+            raise
+
+    def _dead(self, w: int) -> RuntimeError:
+        p = self.procs[w]
+        p.join(1.0)
+        return RuntimeError(f"AntMaze evaluation worker {w} (pid {p.pid}) died (exit code {p.exitcode})")
+
+    def _recv(self, w: int):
+        try:
+            status, value = self.conns[w].recv()
+        except (EOFError, OSError):
+            raise self._dead(w) from None
+        if status == "error":
+            raise RuntimeError(f"AntMaze evaluation worker {w} (pid {self.procs[w].pid}) failed:\n{value}")
+        return value
+
+    def _call(self, method: str, index: np.ndarray, values: np.ndarray):
+        """Envs[index].method(values), each worker its part, in parallel; results in index order."""
+        busy = []
+        for w in range(len(self.procs)):
+            part = self.owner[index] == w
+            if part.any():
+                try:
+                    self.conns[w].send((method, self.local[index[part]], values[part]))
+                except OSError:
+                    raise self._dead(w) from None
+                busy.append(w)
+        out = [self._recv(w) for w in busy]
+        return tuple(map(np.concatenate, zip(*out))) if isinstance(out[0], tuple) else np.concatenate(out)
+
+    def reset(self, index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        return self._call("reset", index, seeds)
+
+    def step(self, index: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._call("step", index, actions)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for p in self.procs:
+            p.join(5.0)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for conn in self.conns:
+            conn.close()
+
+
+def _env_group(makers: Sequence[Callable[[], gym.Env]], workers: int) -> _Envs | _EnvPool:
+    workers = min(workers, len(makers))
+    return _EnvPool(makers, workers) if workers > 1 else _Envs([make() for make in makers])
+
+
+def _play(policy_fn: PolicyFn, envs: _Envs | _EnvPool, index: np.ndarray, n_seeds: int,
+          reset_seeds: Sequence[int]) -> dict[str, np.ndarray]:
+    """play_episodes in envs[index] (ascending)."""
+    n = len(index)
     if n % n_seeds:
         raise ValueError(f"{n} envs are not {n_seeds} seeds x E episodes")
     E = n // n_seeds
-    obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, reset_seeds)]).astype(np.float32)
+    obs = envs.reset(index, np.asarray(reset_seeds, np.int64)).astype(np.float32)
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)
     success, running = np.zeros(n, bool), np.ones(n, bool)
     nonfinite = np.zeros(n_seeds, bool)
@@ -502,21 +641,47 @@ def play_episodes(policy_fn: PolicyFn, envs: Sequence[gym.Env], n_seeds: int,
         bad = ~np.isfinite(actions)
         nonfinite |= bad.reshape(n_seeds, -1).any(1)
         actions = np.clip(np.where(bad, 0.0, actions), -1.0, 1.0).reshape(n, -1)
-        for i in np.flatnonzero(running):
-            o, r, terminated, truncated, info = envs[i].step(actions[i])
-            obs[i] = o
-            returns[i] += r
-            lengths[i] += 1
-            success[i] |= bool(info.get("success", False))
-            running[i] = not (terminated or truncated)
+        live = np.flatnonzero(running)
+        stepped, reward, terminated, truncated, ok = envs.step(index[live], actions[live])
+        obs[live] = stepped
+        returns[live] += reward
+        lengths[live] += 1
+        success[live] |= ok
+        running[live] = ~(terminated | truncated)
     return {"returns": returns, "success": success, "lengths": lengths, "nonfinite": nonfinite}
+
+
+def play_episodes(policy_fn: PolicyFn, envs: Sequence[gym.Env] | Sequence[Callable[[], gym.Env]],
+                  n_seeds: int, reset_seeds: Sequence[int], workers: int = 1) -> dict[str, np.ndarray]:
+    """One episode in each of n_seeds * E envs (env i = s * E + k), all seeds' actions from one
+    policy_fn call per step: obs [S, E, obs_dim] float32 -> actions [S, E, act_dim].
+
+    Finished envs are not stepped again (their last observation is still passed). Non-finite
+    actions become 0 and flag their seed. Returns per env: return, success (info["success"] at
+    any step), length; per seed: nonfinite.
+
+    workers = 1: `envs` are envs, stepped here. workers > 1: `envs` are picklable env makers
+    (`AntMazeEnvMaker`), split into `workers` contiguous chunks, each built and stepped by one
+    worker process; the policy stays here. The results do not depend on `workers`.
+    """
+    index = np.arange(len(envs))
+    if workers <= 1:
+        return _play(policy_fn, _Envs(envs), index, n_seeds, reset_seeds)
+    if any(isinstance(env, gym.Env) for env in envs):
+        raise TypeError("play_episodes with workers > 1 takes picklable env makers, not envs")
+    pool = _env_group(envs, workers)
+    try:
+        return _play(policy_fn, pool, index, n_seeds, reset_seeds)
+    finally:
+        pool.close()
 
 
 def evaluate_antmaze(policy_fn: PolicyFn, seeds: Sequence[int], dataset_name: str, n_episodes: int,
                      eval_seed: int = 0, *, entry: dict | None = None,
                      minari_root: str | os.PathLike | None = None,
                      registry_path: str | os.PathLike | None = None,
-                     goal_noise: str | None = None, max_envs: int = 256) -> list[AntMazeSeedEvaluation]:
+                     goal_noise: str | None = None, max_envs: int = 256,
+                     workers: int = 1) -> list[AntMazeSeedEvaluation]:
     """Play `n_episodes` episodes with each seed's policy in the evaluation env of AntMaze
     dataset `dataset_name`; one result per seed, in `seeds` order.
 
@@ -524,6 +689,8 @@ def evaluate_antmaze(policy_fn: PolicyFn, seeds: Sequence[int], dataset_name: st
     with goal_noise per_episode); with per_run (D4RL v0; default from the registry) the goal noise
     comes from `run_goal_seed(eval_seed, s)`. At most `max_envs` envs exist at once: episodes are
     played in waves of max(1, max_envs // S) per seed, so policy_fn sees [S, E_wave, obs_dim].
+    `workers` > 1: the envs are stepped by that many worker processes (`play_episodes`), with
+    the same results.
     """
     task = antmaze_task(dataset_name, entry, registry_path)
     goal_noise = goal_noise or task.goal_noise
@@ -539,21 +706,20 @@ def evaluate_antmaze(policy_fn: PolicyFn, seeds: Sequence[int], dataset_name: st
         maker = antmaze_env_fn(dataset_name, entry=entry, minari_root=minari_root,
                                registry_path=registry_path)
         makers = [maker] * S
-    envs = [makers[i]() for i in range(S) for _ in range(wave)]
+    envs = _env_group([makers[i] for i in range(S) for _ in range(wave)], workers)
     out = {"returns": np.zeros((S, n_episodes)), "success": np.zeros((S, n_episodes), bool),
            "lengths": np.zeros((S, n_episodes), np.int64)}
     nonfinite = np.zeros(S, bool)
     try:
         for start in range(0, n_episodes, wave):
             ks = list(range(start, min(start + wave, n_episodes)))
-            used = [envs[i * wave + j] for i in range(S) for j in range(len(ks))]
-            played = play_episodes(policy_fn, used, S, [episode_seed(eval_seed, s, k) for s in seeds for k in ks])
+            used = np.array([i * wave + j for i in range(S) for j in range(len(ks))])
+            played = _play(policy_fn, envs, used, S, [episode_seed(eval_seed, s, k) for s in seeds for k in ks])
             for key in out:
                 out[key][:, ks] = played[key].reshape(S, len(ks))
             nonfinite |= played["nonfinite"]
     finally:
-        for env in envs:
-            env.close()
+        envs.close()
 
     results = []
     for i, seed in enumerate(seeds):

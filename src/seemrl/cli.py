@@ -113,7 +113,9 @@ def cmd_table(a: argparse.Namespace) -> None:
     if t.meta.get("ref_max_score") is None and "ref_max_score" in entry:
         t.meta.update(ref_min_score=entry["ref_min_score"], ref_max_score=entry["ref_max_score"],
                       ref_source=f"registry ({entry['source']})")
-    t.meta.update(registry_name=a.dataset, eval_env_id=entry["env_id"])
+    # the entry travels with the data: evaluation (e.g. AntMaze's maze, goal noise, episode cap)
+    # follows the registry the workflow was run with, not the package's copy
+    t.meta.update(registry_name=a.dataset, eval_env_id=entry["env_id"], registry_entry=entry)
     write_transitions(a.out, t)
     card = dataset_card(t, a.out)
     write_json_atomic(a.card, card)
@@ -128,10 +130,11 @@ def cmd_subset(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ training
-def _evaluator(t, cfg, seeds: list[int], data_path: str):
+def _evaluator(t, cfg, seeds: list[int], data_path: str, workers: int = 1):
     """The evaluate(nets) function of a run (None without evaluation) and a description of it.
     AntMaze datasets are evaluated in the maze, start and goal of their data
-    (`seemrl.antmaze`); everything else in the registry's evaluation environment."""
+    (`seemrl.antmaze`), stepped by `workers` processes; everything else in the registry's
+    evaluation environment."""
     import functools
 
     if not cfg.eval_every:
@@ -145,11 +148,13 @@ def _evaluator(t, cfg, seeds: list[int], data_path: str):
         from seemrl.antmaze import evaluate_antmaze
 
         def evaluate(nets):
+            @torch.no_grad()
             def policy_fn(obs: np.ndarray) -> np.ndarray:
                 x = torch.as_tensor(obs, dtype=torch.float32, device=nets.obs_mean.device)
                 return nets.policy(nets.normalize(x)).cpu().numpy()
-            return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed)
-        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.antmaze)", **ref}
+            return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed,
+                                    entry=t.meta.get("registry_entry"), workers=workers)
+        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.antmaze)", "eval_workers": workers, **ref}
     from seemrl.evaluation import evaluate_policies
 
     env_id = t.meta.get("eval_env_id") or t.meta.get("env_id")
@@ -171,7 +176,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     algo = trainer_module(a.trainer)
     params, cfg, seeds, device, device_info = _run_settings(a, algo.Config, a.trainer)
     t = read_transitions(a.data)
-    evaluate, eval_info = _evaluator(t, cfg, seeds, a.data)
+    evaluate, eval_info = _evaluator(t, cfg, seeds, a.data, workers=a.threads)
     mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
     prepared = {}
     if hasattr(algo, "prepare_data"):  # reward transforms, sampling weights: the algorithm's own

@@ -14,13 +14,14 @@ nor touch the other seeds' environments.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 import pandas as pd
-import torch
 
-from seemrl.algos.td3 import TD3Nets
+if TYPE_CHECKING:  # torch is imported where it runs: AntMaze's env worker processes import this module
+    from seemrl.algos.td3 import TD3Nets
 
 EVAL_COLUMNS = ("step", "seed", "return_mean", "return_std", "normalized_score", "nonfinite_actions")
 
@@ -47,11 +48,12 @@ def episode_seed(eval_seed: int, seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([eval_seed, seed, episode]).generate_state(1)[0])
 
 
-@torch.no_grad()
 def evaluate_policies(nets: TD3Nets, seeds: list[int], env_id: str, n_episodes: int,
                       eval_seed: int = 0, ref_min: float | None = None,
                       ref_max: float | None = None) -> list[SeedEvaluation]:
     """Play `n_episodes` episodes with each seed's deterministic policy; one result per seed."""
+    import torch
+
     S, n = len(seeds), n_episodes
     device = nets.obs_mean.device
     envs = gym.make_vec(env_id, num_envs=S * n, vectorization_mode="sync")
@@ -66,7 +68,8 @@ def evaluate_policies(nets: TD3Nets, seeds: list[int], env_id: str, n_episodes: 
         nonfinite = np.zeros(S, dtype=bool)
         while running.any():
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(S, n, -1)
-            action = nets.policy(nets.normalize(obs_t))
+            with torch.no_grad():
+                action = nets.policy(nets.normalize(obs_t))
             bad = ~torch.isfinite(action)
             nonfinite |= bad.flatten(1).any(1).cpu().numpy()
             action = torch.where(bad, torch.zeros_like(action), action)
