@@ -443,7 +443,8 @@ def test_cuda_graph_equals_eager_on_cuda_and_state_round_trips(critic):
         for k in range(300):
             replay.add(data[:, k])
         t = osac.SACTrainer(cfg, [0, 1, 2], osac.build_nets(cfg, [0, 1, 2], 11, 3), replay, "cuda")
-        assert t.graphed == graph and t.mode == ("CUDA graph" if graph else "eager (cuda_graph=False)")
+        fused = ", LayerNorm + activation compiled into one kernel" if critic else ""
+        assert t.graphed == graph and t.mode == ("CUDA graph" if graph else "eager (cuda_graph=False)") + fused
         return t
 
     def run(t: osac.SACTrainer, steps: range) -> list:
