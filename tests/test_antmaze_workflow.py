@@ -181,6 +181,7 @@ def test_antmaze_d4rl_file_fetched_trained_evaluated_analysed_and_reported(tmp_p
     assert table.meta["registry_name"] == DATASET and table.meta["d4rl_file_sha256"] == sha256_file(served)
     card = json.loads((project / f"resources/datasets/{DATASET}/card.json").read_text())
     assert (card["obs_dim"], card["n_transitions"]) == (29, len(table))
+    assert card["antmaze_position_jumps"] == 0  # its timeouts end its episodes (unlike D4RL's v0 files)
     assert len(read_transitions(project / f"resources/datasets/{DATASET}/subset-100pct.parquet")) == len(table)
 
     # trained, evaluated in the maze, SEEM over every checkpoint

@@ -205,3 +205,26 @@ def test_fetch_uses_base_url_from_environment(http_server, tmp_path, monkeypatch
     path = fetch_d4rl(name, tmp_path / "store", tmp_path / "lock.json", log=quiet)
     assert path == tmp_path / "store" / D4RL_FILES[name] and path.read_bytes() == b"antmaze bytes"
     assert http_server.gets()[0][1] == "/" + D4RL_FILES[name]
+
+
+def test_antmaze_position_jumps_are_counted_and_kept(tmp_path, caplog):
+    """D4RL's v0 AntMaze files have timeouts out of step with episode ends (D4RL issue #77): some
+    next states belong to another episode. They are kept (as d4rl.qlearning_dataset keeps them)
+    and counted in the metadata; a file whose episodes end at its timeouts counts none."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    walk = lambda start, n: start + np.cumsum(rng.uniform(-0.05, 0.05, (n, 2)), 0)
+    xy = np.concatenate([walk(np.array([0.0, 0.0]), 10), walk(np.array([8.0, 8.0]), 10)])
+    obs = np.concatenate([xy, rng.normal(size=(20, 27))], 1).astype(np.float32)
+    arrays = {"observations": obs, "actions": rng.uniform(-1, 1, (20, 8)).astype(np.float32),
+              "rewards": np.zeros(20, np.float32), "terminals": np.zeros(20, bool)}
+    for timeouts, jumps in ((np.zeros(20, bool), 1), (np.arange(20) == 9, 0)):  # v0-like, then fixed
+        path = tmp_path / f"antmaze-{jumps}.hdf5"
+        write_d4rl(path, {**arrays, "timeouts": timeouts})
+        with caplog.at_level(logging.WARNING, logger="seemrl.data.d4rl"):
+            caplog.clear()
+            t = read_d4rl_hdf5(path, "antmaze-medium-diverse-v0", "AntMaze_Medium_Diverse_GR-v5")
+        assert t.meta["antmaze_position_jumps"] == jumps
+        assert len(t) == 19 - (jumps == 0)  # the last row, and a timeout row, have no next state
+        assert ("D4RL issue #77" in caplog.text) == bool(jumps) and (str(path) in caplog.text) == bool(jumps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,8 @@ import numpy as np
 from seemrl.data.download import DownloadResult
 from seemrl.data.lockfile import verified_download
 from seemrl.data.transitions import DatasetError, Transitions, write_transitions
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl"
 BASE_URL_ENV = "SEEMRL_D4RL_BASE_URL"
@@ -140,11 +143,29 @@ def read_d4rl_hdf5(path: str | os.PathLike, name: str, env_id: str) -> Transitio
         "d4rl_rows_in_file": n,
         "d4rl_next_obs_from": "next_observations" if has_next else "observations[i+1]",
     }
+    if name.startswith("antmaze"):
+        jumps = int(antmaze_position_jumps(obs[rows], next_obs))
+        meta["antmaze_position_jumps"] = jumps
+        if jumps:
+            log.warning("%s: %d transitions move the ant more than %.1f in one step: episode ends the "
+                        "file's timeouts miss (D4RL's v0 AntMaze files, D4RL issue #77). Kept, as "
+                        "d4rl.qlearning_dataset (the paper's data) keeps them; the v2 files fix it.",
+                        path, jumps, ANTMAZE_MAX_STEP)
     return Transitions(
         obs=obs[rows], action=arrays["actions"][rows], reward=arrays["rewards"][rows],
         next_obs=next_obs, terminal=terminals[rows], timeout=timeout[rows],
         episode_id=episode_id[rows], step=step[rows], meta=meta,
     )
+
+
+# The ant moves at most a few tenths of a unit per environment step (dt 0.1 s); a larger move of
+# its torso (x, y: observation columns 0 and 1) means next_obs belongs to another episode.
+ANTMAZE_MAX_STEP = 1.0
+
+
+def antmaze_position_jumps(obs: np.ndarray, next_obs: np.ndarray) -> int:
+    """Transitions whose torso position moves more than ANTMAZE_MAX_STEP."""
+    return int((np.linalg.norm(next_obs[:, :2] - obs[:, :2], axis=1) > ANTMAZE_MAX_STEP).sum())
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

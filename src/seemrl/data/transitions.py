@@ -237,6 +237,7 @@ def dataset_card(t: Transitions, path: str | os.PathLike) -> dict[str, Any]:
         "act_dim": t.act_dim,
         "n_terminals": int(t.terminal.sum()),
         "n_timeouts": int(t.timeout.sum()),
+        **({"antmaze_position_jumps": t.meta["antmaze_position_jumps"]} if "antmaze_position_jumps" in t.meta else {}),
         "normalised_score": {
             "formula": "100 * (R - ref_min_score) / (ref_max_score - ref_min_score)",
             "ref_min_score": t.meta.get("ref_min_score"),
