@@ -513,3 +513,24 @@ def test_analyse_run_on_a_batchnorm_critic_leaves_running_statistics_alone(tmp_p
     second = analyse_run(tmp_path, data, n_samples=16, sample_seed=1)
     pd.testing.assert_frame_equal(first, second)
     assert np.isfinite(first[["seem", "td_loss", "critic_grad_norm", "q_data_mean"]].to_numpy()).all()
+
+
+def test_training_rewards_are_the_algorithms_own(run_dir, tmp_path):
+    """The analysis's TD loss uses the rewards the run trained on: raw for TD3, x10 for the
+    authors' Diffusion-QL (its prepare_data)."""
+    from seemrl.algos import diffql
+    from seemrl.analysis.seem import training_rewards
+    from seemrl.data.transitions import Transitions
+
+    n = 40
+    a = transitions(n)
+    reward = np.tile(np.array([0.0, 1.0], np.float32), n // 2)
+    t = Transitions(obs=a["obs"], action=a["action"], reward=reward, next_obs=a["next_obs"],
+                    terminal=np.zeros(n, bool), timeout=np.arange(n) % 10 == 9, episode_id=np.arange(n) // 10,
+                    step=np.arange(n) % 10)
+    np.testing.assert_array_equal(training_rewards(t, run_dir), reward)  # TD3 trains on raw rewards
+    cfg = diffql.DiffQLConfig(hidden=(8, 8), reward_transform="x10")
+    out = tmp_path / "diffql"
+    out.mkdir()
+    diffql.save_checkpoint(out / checkpoint_name(0), diffql.build_nets(cfg, [0], OBS, ACT), cfg, [0], 0, [None])
+    np.testing.assert_array_equal(training_rewards(t, out), 10 * reward)

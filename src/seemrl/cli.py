@@ -296,14 +296,14 @@ def cmd_report_online(a: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ analysis and report
 def cmd_seem(a: argparse.Namespace) -> None:
-    from seemrl.analysis.seem import analyse_run, divergence_verdict
+    from seemrl.analysis.seem import analyse_run, divergence_verdict, training_rewards
     from seemrl.data.transitions import read_transitions
     from seemrl.io import atomic_path
 
     _setup(a.threads)
     t = read_transitions(a.data)
-    arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs, "reward": t.reward,
-              "terminal": t.terminal}
+    arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs,
+              "reward": training_rewards(t, a.checkpoints), "terminal": t.terminal}
     df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
                      device=_job_device(a)[0], replace=not a.without_replacement)
     with atomic_path(a.out) as tmp:

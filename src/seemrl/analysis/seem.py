@@ -545,6 +545,29 @@ def _analyse_checkpoint(ckpt: Checkpoint, batch: dict[str, torch.Tensor], chunk_
 COSINE_KINDS = ("params", "ntk", "actions")
 
 
+def training_rewards(transitions, checkpoint_dir: str | Path) -> np.ndarray:
+    """The rewards the run in `checkpoint_dir` trained on, from its transition table
+    (`seemrl.data.transitions.Transitions`): its algorithm's `prepare_data` (reward transforms
+    such as Diffusion-QL's x10 or IQL's scaling), or the table's rewards where the algorithm
+    trains on them as they are. Passed to `analyse_run`, the TD loss has the training's scale."""
+    from seemrl.algos import trainer_module
+    from seemrl.engine import read_checkpoint
+
+    paths = checkpoint_paths(checkpoint_dir)
+    if not paths:
+        raise FileNotFoundError(f"no checkpoints in {checkpoint_dir}")
+    payload = read_checkpoint(paths[0])
+    module = trainer_module(payload["format"].split(".")[1])
+    if not hasattr(module, "prepare_data"):
+        return np.asarray(transitions.reward, np.float32)
+    data, _ = module.prepare_data(transitions, module.Config(**payload["config"]), "cpu")
+    reward = data.reward.reshape(-1).cpu().numpy()
+    if len(reward) != len(transitions):
+        raise ValueError(f"{payload['format']}'s prepare_data returned {len(reward)} rewards for "
+                         f"{len(transitions)} transitions")
+    return reward
+
+
 def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], n_samples: int,
                 sample_seed: int, device: str | torch.device = "cpu", chunk_size: int = 512,
                 replace: bool = True, max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES,
