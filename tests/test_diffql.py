@@ -93,7 +93,7 @@ def test_seed_in_batch_matches_seed_alone(tmp_path, extra):
     obs = torch.randn(1, 6, OBS)
     pa = together.policy_greedy(obs.expand(2, 6, OBS))
     pb = alone.policy_greedy(obs)
-    torch.testing.assert_close(pa[1], pb[0], rtol=1e-4, atol=1e-5)
+    checks.assert_same_run(pa[1], pb[0], "greedy policy", rtol=1e-4, atol=1e-5)
 
 
 def test_same_seed_same_result(tmp_path):

@@ -37,6 +37,23 @@ BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as n
 OFN_EPS = 1e-6  # OFN divides by max(||x||, OFN_EPS)
 
 
+def stacked_affine(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight over stacked seeds ([S, 1, out] + [S, B, in] @ [S, in, out]), with each
+    seed's rows bit for bit the same whether the stack holds it alone or among others.
+
+    On the CPU a stack of one seed runs as a plain matrix product and a stack of several as a
+    batched one; the two round differently when the output is 1 wide (a matrix-vector product)
+    or, with the bias fused, when the input is. Those products get a zero second column, or the
+    bias added apart. On CUDA the fused product runs as it is (`docs/seed_independence.md`)."""
+    if x.is_cuda:
+        return torch.baddbmm(bias, x, weight)
+    if weight.shape[-1] == 1:
+        return torch.baddbmm(bias, x, F.pad(weight, (0, 1)))[..., :1]
+    if weight.shape[-2] == 1:
+        return torch.bmm(x, weight) + bias
+    return torch.baddbmm(bias, x, weight)
+
+
 class StackedMLP(nn.Module):
     """S independent MLPs: Linear -> [norm] -> activation -> [dropout] per hidden layer, then
     [OFN] -> Linear (optionally weight-normalised) for the output.
@@ -199,7 +216,7 @@ class StackedMLP(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.weights) == 1:  # no hidden layer: the output layer alone
-            return torch.baddbmm(self.biases[-1], x, self.output_weight())
+            return stacked_affine(self.biases[-1], x, self.output_weight())
         if self.training and self.dropout > 0 and self.dropout_generators is not None \
                 and x.shape[0] != len(self.dropout_generators):
             raise ValueError(f"input has {x.shape[0]} seeds but there are {len(self.dropout_generators)} dropout generators")
@@ -211,7 +228,7 @@ class StackedMLP(nn.Module):
             return torch.bmm(x, self.weights[k])
         if torch.compiler.is_compiling():  # the bias joins the next pointwise kernel (activation, norm)
             return torch.bmm(x, self.weights[k]) + self.biases[k]
-        return torch.baddbmm(self.biases[k], x, self.weights[k])
+        return stacked_affine(self.biases[k], x, self.weights[k])
 
     def forward_from(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
         """The rest of the forward pass from hidden layer `layer`'s linear output h [S, B, width]
@@ -234,7 +251,7 @@ class StackedMLP(nn.Module):
                 x = x * masks[k]
         if self.ofn:
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(OFN_EPS)
-        return torch.baddbmm(self.biases[-1], x, self.output_weight())
+        return stacked_affine(self.biases[-1], x, self.output_weight())
 
     def output_weight(self) -> torch.Tensor:
         """The output layer's effective weight [S, in, out] (after WeightNorm, if any)."""

@@ -92,7 +92,7 @@ from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedT
                            read_checkpoint, return_priorities, sampling_cdf, set_lr, train_loop,
                            transform_reward, weighted_indices, write_checkpoint)
 from seemrl.engine import REWARD_TRANSFORMS
-from seemrl.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators
+from seemrl.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators, stacked_affine
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.diffql.v1"
@@ -408,7 +408,7 @@ class DiffusionActor(nn.Module):
     def state_projection(self, s: torch.Tensor) -> torch.Tensor:
         """The first layer's state term plus bias, [S, M, hidden], for `sampling_eps`."""
         w = self.net.weights[0][:, self.act_dim + self.time_embed:]
-        return torch.baddbmm(self.net.biases[0], s, w)
+        return stacked_affine(self.net.biases[0], s, w)
 
     def time_projection(self, times: torch.Tensor) -> torch.Tensor:
         """The first layer's time term at each of `times` [K], [S, K, hidden], for `sampling_eps`."""
@@ -419,7 +419,7 @@ class DiffusionActor(nn.Module):
     def sampling_eps(self, x: torch.Tensor, t_proj: torch.Tensor, s_proj: torch.Tensor) -> torch.Tensor:
         """eps(x, t, s) for one time t shared by all rows, given its `time_projection` [S, 1,
         hidden] and `state_projection(s)`."""
-        h = torch.baddbmm(s_proj + t_proj, x, self.net.weights[0][:, :self.act_dim])
+        h = stacked_affine(s_proj + t_proj, x, self.net.weights[0][:, :self.act_dim])
         return self.net.forward_from(h, 0)
 
 

@@ -70,7 +70,7 @@ from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
 from seemrl.engine import (REWARD_TRANSFORMS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
                            StackedTrainer, TrainResult, cosine_lr, episode_returns, make_optimizer,
                            read_checkpoint, set_lr, train_loop, transform_reward, write_checkpoint)
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators
+from seemrl.nets import StackedMLP, per_seed_norm, seed_generators, stacked_affine
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "seemrl.iql.v1"
@@ -319,8 +319,8 @@ class IQLTrainer(CriticTrainer):
         masks = ((u >= p).to(obs_n.dtype) * (1.0 / (1.0 - p))).split(net.dims[1:-1], dim=-1)
         x = obs_n
         for k in range(len(net.weights) - 1):
-            x = F.relu(torch.baddbmm(net.biases[k], x, net.weights[k])) * masks[k]
-        return torch.baddbmm(net.biases[-1], x, net.weights[-1])
+            x = F.relu(stacked_affine(net.biases[k], x, net.weights[k])) * masks[k]
+        return stacked_affine(net.biases[-1], x, net.weights[-1])
 
     def _update(self, draws: dict[str, torch.Tensor], kind, grad_norm: bool,
                 set_to_none: bool) -> dict[str, torch.Tensor]:
