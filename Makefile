@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make run   - create .venv if missing, install the pinned environment, run the embedded demo
-#   make test  - the test suite, in the same environment
+#   make test  - the test suite, in the same environment plus the test, dvc and tracking extras
 # Both are idempotent: a second `make run` installs nothing and Snakemake has nothing to do.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.seemrl-installed
+TEST_STAMP := $(VENV)/.seemrl-test-installed
 SNAKEMAKE_ARGS ?=
 
 # Jobs and tests find the venv's tools; caches stay inside the project, never in $HOME.
@@ -18,7 +19,8 @@ export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 run: $(STAMP)
 	$(BIN)/snakemake --cores all $(SNAKEMAKE_ARGS)
 
-test: $(STAMP)
+# the test suite (with the workflow's lint and format checks among its tests)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -28,6 +30,11 @@ dry-run: $(STAMP)
 
 $(STAMP): envs/requirements-cpu.txt envs/requirements-gpu.txt envs/install.sh pyproject.toml
 	PYTHON=$(PYTHON) VENV=$(VENV) bash envs/install.sh
+	touch $@
+
+# the tracking, dvc and test extras (pyproject.toml), pinned
+$(TEST_STAMP): $(STAMP) envs/requirements-extras.txt
+	$(BIN)/python -m pip install -r envs/requirements-extras.txt
 	touch $@
 
 clean-results:

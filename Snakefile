@@ -29,7 +29,8 @@ localrules:
 
 
 rule all:
+    """Everything the config asks for: the offline runs and their report, online SAC, the theory experiments."""
     input:
         report_outputs(),
-        ["results/report/online_sac.png"] if config.get("online", {}).get("envs") else [],
+        online_outputs(),
         theory_outputs(),

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from seemrl.cli import main
@@ -6,6 +8,18 @@ from seemrl.cli import main
 def test_train_rejects_unknown_hyperparameter_by_name(tmp_path):
     with pytest.raises(SystemExit, match="stpes"):
         main(["train", "--data", str(tmp_path / "x.parquet"), "--params", '{"stpes": 10}', "--seeds", "0",
+              "--checkpoints", str(tmp_path / "c"), "--metrics", str(tmp_path / "m"), "--run", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("trainer, params, needle", [
+    ("iql", '{"critic_lr": "3e-4"}', "params.critic_lr: expected a number, got '3e-4' (a string) (YAML"),
+    ("iql", '{"hidden": "256"}', "params.hidden: expected a list of integers (at least 1), got '256'"),
+    ("cql", '{"hidden": []}', "params.hidden: expected a list of integers (at least 1), got 0 item(s)"),
+    ("diffql", '{"lr": 0}', "params: lr must be > 0"),
+])
+def test_train_names_the_field_of_a_bad_value(tmp_path, trainer, params, needle):
+    with pytest.raises(SystemExit, match=re.escape(needle)):
+        main(["train", "--trainer", trainer, "--data", str(tmp_path / "x.parquet"), "--params", params, "--seeds", "0",
               "--checkpoints", str(tmp_path / "c"), "--metrics", str(tmp_path / "m"), "--run", str(tmp_path / "r")])
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from seemrl.gpu_lease import Lease, acquire, lease_device, scheduler_isolated
+from seemrl.gpu_lease import DEFAULT_LOCK_DIR, Lease, acquire, lease_device, scheduler_isolated
 
 HOLDER = """
 import sys, time
@@ -83,3 +83,38 @@ def test_fake_pool_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SEEMRL_GPU_POOL", "zero")
     with pytest.raises(ValueError, match="SEEMRL_GPU_POOL"):
         lease_device("cuda", tmp_path)
+
+
+CHECKOUT_HOLDER = """
+import sys, time
+from seemrl.cli import build_parser
+from seemrl.gpu_lease import lease_device
+# the lease settings a job of this checkout gets: the CLI's defaults, read from the environment
+a = build_parser().parse_args(["seem", "--checkpoints", "c", "--data", "d", "--samples", "2", "--out", "o"])
+lease = lease_device("cuda", a.lease_dir, a.gpu_slots, log=lambda m: None)
+print(lease.index, a.lease_dir, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("lease_dir", [None, "configured"])
+def test_jobs_of_two_checkouts_on_one_host_lease_distinct_gpus(tmp_path, lease_dir):
+    """The lease directory belongs to the host (or is configured), not to the checkout a job runs in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SEEMRL_LEASE_DIR", "SLURM_JOB_ID", "SEEMRL_GPU_SLOTS")}
+    env["SEEMRL_GPU_POOL"] = "90,91"  # fake GPUs of their own: no real job's lock file is touched
+    if lease_dir:
+        env["SEEMRL_LEASE_DIR"] = str(tmp_path / lease_dir)
+    holders = []
+    try:
+        for checkout in ("clone-a", "clone-b"):
+            (tmp_path / checkout).mkdir()
+            holders.append(subprocess.Popen([sys.executable, "-c", CHECKOUT_HOLDER], cwd=tmp_path / checkout, env=env,
+                                            stdout=subprocess.PIPE, text=True))
+        got = [p.stdout.readline().split() for p in holders]
+        assert sorted(int(index) for index, _ in got) == [90, 91]
+        expected = str(tmp_path / lease_dir) if lease_dir else DEFAULT_LOCK_DIR
+        assert {d for _, d in got} == {expected} and os.path.isabs(expected)
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()

@@ -77,8 +77,8 @@ PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, t
     "seem_figures.yaml": ("all", 5 * 2 * 2 + 5, 5 * 2 * 2 + 5, 0, 0),
     "normalizations.yaml": ("all", 2 * 10 + 3 * 9, 2 * 10 + 3 * 9, 0, 0),
     "ablation.yaml": ("all", 9 * 2 * 4, 9 * 2 * 4, 0, 0),
-    "online_sac.yaml": ("results/report/online_sac.png", 0, 0, 2 * 3, 0),
-    "theory.yaml": ("theory", 0, 0, 0, 4),
+    "online_sac.yaml": ("all", 0, 0, 2 * 3, 0),
+    "theory.yaml": ("all", 0, 0, 0, 4),
 }
 
 
@@ -96,12 +96,12 @@ def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
 
 
 @pytest.mark.parametrize("mutate, needle", [
-    (lambda c: c["algorithms"]["td3_seem"].__setitem__("stpes", 10), "'stpes' was unexpected"),
+    (lambda c: c["algorithms"]["td3_seem"].__setitem__("stpes", 10), "algorithms.td3_seem: unknown field(s) ['stpes']"),
     (lambda c: c.__setitem__("analyses", {}), "'analyses' was unexpected"),
     (lambda c: c["experiment"].__setitem__("critic_norms", ["none", "lnn"]), "experiment.critic_norms"),
     (lambda c: c["experiment"].__setitem__("percents", [0]), "percents"),
     (lambda c: c["experiment"].__setitem__("datasets", ["hopper-medum-v2"]), "hopper-medium-v2"),
-    (lambda c: c["recipes"]["demo"].__setitem__("sac_step", 5), "'sac_step' was unexpected"),
+    (lambda c: c["recipes"]["demo"].__setitem__("sac_step", 5), "recipes.demo: unknown field(s) ['sac_step']"),
     (lambda c: c.__setitem__("registry", "config/nope.yaml"), "config/nope.yaml"),
     (lambda c: c["algorithms"].__setitem__("iql", {"trainer": "iql", "expectil": 0.7}) or
      c["experiment"]["algorithms"].append("iql"), "algorithms.iql: unknown field(s) ['expectil']"),
@@ -117,6 +117,42 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
     proc = snakemake(tmp_path, config, "-n", check=False)
     assert proc.returncode != 0
     assert needle in proc.stdout + proc.stderr
+
+
+# Every algorithm's fields are typed by its Config: a wrong type, a wrong length and an unknown field
+# each fail when the workflow is read, naming the key and the expected type.
+LR_FIELD = {"td3": "lr", "iql": "critic_lr", "cql": "critic_lr", "diffql": "lr"}
+
+
+@pytest.mark.parametrize("trainer", sorted(LR_FIELD))
+@pytest.mark.parametrize("field, value, needles", [
+    ("lr", "3e-4", ["expected a number, got '3e-4' (a string)", "write 3.0e-4"]),
+    ("hidden", "256", ["hidden: expected a list of integers (at least 1), got '256' (a string)"]),
+    ("hidden", [], ["hidden: expected a list of integers (at least 1), got 0 item(s)"]),
+    ("batch_size", 25.6, ["batch_size: expected an integer, got 25.6 (a number)"]),
+    ("stpes", 10, ["unknown field(s) ['stpes']"]),
+])
+def test_every_algorithm_field_is_typed_by_its_config(tmp_path, trainer, field, value, needles):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    field = LR_FIELD[trainer] if field == "lr" else field
+    config["algorithms"]["mine"] = {"trainer": trainer, field: value}  # defined, used by no cell: checked too
+    out = "\n".join(snakemake(tmp_path, config, "-n", check=False).stdout.splitlines()[:3])
+    assert f"config key algorithms.mine" in out and all(n in out for n in needles), out
+
+
+@pytest.mark.parametrize("section, mutate, needle", [
+    ("critic_norms", lambda c: c["critic_norms"]["ln"].__setitem__("affine", "yes"),
+     "critic_norms.ln.affine: expected true or false, got 'yes'"),
+    ("recipes", lambda c: c["recipes"]["demo"].__setitem__("hidden", [256, "256"]),
+     "recipes.demo.hidden.1: expected an integer, got '256' (a string)"),
+    ("online", lambda c: c["online"]["variants"]["sac_ema"].__setitem__("tau", "5e-3"),
+     "online.variants.sac_ema.tau: expected a number, got '5e-3' (a string) (YAML"),
+])
+def test_other_typed_sections_name_the_key(tmp_path, section, mutate, needle):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    mutate(config)
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0 and needle in proc.stdout, proc.stdout[-2000:]
 
 
 TINY = copy.deepcopy(DEFAULT_CONFIG)
@@ -177,6 +213,23 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     again = smk(TINY)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # where and how jobs run changes nothing they computed: no job is planned again
+    moved_how = copy.deepcopy(TINY)
+    moved_how["resources"] = {"device": "cpu", "train_threads": 2, "gpu_slots": 3, "lease_dir": str(tmp_path / "leases")}
+    moved_how["tracking"] = {"tensorboard": True, "wandb": True, "wandb_mode": "offline"}
+    assert job_counts(smk(moved_how, "-n").stdout) == {}
+    assert job_counts(smk(TINY, "-n", "--profile", str(tmp_path / "project/profiles/slurm"),
+                          "--executor", "local").stdout) == {}
+
+    # a finished project moved elsewhere (cluster scratch) is up to date where it lands
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved, symlinks=True)  # copy2: the files keep their mtimes
+    try:
+        out = snakemake(moved, TINY, "-n", snakefile=moved / "project/Snakefile").stdout
+        assert job_counts(out) == {}, out[-3000:]
+    finally:
+        shutil.rmtree(moved)
+
     # changing one training parameter reruns training and what depends on it, nothing else
     changed = copy.deepcopy(TINY)
     changed["algorithms"]["td3_seem"]["lr"] = 1e-3
@@ -204,7 +257,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
             path.write_text(text)
             os.utime(path, (before.st_atime, before.st_mtime))
 
-    assert rerun_after_touching("report.py") == {"report_tables": 1, "report_figure": 1, "all": 1}
+    assert rerun_after_touching("report.py") == {"report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
     assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "all": 1}
     assert rerun_after_touching("engine.py") == {
         "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}

@@ -24,11 +24,18 @@ _LEASES = []  # device leases live as long as the process (the kernel frees them
 
 def _job_device(a: argparse.Namespace) -> tuple[str, dict]:
     """The job's torch device, with a GPU of its own when it runs on CUDA (`seemrl.gpu_lease`),
-    and what run.json records about it."""
+    and what run.json records about it. Called before a command touches anything, so a job sent
+    to a device this machine lacks fails without harm (its resume state is left as it was)."""
+    import socket
+
     from seemrl.gpu_lease import lease_device
 
-    lease = lease_device(resolve_device(a.device), getattr(a, "lease_dir", None) or ".cache/gpu-leases",
-                         getattr(a, "gpu_slots", 1) or 1, log=log.info)
+    try:
+        device = resolve_device(a.device)
+    except ValueError as exc:
+        raise SystemExit(f"{exc} (host {socket.gethostname()}; the workflow's resources.device, "
+                         f"exported to jobs as $SEEMRL_DEVICE)")
+    lease = lease_device(device, a.lease_dir, a.gpu_slots, log=log.info)
     _LEASES.append(lease)
     if lease.device.startswith("cuda"):
         import torch
@@ -40,10 +47,12 @@ def _job_device(a: argparse.Namespace) -> tuple[str, dict]:
 
 def _run_settings(a: argparse.Namespace, config_cls, what: str):
     """A training command's parameters (JSON), its config, seeds and leased device."""
+    from seemrl.config import build
+
     try:
         params = json.loads(a.params)
-        cfg = config_cls(**params)
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        cfg = build(config_cls, params, "params")
+    except ValueError as exc:  # bad JSON, a field's type or value, an unknown field: named
         raise SystemExit(f"bad {what} training parameters {a.params!r}: {exc}")
     seeds = [int(s) for s in a.seeds.split(",")]
     return (params, cfg, seeds, *_job_device(a))
@@ -82,7 +91,9 @@ def cmd_recipe_train(a: argparse.Namespace) -> None:
     from seemrl.data.recipe import recipe_train_main
 
     _setup(a.threads)
-    recipe_train_main(a.env_id, a.out, a.recipe, device=resolve_device(a.device))
+    device, _ = _job_device(a)
+    recipe_train_main(a.env_id, a.out, a.recipe, device=device, resume_dir=a.resume_dir,
+                      resume_every_s=a.resume_every_s)
 
 
 def cmd_recipe_dataset(a: argparse.Namespace) -> None:
@@ -376,13 +387,19 @@ def cmd_predictions(a: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ parser
 def _device_args(sp: argparse.ArgumentParser) -> None:
+    """Where a job runs: the workflow exports these to its jobs' environment (never as rule
+    parameters), so changing them changes no result and reruns nothing."""
     import os
 
-    sp.add_argument("--gpu-slots", type=int, default=int(os.environ.get("SEEMRL_GPU_SLOTS", 1)),
+    from seemrl.gpu_lease import DEFAULT_LOCK_DIR
+
+    sp.add_argument("--device", default=os.environ.get("SEEMRL_DEVICE") or "auto",
+                    help="auto | cpu | cuda | cuda:N; default $SEEMRL_DEVICE or auto")
+    sp.add_argument("--gpu-slots", type=int, default=int(os.environ.get("SEEMRL_GPU_SLOTS") or 1),
                     help="jobs that may share one GPU (small networks); default $SEEMRL_GPU_SLOTS or 1")
-    sp.add_argument("--lease-dir", default=os.environ.get("SEEMRL_LEASE_DIR", ".cache/gpu-leases"),
-                    help="lock files of the GPU leases, shared by the jobs of one machine "
-                         "(default $SEEMRL_LEASE_DIR or .cache/gpu-leases)")
+    sp.add_argument("--lease-dir", default=os.environ.get("SEEMRL_LEASE_DIR") or DEFAULT_LOCK_DIR,
+                    help="lock files of the GPU leases, shared by every job of the host, whichever "
+                         f"checkout it comes from (default $SEEMRL_LEASE_DIR or {DEFAULT_LOCK_DIR})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,9 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("recipe-train", cmd_recipe_train, "D4RL's recipe, step 1: online SAC with snapshots")
     sp.add_argument("--env-id", required=True)
     sp.add_argument("--recipe", required=True, help="JSON of RecipeConfig fields")
-    sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--resume-dir", help="where the SAC state is kept between attempts; not an output: "
+                    "continued if it matches this recipe, deleted when the recipe completes")
+    sp.add_argument("--resume-every-s", type=float, default=600.0,
+                    help="seconds between saves of the SAC state (at snapshot steps)")
+    _device_args(sp)
 
     sp = add("recipe-dataset", cmd_recipe_dataset, "D4RL's recipe, step 2: one level's Minari dataset")
     sp.add_argument("--level", required=True)
@@ -441,7 +462,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", required=True, help="JSON of the algorithm's Config fields")
     sp.add_argument("--seeds", required=True, help="comma-separated seeds")
     sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
-    sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--checkpoints", required=True)
     sp.add_argument("--metrics", required=True)
@@ -456,7 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", required=True, help="JSON of OnlineSACConfig fields")
     sp.add_argument("--seeds", required=True, help="comma-separated seeds")
     sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
-    sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--resume-dir")
     for out in ("checkpoints", "metrics", "evaluations", "episodes", "run"):
@@ -475,7 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample-seed", type=int, default=0)
     sp.add_argument("--without-replacement", action="store_true",
                     help="draw the SEEM batch without replacement (default: with, as the authors)")
-    sp.add_argument("--device", default="auto")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
     _device_args(sp)

@@ -13,9 +13,14 @@ strands a GPU and there is nothing to clean up.
   `--gpus=1`), leasing is a no-op: the job uses the first visible device.
 - The pool is `SEEMRL_GPU_POOL` (comma-separated indices; tests use it for a fake pool on a CPU
   machine), else every GPU torch sees.
+- The lock directory belongs to the host, not to a checkout (`DEFAULT_LOCK_DIR` under /tmp, or
+  `resources.lease_dir` / $SEEMRL_LEASE_DIR on a node whose /tmp is private per job): two clones
+  of the project running on one machine then lease distinct GPUs. It is created world-writable
+  with the sticky bit, like /tmp, so every user's jobs share it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-DEFAULT_LOCK_DIR = ".cache/gpu-leases"
+DEFAULT_LOCK_DIR = "/tmp/seemrl-gpu-leases"
 
 
 @dataclass
@@ -68,10 +73,21 @@ def gpu_pool(env: dict | None = None) -> list[int]:
     return list(range(torch.cuda.device_count()))
 
 
+def _shared_dir(path: Path) -> None:
+    """Create the lock directory for every user of the host (mode 1777, as /tmp) if missing."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # created by another user meanwhile
+        path.chmod(0o1777)
+
+
 def try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive lock on `path`, or None if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    _shared_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(OSError):  # another user's lock file: theirs to mode
+        os.fchmod(fd, 0o666)  # past the umask: other users' jobs must lock it too
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -2,25 +2,25 @@
 
 
 rule seem:
+    """SEEM, mean Q, TD loss, gradient and parameter norms over every checkpoint of a run."""
     input:
-        checkpoints=RUN + "/checkpoints",
+        checkpoints=f"{RUN}/checkpoints",
         data="resources/datasets/{dataset}/subset-{percent}pct.parquet",
         code=code("analysis/seem.py", "nets.py"),
     output:
-        RUN + "/seem.parquet",
+        f"{RUN}/seem.parquet",
+    log:
+        f"{RUN}/seem.log",
+    conda:
+        CONDA_ENV_GPU
+    threads: 1
+    resources:
+        gpu=1,
     params:
         n=config["analysis"]["seem_samples"],
         seed=config["analysis"].get("sample_seed", 0),
         replace="" if config["analysis"].get("with_replacement", True) else "--without-replacement",
-        device=config["resources"].get("device", "auto"),
-    threads: 1
-    resources:
-        gpu=1,
-    conda:
-        CONDA_ENV
-    log:
-        RUN + "/seem.log",
     shell:
         "python -m seemrl seem --checkpoints {input.checkpoints} --data {input.data}"
-        " --samples {params.n} --sample-seed {params.seed} {params.replace} --device {params.device}"
+        " --samples {params.n} --sample-seed {params.seed} {params.replace}"
         " --threads {threads} --out {output} > {log} 2>&1"

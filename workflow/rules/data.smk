@@ -6,77 +6,81 @@
 
 
 rule fetch_d4rl:
+    """Download an original D4RL HDF5 file, verified against (or recorded in) the checksum lock."""
     output:
         "resources/d4rl/{dataset}.hdf5",
-    params:
-        lock=config["data"]["lock"],
-        base_url=lambda w: f"--base-url {config['data']['d4rl_base_url']}"
-        if config["data"].get("d4rl_base_url")
-        else "",
-    conda:
-        CONDA_ENV
     log:
         "results/logs/fetch_d4rl/{dataset}.log",
+    conda:
+        CONDA_ENV
+    params:
+        lock=config["data"]["lock"],
+        base_url=lambda w: (
+            f"--base-url {config['data']['d4rl_base_url']}" if config["data"].get("d4rl_base_url") else ""
+        ),
     shell:
-        "python -m seemrl fetch-d4rl --name {wildcards.dataset} --out {output}"
-        " --lock {params.lock} {params.base_url} > {log} 2>&1"
+        "python -m seemrl fetch-d4rl --name {wildcards.dataset} --out {output} --lock {params.lock}"
+        " {params.base_url} > {log} 2>&1"
 
 
 rule fetch_minari:
+    """Make a Minari dataset available: a pre-seeded store, or a download from the hub."""
     output:
         "resources/minari-fetched/{dataset}.json",
+    log:
+        "results/logs/fetch_minari/{dataset}.log",
+    conda:
+        CONDA_ENV
     params:
         minari_id=lambda w: registry_entry(w.dataset)["minari_id"],
         remote=config["data"]["minari_remote"],
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/fetch_minari/{dataset}.log",
     shell:
         "python -m seemrl fetch-minari --minari-id {params.minari_id} --minari-root resources/minari"
         " --remote {params.remote} --marker {output} > {log} 2>&1"
 
 
 rule recipe_train:
+    """D4RL's recipe, step 1: train the behaviour SAC online, with policy snapshots and the replay buffer."""
     input:
         code=code("data/recipe.py", "algos/sac.py"),
     output:
         directory("resources/generated/{recipe}/{env_id}/training"),
-    params:
-        recipe=lambda w: recipe_json(w.recipe, training_only=True),
-        device=config["resources"].get("device", "auto"),
+    log:
+        "results/logs/recipe_train/{recipe}-{env_id}.log",
+    conda:
+        CONDA_ENV_GPU
     threads: 2  # the online SAC run is the only job until the data exists
     resources:
         gpu=1,
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/recipe_train/{recipe}-{env_id}.log",
+    params:
+        recipe=lambda w: recipe_json(w.recipe, training_only=True),
+        resume_dir="results/resume/recipe/{recipe}/{env_id}",
     shell:
         "python -m seemrl recipe-train --env-id {wildcards.env_id} --recipe '{params.recipe}'"
-        " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --resume-dir {params.resume_dir} --out {output} > {log} 2>&1"
 
 
 rule recipe_dataset:
+    """D4RL's recipe, step 2: one level's dataset (random, medium, medium-replay, expert, medium-expert) as Minari."""
     input:
         training="resources/generated/{recipe}/{env_id}/training",
         code=code("data/recipe.py", "data/minari_source.py"),
-        parts=lambda w: [
-            f"resources/generated/{w.recipe}/{w.env_id}/{part}.json" for part in ("medium", "expert")
-        ]
-        if w.level == "medium-expert"
-        else [],
+        parts=lambda w: (
+            [f"resources/generated/{w.recipe}/{w.env_id}/{part}.json" for part in ("medium", "expert")]
+            if w.level == "medium-expert"
+            else []
+        ),
     output:
         "resources/generated/{recipe}/{env_id}/{level}.json",
-    params:
-        recipe=lambda w: recipe_json(w.recipe),
-        minari_root="resources/generated/{recipe}/{env_id}/minari",
+    log:
+        "results/logs/recipe_dataset/{recipe}-{env_id}-{level}.log",
     wildcard_constraints:
         level="random|medium|medium-replay|expert|medium-expert",
     conda:
         CONDA_ENV
-    log:
-        "results/logs/recipe_dataset/{recipe}-{env_id}-{level}.log",
+    params:
+        recipe=lambda w: recipe_json(w.recipe),
+        minari_root="resources/generated/{recipe}/{env_id}/minari",
     shell:
         "python -m seemrl recipe-dataset --level {wildcards.level} --env-id {wildcards.env_id}"
         " --training {input.training} --recipe '{params.recipe}'"
@@ -84,36 +88,38 @@ rule recipe_dataset:
 
 
 rule dataset_table:
+    """Any source's dataset as the Parquet transition table and its card."""
     input:
         raw=raw_dataset_input,
         code=code("data/transitions.py", "data/d4rl.py", "data/minari_source.py"),
     output:
         table="resources/datasets/{dataset}/transitions.parquet",
         card="resources/datasets/{dataset}/card.json",
-    params:
-        entry=lambda w: json.dumps(registry_entry(w.dataset), sort_keys=True),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/dataset_table/{dataset}.log",
+    conda:
+        CONDA_ENV
+    params:
+        entry=lambda w: json.dumps(registry_entry(w.dataset), sort_keys=True),
     shell:
         "python -m seemrl table --dataset {wildcards.dataset} --entry '{params.entry}' --raw {input.raw}"
         " --out {output.table} --card {output.card} > {log} 2>&1"
 
 
 rule subset:
+    """A seeded X% transition subset (nested: 1% of 10% of 100%)."""
     input:
         table="resources/datasets/{dataset}/transitions.parquet",
         code=code("data/subsets.py"),
     output:
         "resources/datasets/{dataset}/subset-{percent}pct.parquet",
+    log:
+        "results/logs/subset/{dataset}-{percent}pct.log",
+    conda:
+        CONDA_ENV
     params:
         seed=config["subsets"]["seed"],
         min_transitions=config["subsets"].get("min_transitions", 2560),
-    conda:
-        CONDA_ENV
-    log:
-        "results/logs/subset/{dataset}-{percent}pct.log",
     shell:
         "python -m seemrl subset --src {input.table} --out {output} --percent {wildcards.percent}"
         " --seed {params.seed} --min-transitions {params.min_transitions} > {log} 2>&1"

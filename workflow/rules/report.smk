@@ -2,6 +2,7 @@
 
 
 rule report_tables:
+    """Per-seed and per-cell tables of every run (CSV and Markdown)."""
     input:
         code=code("report.py"),
         seem=run_paths("seem.parquet"),
@@ -10,16 +11,17 @@ rule report_tables:
         summary=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown="results/report/summary.md",
         seeds="results/report/seeds.csv",
-    conda:
-        CONDA_ENV
     log:
         "results/logs/report_tables.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m seemrl report-tables --seem {input.seem} --runs {input.runs}"
         " --summary {output.summary} --markdown {output.markdown} --seeds {output.seeds} > {log} 2>&1"
 
 
 rule report_figure:
+    """Figures of SEEM and Q over training, and of SEEM against the discount factor."""
     input:
         code=code("report.py"),
         seem=run_paths("seem.parquet"),
@@ -27,30 +29,31 @@ rule report_figure:
     output:
         seem_q=report("results/report/seem_q.png", caption="../report/seem_q.rst", category="SEEM and Q"),
         gamma=report("results/report/seem_vs_gamma.png", caption="../report/seem_vs_gamma.rst", category="SEEM and Q"),
-    conda:
-        CONDA_ENV
     log:
         "results/logs/report_figure.log",
+    conda:
+        CONDA_ENV
     shell:
         "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output.seem_q}"
         " --seem-vs-gamma {output.gamma} > {log} 2>&1"
 
 
 rule predictions:
+    """The paper's predictions checked per run and seed: SEEM's lead over divergence, growth orders, crash steps."""
     input:
-        code=code("analysis/predictions.py"),
+        code=code("analysis/predictions.py", "report.py"),
         seem=run_paths("seem.parquet"),
         metrics=run_paths("metrics.parquet"),
         runs=run_paths("run.json"),
     output:
         csv=report("results/report/predictions.csv", caption="../report/predictions.rst", category="Tables"),
         markdown="results/report/predictions.md",
-    params:
-        run_dirs=[RUN.format(**c) for c in cells()],
-    conda:
-        CONDA_ENV
     log:
         "results/logs/predictions.log",
+    conda:
+        CONDA_ENV
+    params:
+        run_dirs=lambda w, input: [str(Path(p).parent) for p in input.runs],
     shell:
         "python -m seemrl predictions --runs {params.run_dirs} --csv {output.csv} --markdown {output.markdown}"
         " > {log} 2>&1"

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.io import atomic_path
+from seemrl.resume import ResumeDir
 
 CHECKPOINT_FORMAT = "seemrl.sac.v1"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -182,6 +183,19 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
+    ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode_id")
+
+    def state_dict(self) -> dict:
+        """The filled part of the buffer and its counters (tensors and ints, for torch.save)."""
+        return {"arrays": {name: torch.from_numpy(getattr(self, name)[:self.size].copy()) for name in self.ARRAYS},
+                "size": self.size, "pos": self.pos, "added": self.added, "current_episode": self.current_episode}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.ARRAYS:
+            getattr(self, name)[:state["size"]] = state["arrays"][name].numpy()
+        self.size, self.pos, self.added = state["size"], state["pos"], state["added"]
+        self.current_episode = state["current_episode"]
+
     def sample(self, rng: np.random.Generator, batch_size: int) -> list[torch.Tensor]:
         idx = rng.integers(0, self.size, size=batch_size)
         return [
@@ -301,6 +315,8 @@ def train_sac_run(
     device: str | torch.device = "cpu",
     snapshot_every: int = 0,
     on_snapshot: Callable[[Snapshot], None] | None = None,
+    resume: ResumeDir | None = None,
+    resume_every_s: float = 600.0,
 ) -> SACRun:
     """Train SAC like `train_sac`; also returns snapshots and the replay buffer.
 
@@ -311,6 +327,12 @@ def train_sac_run(
     all of them are also returned in order. A snapshot at the last step doubles as the final
     evaluation. The buffer holds min(cfg.buffer_size, cfg.total_steps) transitions; to export the
     first K of them as episodes, it must not have wrapped (buffer_size >= total_steps).
+
+    With `resume` (a `seemrl.resume.ResumeDir` naming this run), the whole training state (networks,
+    targets, optimisers, temperature, every random generator, the environment's MuJoCo state, the
+    buffer, the snapshots so far) is saved after a snapshot step once `resume_every_s` seconds have
+    passed since the last save, and a run finding a state of its own continues from it: on the
+    CPU it ends bit for bit where an uninterrupted run ends. The caller clears it when done.
     """
     if snapshot_every and not cfg.eval_episodes:
         raise ValueError("snapshots are evaluated over cfg.eval_episodes episodes; it is 0")
@@ -383,9 +405,51 @@ def train_sac_run(
 
     obs, _ = env.reset(seed=seed)
     episode_return, returns, stats = 0.0, [], {}
-    t0 = t_log = time.perf_counter()
-    step_log = 0
-    for step in range(1, cfg.total_steps + 1):
+    modules = {"actor": actor, "q1": q1, "q2": q2, "q1_target": q1_target, "q2_target": q2_target}
+    optimizers = {"actor": actor_opt, "critic": critic_opt, "alpha": alpha_opt}
+    start, elapsed = 0, 0.0  # the step a resumed run continues after, and its seconds before
+    if resume is not None and (state := resume.load(log)) is not None:
+        from seemrl.algos.online_sac import set_env_state
+
+        start, elapsed = state["step"], state["elapsed"]
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"])
+        noise.set_state(state["noise"])
+        batch_rng.bit_generator.state = state["batch_rng"]
+        env.action_space.np_random.bit_generator.state = state["action_space_rng"]
+        set_env_state(env, state["env"])
+        obs, episode_return, returns = state["obs"].numpy().copy(), state["episode_return"], list(state["returns"])
+        buffer.load_state_dict(state["buffer"])
+        for snap in state["snapshots"]:
+            agent = cpu_agent(snap["info"])
+            agent.actor.load_state_dict(snap["actor"])
+            snapshots.append(Snapshot(snap["step"], list(snap["eval_returns"]), agent))
+        log(f"sac {env_id} seed {seed}: resumed from step {start} ({resume.state_path})")
+
+    def save_state(step: int) -> None:
+        from seemrl.algos.online_sac import env_state
+
+        resume.save({
+            "step": step, "elapsed": elapsed + time.perf_counter() - t0,
+            "modules": {name: m.state_dict() for name, m in modules.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "log_alpha": log_alpha.detach().clone(), "noise": noise.get_state(),
+            "batch_rng": batch_rng.bit_generator.state,
+            "action_space_rng": env.action_space.np_random.bit_generator.state, "env": env_state(env),
+            "obs": torch.from_numpy(np.array(obs)), "episode_return": episode_return, "returns": list(returns),
+            "buffer": buffer.state_dict(),
+            "snapshots": [{"step": s.step, "eval_returns": s.eval_returns, "info": s.agent.info,
+                           "actor": s.agent.actor.state_dict()} for s in snapshots],
+        })
+        log(f"sac {env_id} seed {seed} step {step}: resume state saved in {resume.state_path}")
+
+    t0 = t_log = t_saved = time.perf_counter()
+    step_log = start
+    for step in range(start + 1, cfg.total_steps + 1):
         if step <= cfg.learning_starts:
             action = env.action_space.sample()
         else:
@@ -412,6 +476,9 @@ def train_sac_run(
                 f"{snapshots[-1].eval_return:.1f} over {len(eval_returns)} episodes")
             if on_snapshot is not None:
                 on_snapshot(snapshots[-1])
+            if resume is not None and step < cfg.total_steps and time.perf_counter() - t_saved >= resume_every_s:
+                save_state(step)
+                t_saved = time.perf_counter()
         if step % cfg.log_every == 0 or step == cfg.total_steps:
             now = time.perf_counter()
             recent = returns[-10:]
@@ -424,7 +491,7 @@ def train_sac_run(
             t_log, step_log = now, step
     env.close()
 
-    info = {"env_id": env_id, "seed": seed, "train_seconds": time.perf_counter() - t0,
+    info = {"env_id": env_id, "seed": seed, "train_seconds": elapsed + time.perf_counter() - t0,
             "device": str(device)}
     agent = cpu_agent(info)
     if cfg.eval_episodes:

@@ -153,24 +153,37 @@ def select_medium_snapshot(steps: Sequence[int], returns: Sequence[float], exper
 
 
 # ------------------------------------------------------------------ step 1: train SAC
+def run_identity(env_id: str, cfg: RecipeConfig) -> dict[str, Any]:
+    """What a saved SAC state must match to be continued: the env and the training settings."""
+    return {"format": RECIPE_FORMAT, "env_id": env_id,
+            "training": {k: v for k, v in cfg.to_dict().items() if k in RecipeConfig.TRAINING_FIELDS}}
+
+
 def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLike,
                         device: str = "auto",
-                        log: Callable[[str], None] = logger.info) -> dict[str, Any]:
+                        log: Callable[[str], None] = logger.info,
+                        resume_dir: str | os.PathLike | None = None,
+                        resume_every_s: float = 600.0) -> dict[str, Any]:
     """Train SAC, pick expert and medium, write the policies, the buffer prefix and the report.
 
+    With `resume_dir` (outside the outputs) the SAC run saves its state there every
+    `resume_every_s` seconds (at snapshot steps) and continues from a state of the same env and
+    training settings found there; the directory is removed once the report is written.
     Returns the report (also written to out_dir/recipe.json, last).
     """
     import torch
 
     from seemrl.algos.sac import train_sac_run
+    from seemrl.resume import ResumeDir
 
+    device = resolve_device(device)  # before anything is touched: a wrong device fails here
     out = Path(out_dir)
     (out / REPORT_FILE).unlink(missing_ok=True)  # a stale report must not vouch for new files
-    device = resolve_device(device)
+    resume = None if resume_dir is None else ResumeDir(resume_dir, run_identity(env_id, cfg))
     log(f"recipe {env_id}: training SAC for {cfg.sac_steps} steps on {device}, "
         f"snapshot every {cfg.snapshot_every}")
     run = train_sac_run(env_id, cfg.sac_config(), seed=cfg.train_seed, log=log, device=device,
-                        snapshot_every=cfg.snapshot_every)
+                        snapshot_every=cfg.snapshot_every, resume=resume, resume_every_s=resume_every_s)
 
     expert = run.agent
     expert_return = expert.info["eval_return_mean"]
@@ -223,6 +236,8 @@ def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLi
         "files": {name: sha256_file(out / name) for name in (EXPERT_FILE, MEDIUM_FILE, REPLAY_FILE)},
     }
     write_json_atomic(out / REPORT_FILE, report)
+    if resume is not None:  # every output is written: nothing left to resume
+        resume.clear()
     return report
 
 
@@ -344,10 +359,12 @@ def _read_episodes(dataset_id: str, minari_root: str | os.PathLike,
 
 # ------------------------------------------------------------------ entry points for Snakemake
 def recipe_train_main(env_id: str, out_dir: str | os.PathLike, cfg_json=None,
-                      device: str = "auto") -> dict[str, Any]:
+                      device: str = "auto", resume_dir: str | os.PathLike | None = None,
+                      resume_every_s: float = 600.0) -> dict[str, Any]:
     """Step 1 from a rule: cfg_json is a JSON object string, a JSON file path, a dict or None."""
     _setup_logging()
-    return run_recipe_training(env_id, RecipeConfig.from_json(cfg_json), out_dir, device)
+    return run_recipe_training(env_id, RecipeConfig.from_json(cfg_json), out_dir, device,
+                               resume_dir=resume_dir, resume_every_s=resume_every_s)
 
 
 def recipe_dataset_main(level: str, env_id: str, recipe_dir: str | os.PathLike, cfg_json,
