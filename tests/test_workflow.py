@@ -204,6 +204,12 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     for experiment in ("toy", "ntk_map", "baird", "homogeneity"):
         assert (tmp_path / f"results/theory/{experiment}/{experiment}.png").read_bytes()[:4] == b"\x89PNG"
 
+    # every training job left its progress file: the live view lists them, finished
+    status = subprocess.run([sys.executable, "-m", "seemrl", "status", "--root", str(tmp_path), "--all"],
+                            capture_output=True, text=True, cwd=tmp_path / "project", timeout=60).stdout
+    assert "0 running, 0 stopped, 0 failed, 5 done" in status, status
+    assert "recipe_train  demo/Hopper-v5" in status and "hopper-demo/50pct/td3_seem/ln" in status
+
     # a self-contained HTML report with every figure and its caption
     smk(TINY, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")

@@ -58,6 +58,16 @@ def _run_settings(a: argparse.Namespace, config_cls, what: str):
     return (params, cfg, seeds, *_job_device(a))
 
 
+def _monitor(a: argparse.Namespace, seeds: list[int], total: int, job: str, config: dict):
+    """The job's `seemrl.tracking.Monitor`: its progress file and, if the workflow's `tracking:`
+    says so, TensorBoard and W&B; named after its labels (dataset/percent/algo/norm, env/variant)."""
+    from seemrl.tracking import Monitor
+
+    labels = dict(kv.split("=", 1) for kv in a.label)
+    name = "/".join(f"{v}pct" if k == "percent" else v for k, v in labels.items()) or job
+    return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=a.progress)
+
+
 def _setup(threads: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if threads:
@@ -92,8 +102,12 @@ def cmd_recipe_train(a: argparse.Namespace) -> None:
 
     _setup(a.threads)
     device, _ = _job_device(a)
+
+    def monitor(cfg):
+        return _monitor(a, [cfg.train_seed], cfg.sac_steps, "recipe_train", {"env_id": a.env_id, **cfg.to_dict()})
+
     recipe_train_main(a.env_id, a.out, a.recipe, device=device, resume_dir=a.resume_dir,
-                      resume_every_s=a.resume_every_s)
+                      resume_every_s=a.resume_every_s, monitor_factory=monitor)
 
 
 def cmd_recipe_dataset(a: argparse.Namespace) -> None:
@@ -202,12 +216,13 @@ def cmd_train(a: argparse.Namespace) -> None:
         resume = ResumeDir(a.resume_dir, algo.run_identity(cfg, seeds, sha256_file(a.data)))
     log.info("training %s, %d seeds on %d transitions from %s, device %s, config %s", a.trainer,
              len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
-    kw = dict(device=device, log=log.info, evaluate=evaluate)
-    if resume is None:  # checkpoints go straight into a temporary twin of the output directory
-        with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-            result = algo.train(cfg, seeds, data, nets, Path(ckpt_dir), **kw)
-    else:  # into the resume directory, copied into the output directory (atomically) at the end
-        result = algo.train(cfg, seeds, data, nets, Path(a.checkpoints), resume=resume, **kw)
+    with _monitor(a, seeds, cfg.steps, "train", {"algorithm": a.trainer, **params}) as monitor:
+        kw = dict(device=device, log=log.info, evaluate=evaluate, monitor=monitor)
+        if resume is None:  # checkpoints go straight into a temporary twin of the output directory
+            with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
+                result = algo.train(cfg, seeds, data, nets, Path(ckpt_dir), **kw)
+        else:  # into the resume directory, copied into the output directory (atomically) at the end
+            result = algo.train(cfg, seeds, data, nets, Path(a.checkpoints), resume=resume, **kw)
     with atomic_path(a.metrics) as tmp:
         result.metrics.to_parquet(tmp, index=False)
     if a.evaluations:
@@ -257,14 +272,15 @@ def cmd_train_online(a: argparse.Namespace) -> None:
     params, cfg, seeds, device, device_info = _run_settings(a, online_sac.OnlineSACConfig, "online SAC")
     ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
     resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
-    kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max)
     log.info("online SAC on %s, seeds %s, device %s, config %s", a.env_id, seeds, device,
              json.dumps(params, sort_keys=True))
-    if resume is None:
-        with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-            result = online_sac.train(cfg, seeds, a.env_id, Path(ckpt_dir), **kw)
-    else:
-        result = online_sac.train(cfg, seeds, a.env_id, Path(a.checkpoints), resume=resume, **kw)
+    with _monitor(a, seeds, cfg.steps, "train_online", {"algorithm": "online_sac", **params}) as monitor:
+        kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max, monitor=monitor)
+        if resume is None:
+            with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
+                result = online_sac.train(cfg, seeds, a.env_id, Path(ckpt_dir), **kw)
+        else:
+            result = online_sac.train(cfg, seeds, a.env_id, Path(a.checkpoints), resume=resume, **kw)
     for frame, path in ((result.metrics, a.metrics), (result.evaluations, a.evaluations),
                         (result.episodes, a.episodes)):
         with atomic_path(path) as tmp:
@@ -385,6 +401,12 @@ def cmd_predictions(a: argparse.Namespace) -> None:
     log.info("predictions for %d seeds of %d runs written to %s", len(table), len(a.runs), a.csv)
 
 
+def cmd_status(a: argparse.Namespace) -> None:
+    from seemrl.status import main as status
+
+    status(a.root, all_jobs=a.all, watch=a.watch)
+
+
 # ------------------------------------------------------------------ parser
 def _device_args(sp: argparse.ArgumentParser) -> None:
     """Where a job runs: the workflow exports these to its jobs' environment (never as rule
@@ -400,6 +422,13 @@ def _device_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--lease-dir", default=os.environ.get("SEEMRL_LEASE_DIR") or DEFAULT_LOCK_DIR,
                     help="lock files of the GPU leases, shared by every job of the host, whichever "
                          f"checkout it comes from (default $SEEMRL_LEASE_DIR or {DEFAULT_LOCK_DIR})")
+
+
+def _progress_args(sp: argparse.ArgumentParser, label: bool = True) -> None:
+    """A training job's progress file (`seemrl status` reads it) and the labels that name it."""
+    sp.add_argument("--progress", help="progress file (JSON), rewritten while the job runs; read by `seemrl status`")
+    if label:
+        sp.add_argument("--label", action="append", default=[], help="key=value naming the job")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume-every-s", type=float, default=600.0,
                     help="seconds between saves of the SAC state (at snapshot steps)")
     _device_args(sp)
+    _progress_args(sp)
 
     sp = add("recipe-dataset", cmd_recipe_dataset, "D4RL's recipe, step 2: one level's Minari dataset")
     sp.add_argument("--level", required=True)
@@ -468,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True)
     sp.add_argument("--evaluations", help="Parquet of policy evaluations (empty when eval_every is 0)")
     _device_args(sp)
+    _progress_args(sp, label=False)
     sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
                     "continued if it matches this run, deleted when the run completes")
 
@@ -481,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     for out in ("checkpoints", "metrics", "evaluations", "episodes", "run"):
         sp.add_argument(f"--{out}", required=True)
     _device_args(sp)
+    _progress_args(sp, label=False)
 
     sp = add("report-online", cmd_report_online, "figure of online SAC runs (Q and return over steps)")
     sp.add_argument("--metrics", nargs="+", required=True)
@@ -502,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", nargs="+", required=True, help="run directories (seem.parquet, metrics, run.json)")
     sp.add_argument("--csv", required=True)
     sp.add_argument("--markdown", required=True)
+
+    sp = add("status", cmd_status, "the training jobs of a running workflow: steps/s, ETA, latest Q and score")
+    sp.add_argument("--root", default=".", help="the project (its results/ holds the progress files)")
+    sp.add_argument("--all", action="store_true", help="finished jobs too")
+    sp.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="refresh every SECONDS")
 
     for name, fn in (("report-tables", cmd_report_tables), ("report-figure", cmd_report_figure)):
         sp = add(name, fn, f"{name.split('-')[1]} from SEEM outputs")

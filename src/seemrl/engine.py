@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from seemrl.devices import matmul_precision
 from seemrl.io import atomic_path
 from seemrl.nets import enable_fused_pointwise, seed_generators
 from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths
+
+if TYPE_CHECKING:
+    from seemrl.tracking import Monitor
 
 DRAW_KINDS = ("randint", "normal", "uniform")
 
@@ -603,7 +606,7 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
                save_checkpoint: Callable[[Path, int, list], None],
                metric_keys: Sequence[str], param_norms: Callable[[], dict[str, torch.Tensor]],
                log: Callable[[str], None] = print, evaluate: Callable | None = None,
-               resume: ResumeDir | None = None) -> TrainResult:
+               resume: ResumeDir | None = None, monitor: Monitor | None = None) -> TrainResult:
     """Train all seeds for `loop.steps` steps; the checkpoints end up in `checkpoint_dir`.
 
     Logged steps add one row per seed with `metric_keys` from the step's output (a key a step
@@ -613,7 +616,8 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
     last step. Without `resume`, checkpoints are written straight into `checkpoint_dir` (the
     caller makes that atomic). With it, they go to the resume directory, each followed by a
     resume state; training continues from a matching state found there; and at the end
-    `checkpoint_dir` is replaced, atomically, by a directory of every checkpoint.
+    `checkpoint_dir` is replaced, atomically, by a directory of every checkpoint. A `monitor`
+    (`seemrl.tracking.Monitor`) gets every logged row, evaluation and progress report.
     """
     if loop.eval_every and evaluate is None:
         raise ValueError("eval_every > 0 needs an evaluate function")
@@ -647,15 +651,22 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
             _record_divergence(trainer, diverged, log)
             for i, seed in enumerate(seeds):
                 rows.append({"step": step, "seed": seed, **{k: float(v[i]) for k, v in values.items()}})
+            if monitor is not None:
+                monitor.metrics(step, rows[-len(seeds):])
             now = time.perf_counter()
             if now - last_report > 10 or step == loop.steps:
                 rate = (step - start_step) / (now - start)
                 q = f"  Q mean per seed {[round(float(v), 2) for v in values['q_mean']]}" if "q_mean" in values else ""
                 log(f"step {step}/{loop.steps}  {rate:.0f} steps/s ({rate * len(seeds):.0f} seed-steps/s)"
                     f"  ETA {(loop.steps - step) / rate:.0f}s{q}")
+                if monitor is not None:
+                    monitor.progress(step, rate)
                 last_report = now
         if loop.eval_every and (step % loop.eval_every == 0 or step == loop.steps):
-            eval_rows += _evaluation_rows(step, evaluate(trainer), log)
+            new_rows = _evaluation_rows(step, evaluate(trainer), log)
+            eval_rows += new_rows
+            if monitor is not None:
+                monitor.evaluations(step, new_rows)
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             _record_divergence(trainer, diverged, log)
             save_checkpoint(work_dir / checkpoint_name(step), step, diverged)

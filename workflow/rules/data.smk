@@ -55,9 +55,11 @@ rule recipe_train:
     params:
         recipe=lambda w: recipe_json(w.recipe, training_only=True),
         resume_dir="results/resume/recipe/{recipe}/{env_id}",
+        progress="results/logs/recipe_train/{recipe}-{env_id}.progress.json",
     shell:
         "python -m seemrl recipe-train --env-id {wildcards.env_id} --recipe '{params.recipe}'"
-        " --threads {threads} --resume-dir {params.resume_dir} --out {output} > {log} 2>&1"
+        " --threads {threads} --resume-dir {params.resume_dir} --progress {params.progress}"
+        " --label recipe={wildcards.recipe} --label env={wildcards.env_id} --out {output} > {log} 2>&1"
 
 
 rule recipe_dataset:

@@ -23,10 +23,11 @@ rule train_online:
         sac=online_params,
         seeds=lambda wc: ",".join(str(s) for s in config["online"]["seeds"]),
         resume_dir="results/resume/online/{env}/{variant}",
+        progress=f"{ONLINE_RUN}/progress.json",
     shell:
         "python -m seemrl train-online --env-id {wildcards.env} --params '{params.sac}' --seeds {params.seeds}"
         " --label env={wildcards.env} --label variant={wildcards.variant}"
-        " --threads {threads} --resume-dir {params.resume_dir}"
+        " --threads {threads} --resume-dir {params.resume_dir} --progress {params.progress}"
         " --checkpoints {output.checkpoints} --metrics {output.metrics} --evaluations {output.evaluations}"
         " --episodes {output.episodes} --run {output.run} > {log} 2>&1"
 

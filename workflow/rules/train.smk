@@ -23,12 +23,13 @@ rule train:
         algo=train_params,
         seeds=cell_seeds,
         resume_dir=RESUME,
+        progress=f"{RUN}/progress.json",
     shell:
         "python -m seemrl train --trainer {params.trainer} --data {input.data} --params '{params.algo}'"
         " --seeds {params.seeds}"
         " --label dataset={wildcards.dataset} --label percent={wildcards.percent}"
         " --label algo={wildcards.algo} --label critic_norm={wildcards.norm}"
-        " --threads {threads} --resume-dir {params.resume_dir}"
+        " --threads {threads} --resume-dir {params.resume_dir} --progress {params.progress}"
         " --checkpoints {output.checkpoints} --metrics {output.metrics}"
         " --evaluations {output.evaluations} --run {output.run}"
         " > {log} 2>&1"

@@ -273,7 +273,8 @@ def loop_settings(cfg) -> LoopSettings:
 
 def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint_dir: Path,
                   metric_keys: Sequence[str], param_norms: Callable[[Any], dict[str, torch.Tensor]],
-                  log: Callable[[str], None], evaluate: Callable | None, resume: ResumeDir | None) -> TrainResult:
+                  log: Callable[[str], None], evaluate: Callable | None, resume: ResumeDir | None,
+                  monitor=None) -> TrainResult:
     """Train an offline trainer (with `cfg`, `seeds`, `nets`) for `cfg.steps` steps with
     `seemrl.engine.train_loop`; the checkpoints, written by save_checkpoint(path, nets, cfg,
     seeds, step, diverged_step), end up in `checkpoint_dir`. Logged steps add `metric_keys` of
@@ -281,7 +282,7 @@ def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint
 
     evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
     environment bound) is called every `cfg.eval_every` steps and after the last step. For
-    `resume` see `seemrl.engine.train_loop`.
+    `resume` and `monitor` see `seemrl.engine.train_loop`.
     """
     cfg, seeds = trainer.cfg, trainer.seeds
 
@@ -290,4 +291,5 @@ def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint
 
     return train_loop(trainer, loop_settings(cfg), checkpoint_dir, save, metric_keys,
                       lambda: param_norms(trainer.nets), log=log,
-                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume)
+                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume,
+                      monitor=monitor)

@@ -419,9 +419,9 @@ METRIC_KEYS = ("critic_loss", "td_loss", "cql_loss", "actor_loss", "alpha", "q_m
 
 def train(cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
     `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
     keys = (*METRIC_KEYS, *(("alpha_prime",) if cfg.cql_lagrange else ()), "critic_grad_norm")
     return train_offline(CQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir, keys,
-                         critic_param_norms, log, evaluate, resume)
+                         critic_param_norms, log, evaluate, resume, monitor)

@@ -808,12 +808,12 @@ METRIC_KEYS = ("critic_loss", "actor_loss", "bc_loss", "q_loss", "q_mean")
 
 def train(cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
     `data` comes from `prepare_data` (needed for OPER-R); `evaluate` and `resume` as in
     `seemrl.algos.common.train_offline`."""
     return train_offline(DiffQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
-                         (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), _param_norms, log, evaluate, resume)
+                         (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), _param_norms, log, evaluate, resume, monitor)
 
 
 def _param_norms(nets: DiffQLNets) -> dict[str, torch.Tensor]:

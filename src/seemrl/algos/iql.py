@@ -403,12 +403,12 @@ GRAD_NORM_KEYS = ("critic_grad_norm", "value_grad_norm")
 
 def train(cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
     `data` as returned by `prepare_data` (rewards already transformed); `evaluate` and `resume`
     as in `seemrl.algos.common.train_offline`."""
     return train_offline(IQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
-                         (*METRIC_KEYS, *GRAD_NORM_KEYS), _param_norms, log, evaluate, resume)
+                         (*METRIC_KEYS, *GRAD_NORM_KEYS), _param_norms, log, evaluate, resume, monitor)
 
 
 def _param_norms(nets: IQLNets) -> dict[str, torch.Tensor]:

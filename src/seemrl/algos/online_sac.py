@@ -570,7 +570,8 @@ class OnlineRun:
 
 def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: str | Path, device="cpu",
           log: Callable[[str], None] = print, resume: ResumeDir | None = None, *,
-          nets: SACNets | None = None, ref_min: float | None = None, ref_max: float | None = None) -> TrainResult:
+          nets: SACNets | None = None, ref_min: float | None = None, ref_max: float | None = None,
+          monitor=None) -> TrainResult:
     """Train SAC with every seed in its own `env_id` environment for `cfg.steps` environment steps.
 
     Checkpoints end up in `checkpoint_dir`. Without `resume` they are written straight there (the
@@ -607,7 +608,7 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
 
         result = train_loop(run, loop_settings(cfg),
                             Path(checkpoint_dir), save, METRIC_COLUMNS[2:], run.log_values, log=log,
-                            evaluate=evaluate_run, resume=resume)
+                            evaluate=evaluate_run, resume=resume, monitor=monitor)
     finally:
         for env in envs:
             env.close()

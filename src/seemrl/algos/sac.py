@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,7 @@ def train_sac_run(
     on_snapshot: Callable[[Snapshot], None] | None = None,
     resume: ResumeDir | None = None,
     resume_every_s: float = 600.0,
+    monitor=None,
 ) -> SACRun:
     """Train SAC like `train_sac`; also returns snapshots and the replay buffer.
 
@@ -333,6 +335,7 @@ def train_sac_run(
     buffer, the snapshots so far) is saved after a snapshot step once `resume_every_s` seconds have
     passed since the last save, and a run finding a state of its own continues from it: on the
     CPU it ends bit for bit where an uninterrupted run ends. The caller clears it when done.
+    A `monitor` (`seemrl.tracking.Monitor` of seed `seed`) gets the logged values and progress.
     """
     if snapshot_every and not cfg.eval_episodes:
         raise ValueError("snapshots are evaluated over cfg.eval_episodes episodes; it is 0")
@@ -472,6 +475,8 @@ def train_sac_run(
             agent.info["eval_returns"] = [float(r) for r in eval_returns]
             agent.info["eval_return_mean"] = float(np.mean(eval_returns))
             snapshots.append(Snapshot(step, agent.info["eval_returns"], agent))
+            if monitor is not None:
+                monitor.evaluations(step, [{"step": step, "seed": seed, "return_mean": snapshots[-1].eval_return}])
             log(f"sac {env_id} seed {seed} step {step}: snapshot, deterministic eval return "
                 f"{snapshots[-1].eval_return:.1f} over {len(eval_returns)} episodes")
             if on_snapshot is not None:
@@ -482,6 +487,11 @@ def train_sac_run(
         if step % cfg.log_every == 0 or step == cfg.total_steps:
             now = time.perf_counter()
             recent = returns[-10:]
+            if monitor is not None:
+                monitor.metrics(step, [{"step": step, "seed": seed, "episodes": len(returns),
+                                        "episode_return": float(np.mean(recent)) if recent else math.nan,
+                                        **{k: float(v) for k, v in stats.items()}}])
+                monitor.progress(step, (step - start) / (now - t0))
             log(
                 f"sac {env_id} seed {seed} step {step}: episodes {len(returns)}, "
                 f"return(last {len(recent)}) {np.mean(recent) if recent else float('nan'):.1f}, "

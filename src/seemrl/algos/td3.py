@@ -203,8 +203,8 @@ METRIC_KEYS = ("critic_loss", "actor_loss", "q_mean")
 
 def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
     `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
     return train_offline(TD3Trainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
-                         (*METRIC_KEYS, "critic_grad_norm"), critic_param_norms, log, evaluate, resume)
+                         (*METRIC_KEYS, "critic_grad_norm"), critic_param_norms, log, evaluate, resume, monitor)

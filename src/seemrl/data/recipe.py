@@ -163,7 +163,7 @@ def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLi
                         device: str = "auto",
                         log: Callable[[str], None] = logger.info,
                         resume_dir: str | os.PathLike | None = None,
-                        resume_every_s: float = 600.0) -> dict[str, Any]:
+                        resume_every_s: float = 600.0, monitor=None) -> dict[str, Any]:
     """Train SAC, pick expert and medium, write the policies, the buffer prefix and the report.
 
     With `resume_dir` (outside the outputs) the SAC run saves its state there every
@@ -183,7 +183,8 @@ def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLi
     log(f"recipe {env_id}: training SAC for {cfg.sac_steps} steps on {device}, "
         f"snapshot every {cfg.snapshot_every}")
     run = train_sac_run(env_id, cfg.sac_config(), seed=cfg.train_seed, log=log, device=device,
-                        snapshot_every=cfg.snapshot_every, resume=resume, resume_every_s=resume_every_s)
+                        snapshot_every=cfg.snapshot_every, resume=resume, resume_every_s=resume_every_s,
+                        monitor=monitor)
 
     expert = run.agent
     expert_return = expert.info["eval_return_mean"]
@@ -360,11 +361,16 @@ def _read_episodes(dataset_id: str, minari_root: str | os.PathLike,
 # ------------------------------------------------------------------ entry points for Snakemake
 def recipe_train_main(env_id: str, out_dir: str | os.PathLike, cfg_json=None,
                       device: str = "auto", resume_dir: str | os.PathLike | None = None,
-                      resume_every_s: float = 600.0) -> dict[str, Any]:
-    """Step 1 from a rule: cfg_json is a JSON object string, a JSON file path, a dict or None."""
+                      resume_every_s: float = 600.0, monitor_factory: Callable | None = None) -> dict[str, Any]:
+    """Step 1 from a rule: cfg_json is a JSON object string, a JSON file path, a dict or None;
+    monitor_factory(cfg) -> a `seemrl.tracking.Monitor` context for the SAC run."""
     _setup_logging()
-    return run_recipe_training(env_id, RecipeConfig.from_json(cfg_json), out_dir, device,
-                               resume_dir=resume_dir, resume_every_s=resume_every_s)
+    cfg = RecipeConfig.from_json(cfg_json)
+    if monitor_factory is None:
+        return run_recipe_training(env_id, cfg, out_dir, device, resume_dir=resume_dir, resume_every_s=resume_every_s)
+    with monitor_factory(cfg) as monitor:
+        return run_recipe_training(env_id, cfg, out_dir, device, resume_dir=resume_dir,
+                                   resume_every_s=resume_every_s, monitor=monitor)
 
 
 def recipe_dataset_main(level: str, env_id: str, recipe_dir: str | os.PathLike, cfg_json,
