@@ -30,15 +30,17 @@ def _config(device: str) -> dict:
     return config
 
 
-def _recipe_train(out: Path, resume: Path | None, log: Path, device: str = "cpu") -> subprocess.Popen:
-    """`seemrl recipe-train` as the rule runs it (the training fields of the recipe, its 2 threads: CPU
-    float rounding depends on the number of threads), the state saved at every snapshot."""
+def _recipe_train(out: Path, resume: Path | None, log: Path, device: str = "cpu", recipe: dict = RECIPE,
+                  cpu_threads: int = 2) -> subprocess.Popen:
+    """`seemrl recipe-train` as the rule runs it (the training fields of the recipe), the state saved
+    at every snapshot, on a machine offering `cpu_threads` threads (OMP_NUM_THREADS)."""
     from seemrl.data.recipe import RecipeConfig
 
-    training = {k: v for k, v in RECIPE.items() if k in RecipeConfig.TRAINING_FIELDS}
+    training = {k: v for k, v in recipe.items() if k in RecipeConfig.TRAINING_FIELDS}
     args = ["recipe-train", "--env-id", "Hopper-v5", "--recipe", json.dumps(training, sort_keys=True),
-            "--threads", "2", "--out", str(out), "--device", device, "--resume-every-s", "0"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+            "--out", str(out), "--device", device, "--resume-every-s", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(cpu_threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "seemrl", *args, *(["--resume-dir", str(resume)] if resume else [])],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -102,3 +104,15 @@ def test_killed_recipe_then_a_failed_device_job_then_a_resume_gives_the_uninterr
         assert all(torch.equal(a[k], b[k]) for k in a), name
     with np.load(ref / "medium_replay.npz") as a, np.load(got / "medium_replay.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_the_recipe_computes_the_same_numbers_whatever_threads_the_machine_offers(tmp_path):
+    """torch computes on one thread in every job: a 1-core and a 2-core machine train the same SAC."""
+    recipe = {**RECIPE, "sac_steps": 400, "snapshot_every": 200}
+    jobs = [_recipe_train(tmp_path / str(n), None, tmp_path / f"{n}.log", recipe=recipe, cpu_threads=n) for n in (1, 2)]
+    for n, job in zip((1, 2), jobs):
+        assert job.wait(timeout=300) == 0, (tmp_path / f"{n}.log").read_text()
+    a, b = (torch.load(tmp_path / str(n) / "expert.pt", weights_only=True)["actor"] for n in (1, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with np.load(tmp_path / "1" / "medium_replay.npz") as x, np.load(tmp_path / "2" / "medium_replay.npz") as y:
+        assert all(np.array_equal(x[k], y[k]) for k in x.files)

@@ -68,12 +68,17 @@ def _monitor(a: argparse.Namespace, seeds: list[int], total: int, job: str, conf
     return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=a.progress)
 
 
-def _setup(threads: int | None = None) -> None:
+# torch computes on one CPU thread in every job: on the CPU, the number of threads changes how float
+# sums are split (and so their rounding), and a job's numbers must not depend on the cores it got
+COMPUTE_THREADS = 1
+
+
+def _setup(compute: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    if threads:
+    if compute:
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(COMPUTE_THREADS)
 
 
 # ------------------------------------------------------------------ data
@@ -100,7 +105,7 @@ def cmd_fetch_minari(a: argparse.Namespace) -> None:
 def cmd_recipe_train(a: argparse.Namespace) -> None:
     from seemrl.data.recipe import recipe_train_main
 
-    _setup(a.threads)
+    _setup(compute=True)
     device, _ = _job_device(a)
 
     def monitor(cfg):
@@ -114,7 +119,7 @@ def cmd_recipe_dataset(a: argparse.Namespace) -> None:
     from seemrl.data.recipe import recipe_dataset_main
     from seemrl.io import write_json_atomic
 
-    _setup(1)
+    _setup(compute=True)
     dataset_id = recipe_dataset_main(a.level, a.env_id, a.training, a.recipe, a.minari_root)
     write_json_atomic(a.marker, {"minari_id": dataset_id, "minari_root": a.minari_root,
                                  "level": a.level, "env_id": a.env_id})
@@ -197,7 +202,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from seemrl.data.transitions import read_transitions
     from seemrl.io import atomic_path, sha256_file, write_json_atomic
 
-    _setup(a.threads)
+    _setup(compute=True)
     algo = trainer_module(a.trainer)
     params, cfg, seeds, device, device_info = _run_settings(a, algo.Config, a.trainer)
     t = read_transitions(a.data)
@@ -268,7 +273,7 @@ def cmd_train_online(a: argparse.Namespace) -> None:
     from seemrl.data.d4rl import D4RL_REF_SCORES
     from seemrl.io import atomic_path, write_json_atomic
 
-    _setup(a.threads)
+    _setup(compute=True)
     params, cfg, seeds, device, device_info = _run_settings(a, online_sac.OnlineSACConfig, "online SAC")
     ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
     resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
@@ -327,7 +332,7 @@ def cmd_seem(a: argparse.Namespace) -> None:
     from seemrl.data.transitions import read_transitions
     from seemrl.io import atomic_path
 
-    _setup(a.threads)
+    _setup(compute=True)
     t = read_transitions(a.data)
     arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs,
               "reward": training_rewards(t, a.checkpoints), "terminal": t.terminal}
@@ -455,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("recipe-train", cmd_recipe_train, "D4RL's recipe, step 1: online SAC with snapshots")
     sp.add_argument("--env-id", required=True)
     sp.add_argument("--recipe", required=True, help="JSON of RecipeConfig fields")
-    sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
     sp.add_argument("--resume-dir", help="where the SAC state is kept between attempts; not an output: "
                     "continued if it matches this recipe, deleted when the recipe completes")
@@ -492,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", required=True, help="JSON of the algorithm's Config fields")
     sp.add_argument("--seeds", required=True, help="comma-separated seeds")
     sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
-    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--threads", type=int, default=1, help="worker processes of the AntMaze evaluation; torch "
+                    "computes on one thread whatever this says, so results never depend on it")
     sp.add_argument("--checkpoints", required=True)
     sp.add_argument("--metrics", required=True)
     sp.add_argument("--run", required=True)
@@ -507,7 +512,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--params", required=True, help="JSON of OnlineSACConfig fields")
     sp.add_argument("--seeds", required=True, help="comma-separated seeds")
     sp.add_argument("--label", action="append", default=[], help="key=value stored in run.json")
-    sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--resume-dir")
     for out in ("checkpoints", "metrics", "evaluations", "episodes", "run"):
         sp.add_argument(f"--{out}", required=True)
@@ -526,7 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample-seed", type=int, default=0)
     sp.add_argument("--without-replacement", action="store_true",
                     help="draw the SEEM batch without replacement (default: with, as the authors)")
-    sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--out", required=True)
     _device_args(sp)
 

@@ -23,4 +23,4 @@ rule seem:
     shell:
         "python -m seemrl seem --checkpoints {input.checkpoints} --data {input.data}"
         " --samples {params.n} --sample-seed {params.seed} {params.replace}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --out {output} > {log} 2>&1"

@@ -49,7 +49,7 @@ rule recipe_train:
         "results/logs/recipe_train/{recipe}-{env_id}.log",
     conda:
         CONDA_ENV_GPU
-    threads: 2  # the online SAC run is the only job until the data exists
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -58,7 +58,7 @@ rule recipe_train:
         progress="results/logs/recipe_train/{recipe}-{env_id}.progress.json",
     shell:
         "python -m seemrl recipe-train --env-id {wildcards.env_id} --recipe '{params.recipe}'"
-        " --threads {threads} --resume-dir {params.resume_dir} --progress {params.progress}"
+        " --resume-dir {params.resume_dir} --progress {params.progress}"
         " --label recipe={wildcards.recipe} --label env={wildcards.env_id} --out {output} > {log} 2>&1"
 
 

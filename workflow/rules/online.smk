@@ -16,7 +16,7 @@ rule train_online:
         f"{ONLINE_RUN}/train.log",
     conda:
         CONDA_ENV_GPU
-    threads: config["resources"].get("train_threads", 1)
+    threads: 1
     resources:
         gpu=1,
     params:
@@ -27,7 +27,7 @@ rule train_online:
     shell:
         "python -m seemrl train-online --env-id {wildcards.env} --params '{params.sac}' --seeds {params.seeds}"
         " --label env={wildcards.env} --label variant={wildcards.variant}"
-        " --threads {threads} --resume-dir {params.resume_dir} --progress {params.progress}"
+        " --resume-dir {params.resume_dir} --progress {params.progress}"
         " --checkpoints {output.checkpoints} --metrics {output.metrics} --evaluations {output.evaluations}"
         " --episodes {output.episodes} --run {output.run} > {log} 2>&1"
 
