@@ -4,8 +4,9 @@ A `StackedMLP` holds S independent MLPs: layer k has weight [S, in, out] and bia
 and maps inputs [S, B, in] to [S, B, out] with batched matmuls. Nothing is shared across the
 seed dimension (LayerNorm normalises each sample's features, BatchNorm takes its statistics over
 the batch of each seed only, all affine parameters and running statistics are per seed, dropout
-masks come from per-seed generators), so the S networks train exactly as S separate runs would,
-at the cost of one.
+masks come from per-seed generators), so the S networks train as S separate runs would, at the
+cost of one (bit for bit on the CPU with scalar kernels; `stacked_affine` and
+`docs/seed_independence.md` say how exactly elsewhere).
 
 Each seed's parameters are initialised from that seed's own generator, with PyTorch's default
 `nn.Linear` scheme (uniform +-1/sqrt(fan_in)), so seed s initialises identically whether it is
@@ -20,6 +21,8 @@ Feature Normalisation (OFN). Weight decay is an optimiser setting and lives with
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 import os
@@ -37,6 +40,21 @@ BN_MOMENTUM = 0.1  # running = (1 - momentum) * running + momentum * batch, as n
 OFN_EPS = 1e-6  # OFN divides by max(||x||, OFN_EPS)
 
 
+_PLAIN_AFFINE = contextvars.ContextVar("seemrl_plain_affine", default=False)
+
+
+@contextlib.contextmanager
+def plain_affine():
+    """Inside, `stacked_affine` is the plain fused product `baddbmm(b, x, W)` on every device: for
+    code that analyses one seed and needs a weight's use in the form z = x W (the SEEM analysis'
+    structured NTK); agreement across stacks is a training concern. Also a decorator."""
+    token = _PLAIN_AFFINE.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN_AFFINE.reset(token)
+
+
 def stacked_affine(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """bias + x @ weight over stacked seeds ([S, 1, out] + [S, B, in] @ [S, in, out]), with each
     seed's rows bit for bit the same whether the stack holds it alone or among others.
@@ -45,7 +63,7 @@ def stacked_affine(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     batched one; the two round differently when the output is 1 wide (a matrix-vector product)
     or, with the bias fused, when the input is. Those products get a zero second column, or the
     bias added apart. On CUDA the fused product runs as it is (`docs/seed_independence.md`)."""
-    if x.is_cuda:
+    if x.is_cuda or _PLAIN_AFFINE.get():
         return torch.baddbmm(bias, x, weight)
     if weight.shape[-1] == 1:
         return torch.baddbmm(bias, x, F.pad(weight, (0, 1)))[..., :1]

@@ -17,7 +17,7 @@ S seeds train in one process with stacked weights: one environment per seed (res
 derived from the run seed), one replay buffer per seed on the device ([S, capacity, width]), and
 per-seed CPU generators for the warm-up actions, the exploration noise, the minibatches and the
 policy noise of the update. Every loss is a sum over seeds of per-seed means, so seed s trained
-among others follows the same trajectory as seed s trained alone.
+among others follows the trajectory of seed s trained alone (`docs/seed_independence.md`).
 
 The update runs on the training engine (`seemrl.engine.StackedTrainer`): its random inputs are
 engine `Draw`s, so on CUDA they are drawn ahead in windows and the update is replayed as a CUDA

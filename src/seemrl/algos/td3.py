@@ -7,7 +7,8 @@ gives DDPG (with or without EMA through `tau`), the start of the paper's ablatio
 
 S seeds train in one process with stacked weights (`seemrl.nets.StackedMLP`). Each seed has its
 own generators for initialisation, minibatches and target-policy noise, and every loss is a sum of
-per-seed means, so each seed's gradients are exactly those of a run on its own. A seed whose
+per-seed means, so each seed computes what a run on its own computes (bit for bit on the CPU with
+scalar kernels; `docs/seed_independence.md` says how exactly elsewhere). A seed whose
 losses become non-finite is recorded with the first step it happened and training goes on: a
 diverging run is a result, not a crash.
 

@@ -71,7 +71,7 @@ from seemrl.algos import load_checkpoint  # any algorithm's checkpoint, by its f
 from seemrl.algos.td3 import TD3Nets
 from seemrl.engine import Checkpoint
 from seemrl.resume import checkpoint_paths
-from seemrl.nets import StackedMLP, per_seed_norm, seed_slice
+from seemrl.nets import StackedMLP, per_seed_norm, plain_affine, seed_slice
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ class _Q1Jacobian:
         return out
 
 
+@plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
 def q1_jacobian(q1: StackedMLP, seed_index: int, x: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
     """Per-sample gradients [N, P] of seed `seed_index`'s Q1(x) w.r.t. its P parameters, / sqrt(P).
 
@@ -182,6 +183,7 @@ def seem_matrix(phi_x: torch.Tensor, phi_xstar: torch.Tensor, gamma: float) -> t
 METHODS = ("auto", "structured", "jacobian")
 
 
+@plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
 def seem_matrices(q1: StackedMLP, seed_index: int, x: torch.Tensor, x_star: torch.Tensor, gamma: float,
                   chunk_size: int = 512, max_jacobian_bytes: int | None = None,
                   stats: dict | None = None, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -425,6 +427,7 @@ def seem(q1: StackedMLP, seed_index: int, x: torch.Tensor, x_star: torch.Tensor,
 
 
 # ------------------------------------------------------------------ TD loss and its gradient
+@plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
 def td_gradient_norms(nets: TD3Nets, gamma: float, twin_q: bool, x: torch.Tensor, x_star: torch.Tensor,
                       reward: torch.Tensor, not_done: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per seed, the critic's TD loss on a fixed batch and the norm of its gradient.
@@ -487,6 +490,7 @@ def _q1_vector(q1: StackedMLP, seed_index: int) -> torch.Tensor:
     return torch.cat([p.detach()[seed_index].flatten() for p in q1.parameters()])
 
 
+@plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
 def _analyse_checkpoint(ckpt: Checkpoint, batch: dict[str, torch.Tensor], chunk_size: int,
                         max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES, method: str = "auto") -> list[dict]:
     """Rows (one per seed) with SEEM and the paper's side metrics; keeps tensors for Fig. 1."""
