@@ -25,7 +25,8 @@ def progress_files(root: str | os.PathLike) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` on this host is still a seemrl process (not a reused pid)."""
+    """Whether `pid` on this host is still a running seemrl process (not a reused pid, not a
+    killed job its parent has yet to reap)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -33,9 +34,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] == "Z":
+            return False
         return b"seemrl" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True
+        return True  # no /proc to ask: trust the signal
 
 
 def read_jobs(root: str | os.PathLike, now: float | None = None) -> list[dict[str, Any]]:
