@@ -170,7 +170,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     # our own copy of the workflow and package: the test edits code below
     snakefile = project_copy(tmp_path / "project")
     smk = functools.partial(snakemake, tmp_path, snakefile=snakefile)
-    smk(TINY)
+    smk({**TINY, "tracking": {"tensorboard": True}})  # the first run logs to TensorBoard too
 
     # data: a real Minari dataset, a Parquet table, nested subsets
     assert (tmp_path / "resources/generated/demo/Hopper-v5/minari/seemrl/hopper-expert-v0/data/main_data.hdf5").is_file()
@@ -204,6 +204,11 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     for experiment in ("toy", "ntk_map", "baird", "homogeneity"):
         assert (tmp_path / f"results/theory/{experiment}/{experiment}.png").read_bytes()[:4] == b"\x89PNG"
 
+    # tracking reached the jobs through their environment: event files of every training job
+    events = {str(p.parent.relative_to(tmp_path)) for p in (tmp_path / "results/tensorboard").rglob("events.*")}
+    assert "results/tensorboard/hopper-demo/50pct/td3_seem/ln/seed_1" in events
+    assert "results/tensorboard/demo/Hopper-v5/seed_0" in events and len(events) == 4 * 2 + 1
+
     # every training job left its progress file: the live view lists them, finished
     status = subprocess.run([sys.executable, "-m", "seemrl", "status", "--root", str(tmp_path), "--all"],
                             capture_output=True, text=True, cwd=tmp_path / "project", timeout=60).stdout
@@ -215,7 +220,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "seem_q.png" in html and "toy.png" in html and "Baird" in html
 
-    # idempotent: a second run does nothing
+    # idempotent: a second run (tracking off: how jobs run) does nothing
     again = smk(TINY)
     assert "Nothing to be done" in again.stdout + again.stderr
 
