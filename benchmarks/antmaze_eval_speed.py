@@ -1,4 +1,4 @@
-"""Benchmark: AntMaze policy evaluation (`seemrl.antmaze.play_episodes`), env steps/s with 1 process
+"""Benchmark: AntMaze policy evaluation (`seemrl.training.antmaze.play_episodes`), env steps/s with 1 process
 vs `workers` worker processes, side by side in one run.
 
 S seeds x E episodes of one AntMaze dataset's evaluation env (default antmaze-umaze-v2: 10 x 10,
@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from seemrl.antmaze import antmaze_env_fn, play_episodes
-from seemrl.evaluation import episode_seed
+from seemrl.training.antmaze import antmaze_env_fn, play_episodes
+from seemrl.training.evaluation import episode_seed
 
 TABLE1_STEPS = 10 * 100 * 1000  # seeds x episodes x steps of one evaluation for Table 1
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from seemrl.devices import matmul_precision
-from seemrl.engine import OfflineData
+from seemrl.training.devices import matmul_precision
+from seemrl.training.draws import OfflineData
 
 PRECISIONS = ("tf32", "ieee")
 NORMS = ("none", "layernorm")
@@ -64,16 +64,15 @@ def mlp(i: int, o: int, hidden: Sequence[int], ln: bool = False,
     return nn.Sequential(*layers, nn.Linear(d, o))
 
 
-def offline_data(n: int, obs_dim: int, act_dim: int, device, *, data_cls: type[OfflineData] = OfflineData,
-                 action_bound: float = 1.0, reward: Callable | None = None) -> OfflineData:
+def offline_data(n: int, obs_dim: int, act_dim: int, device, *, action_bound: float = 1.0, reward: Callable | None = None) -> OfflineData:
     """n synthetic transitions (normal states, uniform actions in +-action_bound, normal rewards or
     reward(rng, n), 1% terminals), states not normalised."""
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
     action = rng.uniform(-action_bound, action_bound, (n, act_dim))
     r = rng.normal(size=n) if reward is None else reward(rng, n)
-    return data_cls.from_arrays(obs, action, r, obs + 0.01, rng.random(n) < 0.01, np.zeros(obs_dim), np.ones(obs_dim),
-                                device)
+    return OfflineData.from_arrays(obs, action, r, obs + 0.01, rng.random(n) < 0.01, np.zeros(obs_dim),
+                                   np.ones(obs_dim), device)
 
 
 @torch.no_grad()

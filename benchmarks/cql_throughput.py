@@ -28,7 +28,9 @@ from torch.distributions import Normal, TanhTransform, TransformedDistribution
 from seemrl.algos import cql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup
+
+from seemrl.training.draws import OfflineData
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
@@ -67,17 +69,17 @@ class PlainQ(nn.Module):
 class PlainCQL:
     """Single-seed CQL as commonly written (CORL's ContinuousCQL, non-Lagrange)."""
 
-    def __init__(self, cfg: cql.CQLConfig, data: cql.OfflineData, device):
+    def __init__(self, cfg: cql.CQLConfig, data: OfflineData, device):
         ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data = cfg, data
         self.actor = PlainActor(cfg.hidden).to(device)
         self.q1, self.q2 = (PlainQ(cfg.hidden, ln).to(device) for _ in range(2))
         self.t1, self.t2 = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.log_alpha = nn.Parameter(torch.zeros((), device=device))
-        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr)
+        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.q1opt = torch.optim.Adam(self.q1.parameters(), lr=cfg.critic_lr)
         self.q2opt = torch.optim.Adam(self.q2.parameters(), lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.policy_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.actor_lr)
 
     def step(self):
         c, d, n = self.cfg, self.data, self.cfg.cql_n_actions

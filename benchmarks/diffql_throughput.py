@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from seemrl.algos import diffql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup
 
 OBS, ACT = 29, 8  # AntMaze sizes
 
@@ -67,8 +67,8 @@ class PlainDiffQL:
         self.actor_ema = copy.deepcopy(self.actor)
         self.q1, self.q2 = (mlp(OBS + ACT, 1, cfg.hidden, ln, nn.Mish).to(device) for _ in range(2))
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
-        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
+        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
         self.sched = diffql.DiffusionSchedule(cfg.beta_schedule, cfg.diffusion_steps, device)
         self.plan = diffql.dpm_solver_plan(self.sched, cfg.sample_steps, cfg.dpm_order)
 
@@ -79,9 +79,9 @@ class PlainDiffQL:
 
     def step(self):
         c, d, sch = self.cfg, self.data, self.sched
-        for opt in (self.aopt, self.copt):
+        for opt, lr in ((self.aopt, c.actor_lr), (self.copt, c.critic_lr)):
             for g in opt.param_groups:
-                g["lr"] = 0.5 * c.lr * (1 + math.cos(math.pi * min(self.it, c.steps) / c.steps))
+                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * min(self.it, c.steps) / c.steps))
         self.it += 1
         B, n = c.batch_size, c.backup_samples
         idx = torch.randint(len(d), (B,), device=d.obs.device)
@@ -134,7 +134,7 @@ def main():
     hidden = (16, 16, 16) if args.tiny else (256, 256, 256)
     batch = 32 if args.tiny else 256
     warmup = 1 if args.tiny else 3
-    data = offline_data(2_000 if args.tiny else 1_000_000, OBS, ACT, device, data_cls=diffql.DiffQLData,
+    data = offline_data(2_000 if args.tiny else 1_000_000, OBS, ACT, device,
                         action_bound=0.999, reward=lambda rng, n: 10.0 * (rng.random(n) < 0.01))
     print_title(device, f"Diffusion-QL, hidden {hidden}, batch {batch}, T 1000, {args.sample_steps}-step DPM-Solver, "
                         f"max-Q backup over 10 samples, {iters} timed steps after {warmup} warm-up")

@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from seemrl.algos import iql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup
+
+from seemrl.training.draws import OfflineData
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
@@ -38,7 +40,7 @@ OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 class PlainIQL:
     """Single-seed IQL as commonly written (CORL-style PyTorch), in the original's update order."""
 
-    def __init__(self, cfg: iql.IQLConfig, data: iql.OfflineData, device, obs_dim=OBS, act_dim=ACT):
+    def __init__(self, cfg: iql.IQLConfig, data: OfflineData, device, obs_dim=OBS, act_dim=ACT):
         ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data = cfg, data
         self.actor = mlp(obs_dim, act_dim, cfg.hidden).to(device)

@@ -2,8 +2,14 @@
 
 Run on a host with 4 GPUs: `python benchmarks/multi_gpu_lease.py`; prints each run.json device entry and what
 nvidia-smi saw while the jobs ran. Working files go to .cache/multi_gpu_lease; a copy of the runs to $OUT if set."""
-import json, os, subprocess, sys, time
+import json
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
+
 sys.path.insert(0, "src")
 from seemrl.data.transitions import Transitions, write_transitions
 

@@ -5,7 +5,7 @@ synthetic Hopper-sized transitions (obs 11, act 3) held on the device. Measured 
 one run on one device:
   plain    the usual single-seed PyTorch SAC update (nn.Sequential actor and twin critics,
            torch.optim.Adam, EMA target critics, automatic temperature), one seed at a time
-  seemrl   seemrl.algos.online_sac.SACTrainer (on seemrl.engine) with S seeds stacked in one
+  seemrl   seemrl.algos.online_sac.SACTrainer (on seemrl.training) with S seeds stacked in one
            process (one replay buffer of 1M transitions per seed), eager (cuda_graph=False) and,
            on a GPU, with the update replayed as a CUDA graph
 for critics without and with LayerNorm (the paper's Fig. 11 variant), and prints update steps/s,

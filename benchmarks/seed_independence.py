@@ -28,6 +28,7 @@ from seemrl.algos import cql, diffql, iql, td3
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 from common import offline_data, row  # noqa: E402
 
+
 OBS, ACT = 11, 3  # Hopper sizes
 ALGOS = {
     "td3bc": (td3.TD3Config, td3.TD3Trainer, td3.build_nets, dict(bc_weight=1.0, tau=0.005)),
@@ -42,7 +43,7 @@ def train(algo: str, norm: str, seeds: list[int], steps: int, device) -> torch.n
     config_cls, trainer_cls, build_nets, extra = ALGOS[algo]
     cfg = config_cls(steps=steps, batch_size=256, hidden=(256, 256), checkpoint_every=steps, log_every=steps,
                      critic={"norm": norm} if norm != "none" else {}, **extra)
-    data = offline_data(100_000, OBS, ACT, device, data_cls=diffql.DiffQLData if algo == "diffql" else td3.OfflineData)
+    data = offline_data(100_000, OBS, ACT, device)
     trainer = trainer_cls(cfg, seeds, data, build_nets(cfg, seeds, OBS, ACT), device)
     for _ in range(steps):
         trainer.step()

@@ -3,7 +3,7 @@
 Measured side by side in one run on one device, for one critic head Q1 (Linear-ReLU-Linear-ReLU-
 Linear, hidden 256-256, input obs 17 + act 6, as HalfCheetah / Walker2d) and random X, X*:
   authors   one backward pass per sample on a plain nn.Sequential with the same weights (their
-            `td3/main.py`, shared/REFERENCE.md §1), rows / sqrt(P), A = gamma Phi* Phi^T - Phi Phi^T
+            `td3/main.py`), rows / sqrt(P), A = gamma Phi* Phi^T - Phi Phi^T
             in fp32, then torch.linalg.eigvals(A) in fp32 on the same device
   seemrl    seemrl.analysis.seem.seem_matrices, then seem_from_matrix (eigvals in fp64 on A's
             device), with each of its methods:
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from seemrl.analysis.seem import seem_from_matrix, seem_matrices
-from seemrl.nets import StackedMLP, seed_generators
+from seemrl.training.nets import StackedMLP, seed_generators
 
 OBS, ACT = 17, 6
 GAMMA = 0.99

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from seemrl.algos import td3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup  # noqa: E402
+from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup
+
+from seemrl.training.draws import OfflineData
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 
@@ -32,14 +34,14 @@ OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 class PlainTD3BC:
     """Single-seed TD3+BC as commonly written (CORL-style)."""
 
-    def __init__(self, cfg: td3.TD3Config, data: td3.OfflineData, device):
+    def __init__(self, cfg: td3.TD3Config, data: OfflineData, device):
         ln = cfg.critic.get("norm") == "layernorm"
         self.cfg, self.data, self.it = cfg, data, 0
         self.actor = mlp(OBS, ACT, cfg.hidden).to(device)
         self.q1, self.q2 = (mlp(OBS + ACT, 1, cfg.hidden, ln).to(device) for _ in range(2))
         self.targets = [copy.deepcopy(m) for m in (self.actor, self.q1, self.q2)]
-        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
+        self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
 
     def step(self):
         c, d = self.cfg, self.data

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from seemrl.algos.common import state_normalizer
-from seemrl.engine import OfflineData
-from seemrl.resume import ResumeDir
+from seemrl.data.preparation import state_normalizer
+from seemrl.training.draws import OfflineData
+from seemrl.training.resume import ResumeDir
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -263,7 +263,7 @@ def check_same_seed_same_result(run: Callable, modules: Callable, tmp_path: Path
 def check_grad_norms_are_applied(t, groups: dict) -> None:
     """With SGD a step moves the parameters by exactly lr * gradient: each logged gradient norm
     (key -> (modules, lr)) is the norm of the gradient applied, and only computed when asked for."""
-    from seemrl.nets import per_seed_norm
+    from seemrl.training.nets import per_seed_norm
 
     snap = lambda mods: [p.detach().clone() for m in mods for p in m.parameters()]  # noqa: E731
     before = {key: snap(mods) for key, (mods, _) in groups.items()}
@@ -279,3 +279,14 @@ def check_bad_checkpoint_is_named(load: Callable, tmp_path: Path, name: str = "s
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=name):
         load(bad)
+
+
+def prepared(t, cfg, device="cpu"):
+    """A transition table prepared as `seemrl train` prepares it for `cfg`: (the training tensors,
+    `seemrl.data.preparation.Prepared`)."""
+    import dataclasses
+
+    from seemrl.data.preparation import prepare
+
+    p = prepare(t, dataclasses.asdict(cfg))
+    return OfflineData.from_prepared(p, device), p

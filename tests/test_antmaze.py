@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from seemrl import antmaze
-from seemrl.antmaze import (MAZES, AntMazeSeedEvaluation, antmaze_env_fn, antmaze_task,
-                            evaluate_antmaze, make_d4rl_antmaze, play_episodes, run_goal_seed)
-from seemrl.evaluation import normalized_score
+from seemrl.training import antmaze
+from seemrl.training.antmaze import (MAZES, AntMazeSeedEvaluation, antmaze_env_fn, antmaze_task, evaluate_antmaze,
+                                     make_d4rl_antmaze, play_episodes, run_goal_seed)
+from seemrl.training.evaluation import normalized_score
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_OFFSETS = {"umaze": (4.0, 4.0), "medium": (10.0, 10.0), "large": (18.0, 12.0)}
@@ -409,7 +409,7 @@ def test_a_killed_worker_is_named_in_the_error():
 
 
 def test_task_observation_widths_match_the_data_layouts():
-    from seemrl.antmaze import antmaze_task
+    from seemrl.training.antmaze import antmaze_task
 
     assert antmaze_task("antmaze-umaze-v0").obs_dim == 29  # qpos[:15] + qvel[:14]
     assert antmaze_task("minari-antmaze-umaze-v1").obs_dim == 31  # achieved_goal + observation + desired_goal

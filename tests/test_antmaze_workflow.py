@@ -3,14 +3,14 @@
 1. A tiny AntMaze file in D4RL's HDF5 layout (rolled out here in our D4RL-frame AntMaze env)
    served on 127.0.0.1, fetched by `fetch_d4rl` (its checksum recorded in the lock), converted,
    subset, trained with Diffusion-QL (LayerNorm off and on) and IQL, evaluated in
-   `seemrl.antmaze`, SEEM-analysed and reported; then a corrupted served file makes the fetch
+   `seemrl.training.antmaze`, SEEM-analysed and reported; then a corrupted served file makes the fetch
    fail, naming the file.
 2. A Minari `D4RL/antmaze/umaze-v1` stand-in in a pre-seeded store (random rollouts of the
    Gymnasium-Robotics maze, dict observations, its eval_env_spec in the metadata) through the
    same chain with Diffusion-QL.
 
 Evaluation episodes are capped through the registry entry's `max_episode_steps` in the test's
-copy of config/datasets.yaml, so the project runs in its own directory: `seemrl.antmaze` reads
+copy of config/datasets.yaml, so the project runs in its own directory: `seemrl.training.antmaze` reads
 the registry next to the package (`default_registry_path`), i.e. that copy."""
 import copy
 import dataclasses
@@ -22,14 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_download import http_server  # noqa: F401 (fixture)
-from test_workflow import DEFAULT_CONFIG, ROOT, job_counts, project_copy, snakemake
+from helpers import DEFAULT_CONFIG, ROOT, job_counts, project_copy, snakemake
 
-from seemrl.antmaze import antmaze_task, make_d4rl_antmaze, minari_eval_env_spec
 from seemrl.data.d4rl import D4RL_FILES
 from seemrl.data.minari_source import collect_episodes, write_minari_dataset
 from seemrl.data.transitions import read_transitions
 from seemrl.io import sha256_file
+from seemrl.training.antmaze import antmaze_task, make_d4rl_antmaze, minari_eval_env_spec
 
 DATASET = "antmaze-umaze-v2"
 KEY = D4RL_FILES[DATASET]  # ant_maze_v2/Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5
@@ -91,7 +90,7 @@ def write_d4rl_antmaze_file(path, episodes=EPISODES, steps=EPISODE_STEPS, seed=0
 ALGORITHMS = {
     "diffql_tiny": {"trainer": "diffql", "grad_clip": 2.0, "reward_transform": "x10", "sample_steps": 3,
                     "dpm_order": 1, "backup_samples": 2, "eval_samples": 4},
-    "iql_tiny": {"trainer": "iql", "expectile": 0.9, "beta": 10.0, "reward_mode": "minus1"},
+    "iql_tiny": {"trainer": "iql", "expectile": 0.9, "beta": 10.0, "reward_transform": "minus1"},
 }
 
 
@@ -125,7 +124,7 @@ def antmaze_project(tmp_path, dataset: str):
 def check_antmaze_run(run_dir, dataset, algo, d4rl_layout: bool):
     """run.json, evaluations, checkpoints and SEEM of one cell of 2 seeds, 60 steps."""
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["evaluation"]["env_id"] == f"antmaze evaluation of {dataset} (seemrl.antmaze)"
+    assert run["evaluation"]["env_id"] == f"antmaze evaluation of {dataset} (seemrl.training.antmaze)"
     assert run["evaluation"]["episodes"] == 2 and run["algorithm"] == ALGORITHMS[algo]["trainer"]
     assert (run["evaluation"]["ref_min_score"], run["evaluation"]["ref_max_score"]) == (0.0, 1.0)
     assert sorted(run["evaluation"]["per_seed"]) == ["0", "1"]

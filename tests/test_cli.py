@@ -15,7 +15,10 @@ def test_train_rejects_unknown_hyperparameter_by_name(tmp_path):
     ("iql", '{"critic_lr": "3e-4"}', "params.critic_lr: expected a number, got '3e-4' (a string) (YAML"),
     ("iql", '{"hidden": "256"}', "params.hidden: expected a list of integers (at least 1), got '256'"),
     ("cql", '{"hidden": []}', "params.hidden: expected a list of integers (at least 1), got 0 item(s)"),
-    ("diffql", '{"lr": 0}', "params: lr must be > 0"),
+    ("diffql", '{"actor_lr": 0}', "params: actor_lr must be > 0"),
+    ("td3", '{"lr": 0.001}', "params.lr: renamed; write actor_lr and critic_lr instead"),
+    ("cql", '{"policy_lr": 0.001}', "params.policy_lr: renamed; write actor_lr instead"),
+    ("iql", '{"reward_mode": "minus1"}', "params.reward_mode: renamed; write reward_transform instead"),
 ])
 def test_train_names_the_field_of_a_bad_value(tmp_path, trainer, params, needle):
     with pytest.raises(SystemExit, match=re.escape(needle)):
@@ -36,7 +39,7 @@ def test_missing_dataset_is_named(tmp_path):
 def test_device_resolution():
     import torch
 
-    from seemrl.devices import resolve_device
+    from seemrl.training.devices import resolve_device
 
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"

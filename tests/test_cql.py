@@ -6,16 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import algo_checks as checks
 import numpy as np
 import pytest
 import torch
+from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-import algo_checks as checks
 import seemrl.algos
-from algo_checks import one_thread  # noqa: F401 (autouse fixture)
 from seemrl.algos import cql
-from seemrl.nets import StackedMLP
+from seemrl.training.nets import StackedMLP
+from seemrl.training.resume import ResumeDir, checkpoint_name, checkpoint_paths
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "cql_throughput.py"
 _arrays, _data = checks.arrays, checks.offline_data
@@ -176,7 +177,7 @@ REFERENCE_CASES = [
 def test_losses_and_gradients_match_a_corl_style_reference(extra):
     # SGD moves each parameter by exactly lr * (its gradient): the step's gradients are compared
     lr = 0.05
-    cfg = cql.CQLConfig(**{**SMALL, "cql_n_actions": 3}, optimizer="sgd", policy_lr=lr, critic_lr=lr, alpha_lr=lr,
+    cfg = cql.CQLConfig(**{**SMALL, "cql_n_actions": 3}, optimizer="sgd", actor_lr=lr, critic_lr=lr, alpha_lr=lr,
                         alpha_prime_lr=lr, **extra)
     arrays = _arrays()
     t = _trainer(cfg, [4], arrays)
@@ -267,29 +268,29 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run(tmp_path, monkeypatch):
     cfg = cql.CQLConfig(**{**SMALL, "steps": 14}, bc_steps=3, cql_lagrange=True)
     arrays = _arrays()
     reference_nets, reference = _train(cfg, [0, 1], arrays, tmp_path / "ref")
-    resume = cql.ResumeDir(tmp_path / "resume", cql.run_identity(cfg, [0, 1], "sha"))
+    resume = ResumeDir(tmp_path / "resume", cql.run_identity(cfg, [0, 1], "sha"))
     # the restarted run gets a ResumeDir of its own, as a restarted process would
     run = lambda r: _train(cfg, [0, 1], arrays, tmp_path / "out",  # noqa: E731
-                           resume=cql.ResumeDir(r.path, cql.run_identity(cfg, [0, 1], "sha")))
+                           resume=ResumeDir(r.path, cql.run_identity(cfg, [0, 1], "sha")))
     nets, result = checks.killed_then_resumed(monkeypatch, run, resume, kill_step=10)
     assert result.resumed_from_step == 10
     for name, m in _modules(nets).items():
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), _modules(reference_nets)[name].parameters()))
     assert result.metrics.equals(reference.metrics)
-    assert [p.name for p in cql.checkpoint_paths(tmp_path / "out")] == \
-        [p.name for p in cql.checkpoint_paths(tmp_path / "ref")]
+    assert [p.name for p in checkpoint_paths(tmp_path / "out")] == \
+        [p.name for p in checkpoint_paths(tmp_path / "ref")]
 
 
 # ------------------------------------------------------------------ checkpoints and the SEEM interface
 def test_checkpoints_round_trip_and_dispatch(tmp_path):
     cfg = cql.CQLConfig(**SMALL, critic={"norm": "layernorm", "norm_layers": [1]}, cql_lagrange=True)
     nets, _ = _train(cfg, [4, 5], _arrays(), tmp_path)
-    paths = cql.checkpoint_paths(tmp_path)
-    assert [p.name for p in paths] == [cql.checkpoint_name(s) for s in (0, 5, 10, 12)]
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [checkpoint_name(s) for s in (0, 5, 10, 12)]
     for ck in (cql.load_checkpoint(paths[-1]), seemrl.algos.load_checkpoint(paths[-1])):
         assert ck.step == 12 and ck.seeds == [4, 5] and ck.config == cfg and ck.config.twin_q
         assert isinstance(ck.nets, cql.CQLNets) and isinstance(ck.nets.q1, StackedMLP)
-        assert ck.nets.q1.dims[0] == 5 + 2 and ck.nets.q1.layer_norm == (1,)
+        assert ck.nets.q1.dims[0] == 5 + 2 and ck.nets.q1.norm_layers == (1,) and ck.nets.q1.norm == "layernorm"
         x = torch.randn(2, 7, 7)
         torch.testing.assert_close(ck.nets.q1(x), nets.q1(x))
         for name, m in _modules(ck.nets).items():
@@ -311,21 +312,6 @@ def test_seem_analysis_runs_on_cql_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(seem, "load_checkpoint", seemrl.algos.load_checkpoint)
     df = seem.analyse_run(tmp_path, {**arrays, "terminal": arrays["terminal"]}, n_samples=16, sample_seed=0)
     assert len(df) == 4 * 2 and np.isfinite(df.seem).all() and np.isfinite(df.td_loss).all()
-
-
-def test_prepare_data_transforms_rewards_and_normalises_states():
-    from seemrl.data.transitions import Transitions
-
-    a = _arrays(n=6)
-    t = Transitions(obs=a["obs"], action=a["action"], reward=np.array([0, 1, 0, 0, 1, 0]), next_obs=a["next_obs"],
-                    terminal=a["terminal"], timeout=np.zeros(6, bool), episode_id=np.zeros(6, np.int64),
-                    step=np.arange(6), meta={})
-    data, extras = cql.prepare_data(t, cql.CQLConfig(reward_transform="minus1"), "cpu")
-    assert extras == {} and data.reward.flatten().tolist() == [-1, 0, -1, -1, 0, -1]
-    mean, std = cql.state_normalizer(a["obs"], True)
-    torch.testing.assert_close(data.obs, torch.as_tensor((a["obs"] - mean) / std))
-    plain, _ = cql.prepare_data(t, cql.CQLConfig(normalize_states=False), "cpu")
-    assert plain.reward.flatten().tolist() == [0, 1, 0, 0, 1, 0] and torch.equal(plain.obs, torch.as_tensor(a["obs"]))
 
 
 # ------------------------------------------------------------------ BC warm start, Lagrange, metrics
@@ -371,7 +357,7 @@ def test_config_rejects_bad_values():
     for kw, field in [(dict(optimizer="rmsprop"), "optimizer"), (dict(critic={"layer_norm": True}), "critic"),
                       (dict(critic={"weight_decay": -1.0}), "weight_decay"), (dict(tau=0.0), "tau"),
                       (dict(cql_n_actions=0), "cql_n_actions"), (dict(bc_steps=-1), "bc_steps"),
-                      (dict(policy_lr=0.0), "policy_lr"), (dict(alpha_lr=-1.0), "alpha_lr"),
+                      (dict(actor_lr=0.0), "actor_lr"), (dict(alpha_lr=-1.0), "alpha_lr"),
                       (dict(cql_alpha=-1.0), "cql_alpha"), (dict(cql_temp=0.0), "cql_temp"),
                       (dict(cql_clip_diff_min=1.0, cql_clip_diff_max=0.0), "cql_clip_diff_min"),
                       (dict(reward_transform="x100"), "reward_transform"),

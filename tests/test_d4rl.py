@@ -2,18 +2,10 @@
 import h5py
 import numpy as np
 import pytest
-from test_download import http_server, quiet, serve, sha  # noqa: F401 (fixture)
+from helpers import quiet, serve, sha
 
-from seemrl.data.d4rl import (
-    BASE_URL_ENV,
-    D4RL_FILES,
-    base_url,
-    fetch_and_convert,
-    fetch_d4rl,
-    main,
-    read_d4rl_hdf5,
-    ref_scores,
-)
+from seemrl.data.d4rl import (BASE_URL_ENV, D4RL_FILES, base_url, fetch_and_convert, fetch_d4rl, main, read_d4rl_hdf5,
+                              ref_scores)
 from seemrl.data.lockfile import read_lock
 from seemrl.data.transitions import DatasetError, episode_returns, read_transitions
 

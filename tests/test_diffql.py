@@ -14,17 +14,19 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import algo_checks as checks
 import numpy as np
 import pytest
 import torch
-
-import algo_checks as checks
-import seemrl.algos
 from algo_checks import one_thread  # noqa: F401 (autouse fixture)
+
+import seemrl.algos
 from seemrl.algos import diffql
 from seemrl.data.transitions import Transitions
-from seemrl.engine import cosine_lr
-from seemrl.nets import StackedMLP
+from seemrl.training.draws import OfflineData
+from seemrl.training.nets import StackedMLP
+from seemrl.training.resume import ResumeDir, checkpoint_name, checkpoint_paths
+from seemrl.training.trainer import cosine_lr
 
 SMALL = dict(steps=12, batch_size=16, hidden=(16, 16), time_embed=4, diffusion_steps=10, sample_steps=2,
              backup_samples=3, eval_samples=4, actor_ema_start=3, actor_ema_every=2, checkpoint_every=5,
@@ -49,8 +51,8 @@ def _transitions(n=300, seed=0, sparse=False):
 
 def _setup(cfg, seeds, t=None, device="cpu"):
     t = t or _transitions()
-    data, extra = diffql.prepare_data(t, cfg, device)
-    nets = diffql.build_nets(cfg, seeds, OBS, ACT, extra["obs_mean"], extra["obs_std"])
+    data, p = checks.prepared(t, cfg, device)
+    nets = diffql.build_nets(cfg, seeds, OBS, ACT, p.obs_mean, p.obs_std)
     return data, nets
 
 
@@ -155,8 +157,8 @@ def test_cuda_graph_flag_is_ignored_on_cpu_and_not_part_of_the_identity():
 def test_checkpoints_round_trip_and_the_analysis_interface(tmp_path):
     cfg = _cfg(critic={"norm": "layernorm", "norm_layers": [1]})
     nets, _ = _train(cfg, [4, 5], tmp_path)
-    paths = diffql.checkpoint_paths(tmp_path)
-    assert [p.name for p in paths] == [diffql.checkpoint_name(s) for s in (0, 5, 10, 12)]
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [checkpoint_name(s) for s in (0, 5, 10, 12)]
     ck = seemrl.algos.load_checkpoint(paths[-1])  # dispatched on the format tag
     assert diffql.CHECKPOINT_FORMAT == "seemrl.diffql.v1" and "diffql" in seemrl.algos.TRAINERS
     assert isinstance(ck.nets, diffql.DiffQLNets)
@@ -165,7 +167,8 @@ def test_checkpoints_round_trip_and_the_analysis_interface(tmp_path):
         for p, q in zip(module.state_dict().values(), getattr(ck.nets, name).state_dict().values()):
             assert torch.equal(p, q), name
     # the SEEM analysis reads q1 over concat(normalised obs, action), normalize and policy
-    assert isinstance(ck.nets.q1, StackedMLP) and ck.nets.q1.dims[0] == OBS + ACT and ck.nets.q1.layer_norm == (1,)
+    q1 = ck.nets.q1
+    assert isinstance(q1, StackedMLP) and q1.dims[0] == OBS + ACT and q1.norm_layers == (1,) and q1.norm == "layernorm"
     obs = torch.randn(2, 9, OBS)
     torch.testing.assert_close(ck.nets.normalize(obs), obs)  # normalize_states is off by default
     pi = ck.nets.policy(ck.nets.normalize(obs))
@@ -193,14 +196,14 @@ def test_resume_continues_as_an_uninterrupted_run(tmp_path, monkeypatch):
         return diffql.train(cfg, [0, 1], data, nets, out, log=lambda m: None, evaluate=evaluate, resume=resume), nets
 
     reference, ref_nets = run(tmp_path / "ref", None)
-    resume = diffql.ResumeDir(tmp_path / "resume", diffql.run_identity(cfg, [0, 1], "data-sha"))
+    resume = ResumeDir(tmp_path / "resume", diffql.run_identity(cfg, [0, 1], "data-sha"))
     result, nets = checks.killed_then_resumed(monkeypatch, lambda r: run(tmp_path / "out", r), resume, kill_step=5)
     assert result.resumed_from_step == 5
     assert all(torch.equal(x, y) for x, y in zip(_tensors(ref_nets), _tensors(nets)))
     assert result.metrics.equals(reference.metrics)
     assert result.evaluations.equals(reference.evaluations) and len(result.evaluations) == 6  # steps 4, 8, 12
-    assert [p.name for p in diffql.checkpoint_paths(tmp_path / "out")] == \
-           [p.name for p in diffql.checkpoint_paths(tmp_path / "ref")]
+    assert [p.name for p in checkpoint_paths(tmp_path / "out")] == \
+           [p.name for p in checkpoint_paths(tmp_path / "ref")]
 
 
 # ------------------------------------------------------------------ samplers
@@ -335,15 +338,14 @@ def test_ema_actor_follows_edp_schedule():
 
 @pytest.mark.parametrize("lr_decay", ["both", "actor", "none"])
 def test_cosine_learning_rates(lr_decay):
-    cfg = _cfg(**{"steps": 8}, lr_decay=lr_decay)
+    cfg = _cfg(**{"steps": 8}, lr_decay=lr_decay, critic_lr=1e-3)  # two rates: each decays its own
     tr = _trainer(cfg, [0])
     for it in range(5):
         tr.step()
-        decayed = cosine_lr(cfg.lr, it, cfg.steps)  # set before step it + 1
         actor_lr = tr.optimizers["actor"].param_groups[0]["lr"]
-        critic_lr = tr.optimizers["critic"].param_groups[0]["lr"]
-        assert actor_lr == pytest.approx(cfg.lr if lr_decay == "none" else decayed)
-        assert critic_lr == pytest.approx(decayed if lr_decay == "both" else cfg.lr)
+        critic_lr = tr.optimizers["critic"].param_groups[0]["lr"]  # each set before step it + 1:
+        assert actor_lr == pytest.approx(cfg.actor_lr if lr_decay == "none" else cosine_lr(cfg.actor_lr, it, cfg.steps))
+        assert critic_lr == pytest.approx(cosine_lr(cfg.critic_lr, it, cfg.steps) if lr_decay == "both" else cfg.critic_lr)
 
 
 def test_gradients_are_clipped_per_seed_and_per_network(monkeypatch):
@@ -375,8 +377,8 @@ def test_oper_r_draws_the_actor_batch_by_return_and_the_critic_batch_uniformly()
     t.reward[:] = 0.0
     t.reward[t.episode_id == 4] = 1.0  # one successful episode; base 0: the others are never drawn
     cfg = _cfg(**{"batch_size": 64}, oper_r=True)
-    data, extra = diffql.prepare_data(t, cfg, "cpu")
-    assert extra["policy_probabilities"][t.episode_id == 4].sum() == pytest.approx(1.0)
+    data, p = checks.prepared(t, cfg)
+    assert p.policy_probabilities[t.episode_id == 4].sum() == pytest.approx(1.0)
     tr = diffql.DiffQLTrainer(cfg, [0, 1], data, diffql.build_nets(cfg, [0, 1], OBS, ACT), "cpu")
     critic_idx, actor_idx = tr.batch_indices(tr.sample_draws())
     assert (t.episode_id[actor_idx.numpy()] == 4).all()
@@ -386,23 +388,9 @@ def test_oper_r_draws_the_actor_batch_by_return_and_the_critic_batch_uniformly()
     c, a = tr.batch_indices(tr.sample_draws())
     assert c is a and "policy_u" not in tr.generators
     with pytest.raises(ValueError, match="prepare_data"):
-        data_plain = diffql.DiffQLData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal,
+        data_plain = OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal,
                                                    np.zeros(OBS), np.ones(OBS), "cpu")
         diffql.DiffQLTrainer(cfg, [0], data_plain, diffql.build_nets(cfg, [0], OBS, ACT), "cpu")
-
-
-def test_prepare_data_transforms_rewards_and_clips_actions():
-    t = _transitions(sparse=True)
-    t.action[0] = [1.0, -1.0]
-    data, extra = diffql.prepare_data(t, _cfg(), "cpu")
-    assert data.action.abs().max().item() == pytest.approx(0.999) and data.action[0].tolist() == pytest.approx([0.999, -0.999])
-    assert sorted(set(data.reward.flatten().tolist())) == [0.0, 10.0]  # the authors' sparse 0 / 10
-    assert (extra["obs_mean"] == 0).all() and (extra["obs_std"] == 1).all() and extra["policy_probabilities"] is None
-    torch.testing.assert_close(data.obs, torch.as_tensor(t.obs))
-    data, _ = diffql.prepare_data(t, _cfg(reward_transform="diffql", normalize_states=True), "cpu")
-    assert sorted(set(data.reward.flatten().tolist())) == [-2.0, 2.0]  # (r - 0.5) * 4 of the original
-    assert abs(float(data.obs.mean())) < 0.05
-    assert data.not_done.flatten().tolist() == (1.0 - t.terminal).tolist()
 
 
 def test_logged_metrics(tmp_path):
@@ -456,7 +444,7 @@ def test_config_rejects_bad_values():
 
 def test_defaults_are_the_authors_antmaze_setting():
     c = diffql.DiffQLConfig()
-    assert (c.steps, c.batch_size, c.lr, c.gamma, c.tau, c.hidden, c.activation) == \
+    assert (c.steps, c.batch_size, c.actor_lr, c.gamma, c.tau, c.hidden, c.activation) == \
            (1_000_000, 256, 3e-4, 0.99, 0.005, (256, 256, 256), "mish")
     assert (c.diffusion_steps, c.beta_schedule, c.sampler, c.sample_steps, c.time_embed) == (1000, "linear", "dpm_solver", 15, 16)
     assert (c.bc_weight, c.alpha, c.max_q_backup, c.backup_samples) == (0.5, 2.0, True, 10)

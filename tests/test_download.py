@@ -1,124 +1,16 @@
 """Download with resume and checksums, and the checksum lock, against a local HTTP server."""
-import hashlib
 import json
 import multiprocessing
-import re
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from helpers import payload, quiet, serve, sha
 
-from seemrl.data import download as download_module
 from seemrl.data.download import ChecksumError, DownloadError, download
 from seemrl.data.lockfile import read_lock, record, verified_download
 
 KEY = "gym_mujoco_v2/hopper_medium-v2.hdf5"
-
-
-class FileServer:
-    """Serves files from `root` over HTTP on 127.0.0.1, with Range support and fault switches.
-
-    cut_after: end the next response after this many body bytes (once), as a dropped link does.
-    ignore_range: answer every request with 200 and the whole file.
-    replace: url path -> bytes to serve instead of the file (wrong content).
-    requests: (method, path, Range header) of every request, for assertions.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.cut_after: int | None = None
-        self.ignore_range = False
-        self.replace: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.file_server = self
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def content(self, url_path: str) -> bytes | None:
-        if url_path in self.replace:
-            return self.replace[url_path]
-        file = self.root / url_path.lstrip("/")
-        return file.read_bytes() if file.is_file() else None
-
-    def gets(self) -> list[tuple[str, str, str | None]]:
-        return [r for r in self.requests if r[0] == "GET"]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_HEAD(self):
-        self._serve(send_body=False)
-
-    def do_GET(self):
-        self._serve(send_body=True)
-
-    def _serve(self, send_body: bool):
-        state: FileServer = self.server.file_server
-        range_header = self.headers.get("Range")
-        state.requests.append((self.command, self.path, range_header))
-        data = state.content(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        if range_header and not state.ignore_range:
-            start = int(re.fullmatch(r"bytes=(\d+)-", range_header).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not send_body:
-            return
-        if state.cut_after is not None:
-            body, state.cut_after = body[: state.cut_after], None
-            self.close_connection = True  # the client sees fewer bytes than Content-Length
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_server(tmp_path, monkeypatch):
-    monkeypatch.setattr(download_module, "RETRY_BACKOFF_S", 0.01)
-    server = FileServer(tmp_path / "served")
-    server.root.mkdir()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-
-
-def serve(server: FileServer, rel: str, data: bytes) -> str:
-    file = server.root / rel
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_bytes(data)
-    return f"{server.url}/{rel}"
-
-
-def payload(n=100_000, seed=0) -> bytes:
-    return bytes((i * 7 + seed + i // 251) % 256 for i in range(n))
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def quiet(msg):
-    pass
 
 
 # ------------------------------------------------------------------ download()

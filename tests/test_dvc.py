@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from test_workflow import TINY, job_counts
+from helpers import PROJECT_FILES, TINY, job_counts, project_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's python, snakemake and dvc
@@ -37,28 +36,12 @@ CONFIG["algorithms"]["td3_seem"]["eval_episodes"] = 1
 CONFIG["experiment"].update(percents=[100], critic_norms=["ln"])
 
 # The tracked files the workflow and DVC need (results/, resources/, .snakemake/ are not among them).
-PROJECT_FILES = ("Snakefile", "workflow", "config", "src", "envs", "profiles",
-                 "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore")
-
-
 def run(cwd: Path, *cmd: str, env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     proc.output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed in {cwd} ({proc.returncode}):\n{proc.output[-6000:]}")
     return proc
-
-
-def make_project(dest: Path, config: dict) -> None:
-    """A copy of the project's tracked files with `config` as config/config.yaml, committed to git."""
-    for name in PROJECT_FILES:
-        src, dst = ROOT / name, dest / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, dst)
-    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def digests(project: Path) -> dict[str, str]:
@@ -98,7 +81,7 @@ def test_restore_command_is_the_documented_one():
 def test_dvc_round_trip_restored_outputs_are_up_to_date(tmp_path, env):
     remote = tmp_path / "remote"  # the team's remote: here a local folder
     origin = tmp_path / "origin"
-    make_project(origin, CONFIG)
+    project_copy(origin, PROJECT_FILES, config=CONFIG)
     run(origin, "git", "init", "-q", "-b", "main", env=env)
     run(origin, "git", "add", "-A", env=env)
     run(origin, "git", "commit", "-q", "-m", "project", env=env)
@@ -148,7 +131,7 @@ def test_dvc_round_trip_restored_outputs_are_up_to_date(tmp_path, env):
 
     # the touch recorded Snakemake's metadata for every job: parameters are still tracked
     changed = copy.deepcopy(CONFIG)
-    changed["algorithms"]["td3_seem"]["lr"] = 1e-3
+    changed["algorithms"]["td3_seem"]["critic_lr"] = 1e-3
     (clone / "config" / "config.yaml").write_text(yaml.safe_dump(changed))
     stale = {"train": 1, "seem": 1, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
     assert job_counts(run(clone, "snakemake", "-n", env=env).output) == stale

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from seemrl.engine import Draw, OfflineData, StackedTrainer, Window, make_optimizer
-from seemrl.nets import StackedMLP, seed_generators
+from seemrl.training.draws import Draw, OfflineData, Window
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.trainer import StackedTrainer, make_optimizer
 
 
 class ToyTrainer(StackedTrainer):
@@ -115,8 +116,12 @@ def test_first_nonfinite_step_per_seed():
 
 
 def test_reward_transforms_and_oper_r_sampling():
-    from seemrl.engine import (episode_returns, return_priorities, sampling_cdf, transform_reward,
-                               weighted_indices)
+    from seemrl.data.preparation import (
+        episode_returns,
+        return_priorities,
+        transform_reward,
+    )
+    from seemrl.training.draws import sampling_cdf, weighted_indices
 
     r = np.array([0.0, 1.0, 0.0, 0.0], np.float32)
     assert transform_reward(r, "x10").tolist() == [0, 10, 0, 0]
@@ -137,7 +142,7 @@ def test_reward_transforms_and_oper_r_sampling():
 
 
 def test_per_seed_gradient_clipping_and_learning_rate_schedule():
-    from seemrl.engine import clip_grad_norm_per_seed, cosine_lr, set_lr
+    from seemrl.training.trainer import clip_grad_norm_per_seed, cosine_lr, set_lr
 
     w = torch.zeros(2, 3, requires_grad=True)
     w.grad = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]])

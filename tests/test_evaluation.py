@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from seemrl.algos import td3
-from seemrl.evaluation import episode_seed, evaluate_policies, normalized_score, summarize
+from seemrl.training.evaluation import episode_seed, evaluate_policies, normalized_score, summarize
+from seemrl.training.loop import evaluations_frame
 
 HOPPER_OBS, HOPPER_ACT = 11, 3
 
@@ -61,7 +62,7 @@ def test_nan_seed_is_flagged_and_isolated():
 def test_summarize_final_last10_best():
     rows = [{"step": 100 * (i + 1), "seed": 0, "return_mean": float(i), "return_std": 0.0,
              "normalized_score": None, "nonfinite_actions": False} for i in range(12)]
-    summary = summarize(td3.evaluations_frame(rows))["0"]
+    summary = summarize(evaluations_frame(rows))["0"]
     assert summary["final_return"] == 11.0
     assert summary["last10_return"] == pytest.approx(sum(range(2, 12)) / 10)
     assert summary["best_return"] == 11.0

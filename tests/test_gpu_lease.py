@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from seemrl.gpu_lease import DEFAULT_LOCK_DIR, Lease, acquire, lease_device, scheduler_isolated
+from seemrl.training.gpu_lease import DEFAULT_LOCK_DIR, Lease, acquire, lease_device, scheduler_isolated
 
 HOLDER = """
 import sys, time
-from seemrl.gpu_lease import acquire
+from seemrl.training.gpu_lease import acquire
 lease = acquire([0, 1, 2, 3], sys.argv[1], slots_per_gpu=int(sys.argv[2]), poll_s=0.05, log=lambda m: None)
 print(lease.index, lease.slot, flush=True)
 time.sleep(float(sys.argv[3]))
@@ -88,7 +88,7 @@ def test_fake_pool_from_the_environment(tmp_path, monkeypatch):
 CHECKOUT_HOLDER = """
 import sys, time
 from seemrl.cli import build_parser
-from seemrl.gpu_lease import lease_device
+from seemrl.training.gpu_lease import lease_device
 # the lease settings a job of this checkout gets: the CLI's defaults, read from the environment
 a = build_parser().parse_args(["seem", "--checkpoints", "c", "--data", "d", "--samples", "2", "--out", "o"])
 lease = lease_device("cuda", a.lease_dir, a.gpu_slots, log=lambda m: None)

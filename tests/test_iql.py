@@ -6,18 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import algo_checks as checks
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import algo_checks as checks
-import seemrl.algos
 from algo_checks import one_thread  # noqa: F401 (autouse fixture)
+
+import seemrl.algos
 from seemrl.algos import iql
 from seemrl.data.transitions import Transitions
-from seemrl.engine import Draw, cosine_lr
-from seemrl.nets import StackedMLP, seed_generators
+from seemrl.training.draws import Draw
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.resume import ResumeDir, checkpoint_name, checkpoint_paths
+from seemrl.training.trainer import cosine_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_every=3)
@@ -206,15 +208,16 @@ def test_checkpoints_round_trip_and_dispatch(tmp_path):
     cfg = iql.IQLConfig(**SMALL, critic={"norm": "layernorm", "norm_layers": [1]}, actor_dropout=0.1)
     arrays = _arrays()
     nets, _ = _train(cfg, [4, 5], arrays, tmp_path)
-    paths = iql.checkpoint_paths(tmp_path)
-    assert [p.name for p in paths] == [iql.checkpoint_name(s) for s in (0, 5, 10, 12)]
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [checkpoint_name(s) for s in (0, 5, 10, 12)]
     assert seemrl.algos.TRAINERS["iql"] == "seemrl.algos.iql"
     assert torch.load(paths[-1], weights_only=True)["format"] == "seemrl.iql.v1" == iql.CHECKPOINT_FORMAT
     for ck in (iql.load_checkpoint(paths[-1]), seemrl.algos.load_checkpoint(paths[-1])):
         assert ck.step == 12 and ck.seeds == [4, 5] and ck.config == cfg and ck.diverged_step == [None, None]
         assert ck.config.twin_q and ck.config.gamma == 0.99  # what the SEEM analysis reads
         n = ck.nets
-        assert isinstance(n.q1, StackedMLP) and n.q1.dims[0] == 5 + 2 and n.q1.layer_norm == (1,)
+        assert isinstance(n.q1, StackedMLP) and n.q1.dims[0] == 5 + 2
+        assert n.q1.norm_layers == (1,) and n.q1.norm == "layernorm"
         obs = torch.as_tensor(arrays["obs"][:7]).expand(2, 7, 5)
         obs_n = n.normalize(obs)
         torch.testing.assert_close(obs_n, nets.normalize(obs))
@@ -239,7 +242,7 @@ def test_train_resumes_bitwise_through_resume_dir(tmp_path, monkeypatch):
         return iql.train(cfg, [0, 1], _data(arrays), nets, out, log=messages.append, resume=resume), nets
 
     reference, ref_nets = run(tmp_path / "ref", None)
-    resume = iql.ResumeDir(tmp_path / "resume", iql.run_identity(cfg, [0, 1], "sha"))
+    resume = ResumeDir(tmp_path / "resume", iql.run_identity(cfg, [0, 1], "sha"))
 
     def run_fresh_log(resume):  # the second run's messages only
         messages.clear()
@@ -251,7 +254,7 @@ def test_train_resumes_bitwise_through_resume_dir(tmp_path, monkeypatch):
     for name in ("actor", "q1", "q2", "value"):
         for x, y in zip(getattr(ref_nets, name).parameters(), getattr(nets, name).parameters(), strict=True):
             assert torch.equal(x, y), name
-    for p, q in zip(iql.checkpoint_paths(tmp_path / "ref"), iql.checkpoint_paths(tmp_path / "out"), strict=True):
+    for p, q in zip(checkpoint_paths(tmp_path / "ref"), checkpoint_paths(tmp_path / "out"), strict=True):
         a, b = iql.load_checkpoint(p), iql.load_checkpoint(q)
         assert all(torch.equal(x, y) for x, y in zip(a.nets.value.parameters(), b.nets.value.parameters()))
 
@@ -271,7 +274,7 @@ def test_evaluate_every_eval_every_steps(tmp_path):
 
 def test_evaluate_policies_plays_iql_policies():
     pytest.importorskip("gymnasium")
-    from seemrl.evaluation import evaluate_policies
+    from seemrl.training.evaluation import evaluate_policies
 
     cfg = iql.IQLConfig(**SMALL)
     nets = iql.build_nets(cfg, [0, 1], 11, 3, np.zeros(11), np.ones(11))  # Hopper sizes
@@ -286,46 +289,10 @@ def _table(n=600, seed=0):
                        meta={"name": "t", "env_id": "x", "source": "test"})
 
 
-def test_prepare_data_iql_locomotion_rewards():
-    t = _table()
-    data, extras = iql.prepare_data(t, iql.IQLConfig(), "cpu")
-    returns = np.array([t.reward[t.episode_id == e].astype(np.float64).sum() for e in np.unique(t.episode_id)])
-    scale = 1000.0 / (returns.max() - returns.min())
-    assert extras["reward_mode"] == "iql_locomotion" and extras["reward_scale"] == pytest.approx(scale)
-    assert extras["return_min"] == pytest.approx(returns.min()) and extras["return_max"] == pytest.approx(returns.max())
-    np.testing.assert_allclose(data.reward.flatten().numpy(), t.reward * scale, rtol=1e-6)
-    # on a subset the returns are those of the rows kept
-    sub = t.take(np.random.default_rng(1).choice(len(t), 60, replace=False))
-    _, sub_extras = iql.prepare_data(sub, iql.IQLConfig(), "cpu")
-    kept = np.array([sub.reward[sub.episode_id == e].astype(np.float64).sum() for e in np.unique(sub.episode_id)])
-    assert sub_extras["reward_scale"] == pytest.approx(1000.0 / (kept.max() - kept.min()))
-    # states standardised, next states with the same statistics, terminals stop the bootstrap
-    mean, std = extras["obs_mean"], extras["obs_std"]
-    np.testing.assert_allclose(mean, t.obs.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(data.next_obs.numpy(), (t.next_obs - mean) / std, rtol=1e-5, atol=1e-5)
-    assert data.not_done.flatten().tolist() == (1.0 - t.terminal).tolist()
-    flat = t.take(np.arange(len(t)))
-    flat.reward[:] = 1.0
-    flat.episode_id[:] = np.arange(len(t)) % 2  # every episode returns 300
-    with pytest.raises(ValueError, match="iql_locomotion"):
-        iql.prepare_data(flat, iql.IQLConfig(), "cpu")
-
-
-@pytest.mark.parametrize("mode", ["minus1", "none", "x10"])
-def test_prepare_data_other_reward_modes(mode):
-    t = _table()
-    data, extras = iql.prepare_data(t, iql.IQLConfig(reward_mode=mode, normalize_states=False), "cpu")
-    want = {"minus1": t.reward - 1, "none": t.reward, "x10": t.reward * 10}[mode]
-    np.testing.assert_allclose(data.reward.flatten().numpy(), want, rtol=1e-6)
-    assert extras["reward_scale"] is None and extras["obs_mean"].tolist() == [0.0] * 5
-    np.testing.assert_array_equal(data.obs.numpy(), t.obs)
-    assert iql.IQLConfig(**iql.PRESETS["antmaze"]).reward_mode == "minus1"
-
-
 def test_config_rejects_bad_values():
     for kwargs, field in [(dict(expectile=1.0), "expectile"), (dict(beta=-1), "beta"), (dict(tau=0), "tau"),
                           (dict(actor_type="tanh_gaussian"), "actor_type"), (dict(actor_dropout=1.0), "actor_dropout"),
-                          (dict(log_std_min=3.0), "log_std_min"), (dict(reward_mode="x100"), "reward_mode"),
+                          (dict(log_std_min=3.0), "log_std_min"), (dict(reward_transform="x100"), "reward_transform"),
                           (dict(actor_lr_schedule="linear"), "actor_lr_schedule"), (dict(value_lr=0), "value_lr"),
                           (dict(critic={"layer_norm": True}), "layer_norm"), (dict(critic={"weight_decay": -1}), "weight_decay"),
                           (dict(optimizer="rmsprop"), "optimizer"), (dict(matmul_precision="fp16"), "matmul_precision"),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_workflow import PAPER_CONFIGS, ROOT, job_counts, project_copy
+from helpers import PAPER_CONFIGS, ROOT, job_counts, project_copy
 
 
 def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

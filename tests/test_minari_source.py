@@ -4,13 +4,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from seemrl.data.minari_source import (
-    collect_episodes,
-    flatten_observations,
-    minari_to_transitions,
-    use_minari_root,
-    write_minari_dataset,
-)
+from seemrl.data.minari_source import (collect_episodes, flatten_observations, minari_to_transitions, use_minari_root,
+                                       write_minari_dataset)
 from seemrl.data.transitions import DatasetError, dataset_card, read_transitions, write_transitions
 
 minari = pytest.importorskip("minari")

@@ -2,12 +2,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators, seed_slice
+from seemrl.training.nets import StackedMLP, per_seed_norm, seed_generators, seed_slice
 
 
 def test_each_seed_matches_a_plain_mlp():
     """Seed s of a stack computes what an nn.Sequential with its weights computes."""
-    net = StackedMLP(seed_generators([0, 1, 2], 0), 4, 2, hidden=(8, 8), layer_norm=(0, 1))
+    net = StackedMLP(seed_generators([0, 1, 2], 0), 4, 2, hidden=(8, 8), norm="layernorm")
     x = torch.randn(3, 5, 4)
     out = net(x)
     for s in range(3):
@@ -29,10 +29,10 @@ def test_seed_initialisation_does_not_depend_on_its_neighbours():
 
 
 def test_layer_norm_placement_and_validation():
-    net = StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), layer_norm=(2,), ln_affine=True)
+    net = StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), norm="layernorm", norm_layers=(2,))
     assert list(net.ln_weights.keys()) == ["2"]
-    with pytest.raises(ValueError, match=r"layer_norm indices \[3\]"):
-        StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), layer_norm=(3,))
+    with pytest.raises(ValueError, match=r"norm_layers indices \[3\]"):
+        StackedMLP(seed_generators([0], 0), 3, 1, hidden=(4, 4, 4), norm="layernorm", norm_layers=(3,))
     with pytest.raises(ValueError, match="unknown activation"):
         StackedMLP(seed_generators([0], 0), 3, 1, activation="gelu6")
 
@@ -47,7 +47,11 @@ def test_seed_slice_and_norm():
 
 
 def test_fused_layer_norm_is_off_on_cpu_and_matches_the_plain_ops():
-    from seemrl.nets import _layer_norm_act, enable_fused_pointwise, seed_generators
+    from seemrl.training.nets import (
+        _layer_norm_act,
+        enable_fused_pointwise,
+        seed_generators,
+    )
 
     net = StackedMLP(seed_generators([0, 1], 0), 5, 1, (8, 8), norm="layernorm")
     assert enable_fused_pointwise([net], "cpu") is False and net.fused_pointwise is False
@@ -60,7 +64,7 @@ def test_fused_layer_norm_is_off_on_cpu_and_matches_the_plain_ops():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("affine, activation", [(True, "relu"), (False, "mish")])
 def test_fused_layer_norm_matches_the_plain_ops_on_cuda(affine, activation):
-    from seemrl.nets import enable_fused_pointwise, seed_generators
+    from seemrl.training.nets import enable_fused_pointwise, seed_generators
 
     def make():
         return StackedMLP(seed_generators([0, 1, 2], 0), 7, 1, (64, 64), norm="layernorm", norm_affine=affine,

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from seemrl.nets import ACTIVATIONS, CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, seed_generators
+from seemrl.training.nets import ACTIVATIONS, CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, seed_generators
 
 IN, OUT, HIDDEN, B = 5, 2, (6, 7, 4), 9
 
@@ -284,23 +284,22 @@ def test_old_layer_norm_state_dict_still_loads():
     for k in (0, 1):
         old[f"ln_weights.{k}"] = torch.randn(2, 1, dims[k + 1], generator=g)
         old[f"ln_biases.{k}"] = torch.randn(2, 1, dims[k + 1], generator=g)
-    for net in (StackedMLP(seed_generators([0, 1], 0), IN, OUT, (6, 7), layer_norm=(0, 1)),
+    for net in (StackedMLP(seed_generators([0, 1], 0), IN, OUT, (6, 7), norm="layernorm"),
                 critic_from_config(seed_generators([0, 1], 0), IN, OUT, (6, 7), {"norm": "layernorm"})):
         net.load_state_dict(old)  # strict
         assert set(net.state_dict()) == set(old)
         assert torch.equal(net.ln_weights["1"], old["ln_weights.1"])
 
 
-def test_legacy_and_new_layer_norm_arguments_agree():
-    a = StackedMLP(seed_generators([0, 1], 0), IN, OUT, HIDDEN, layer_norm=(2, 0), ln_affine=False)
+def test_layer_norm_arguments_and_critic_spec_agree():
     b = StackedMLP(seed_generators([0, 1], 0), IN, OUT, HIDDEN, norm="layernorm", norm_layers=[0, 2],
                    norm_affine=False)
     c = critic_from_config(seed_generators([0, 1], 0), IN, OUT, HIDDEN,
                            {"norm": "layernorm", "norm_layers": [0, 2], "affine": False})
     x = torch.randn(2, B, IN)
-    assert a.layer_norm == b.layer_norm == c.layer_norm == (0, 2)
-    assert not a.ln_affine and len(a.ln_weights) == 0
-    assert torch.equal(a(x), b(x)) and torch.equal(a(x), c(x))
+    assert b.norm == c.norm == "layernorm" and b.norm_layers == c.norm_layers == (0, 2)
+    assert not b.norm_affine and len(b.ln_weights) == 0
+    assert torch.equal(b(x), c(x))
 
 
 def test_critic_from_config_defaults_and_full_spec():
@@ -333,10 +332,6 @@ def test_config_validation(kwargs, spec, match):
 
 def test_constructor_validation():
     gens = seed_generators([0, 1], 0)
-    with pytest.raises(ValueError, match="not both"):
-        StackedMLP(gens, IN, OUT, HIDDEN, layer_norm=(0,), norm="batchnorm")
-    with pytest.raises(ValueError, match="disagree"):
-        StackedMLP(gens, IN, OUT, HIDDEN, layer_norm=(0,), ln_affine=False, norm_affine=True)
     with pytest.raises(ValueError, match="one dropout generator per seed"):
         StackedMLP(gens, IN, OUT, HIDDEN, dropout=0.1, dropout_generators=seed_generators([0], 1))
     with pytest.raises(ValueError, match="at least one generator"):

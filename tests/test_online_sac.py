@@ -10,14 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import algo_checks as checks
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import algo_checks as checks
 from algo_checks import one_thread  # noqa: F401 (autouse fixture)
+
 from seemrl.algos import online_sac as osac
+from seemrl.training.resume import checkpoint_name, checkpoint_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "Hopper-v5"  # obs 11, act 3
@@ -36,7 +37,7 @@ def _weights(ckpt: osac.Checkpoint, index: int) -> dict[str, torch.Tensor]:
 
 
 def _final(path: Path) -> osac.Checkpoint:
-    return osac.load_checkpoint(osac.checkpoint_paths(path)[-1])
+    return osac.load_checkpoint(checkpoint_paths(path)[-1])
 
 
 def _continued(trainer: osac.SACTrainer, fresh: osac.SACTrainer) -> osac.SACTrainer:
@@ -123,12 +124,12 @@ def test_nan_in_one_seed_is_recorded_at_its_step_and_isolated(tmp_path):
 def test_checkpoints_load_with_the_td3_interface(tmp_path):
     cfg = _cfg(steps=120, learning_starts=20, checkpoint_every=50, critic={"norm": "layernorm", "norm_layers": [1]})
     result = osac.train(cfg, [4, 5], ENV, tmp_path, log=quiet)
-    paths = osac.checkpoint_paths(tmp_path)
-    assert [p.name for p in paths] == [osac.checkpoint_name(s) for s in (0, 50, 100, 120)]
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [checkpoint_name(s) for s in (0, 50, 100, 120)]
     ck = osac.load_checkpoint(paths[-1])
     assert ck.step == 120 and ck.seeds == [4, 5] and ck.config == cfg and ck.env_id == ENV
     assert ck.diverged_step == result.diverged_step == [None, None]
-    assert ck.nets.q1.layer_norm == (1,) and ck.nets.q1.dims == [14, 16, 16, 1]
+    assert ck.nets.q1.norm_layers == (1,) and ck.nets.q1.norm == "layernorm" and ck.nets.q1.dims == [14, 16, 16, 1]
     assert ck.nets.actor.dims == [11, 16, 16, 6]  # mean and log-std
     assert ck.nets.action_low.tolist() == [-1.0] * 3 and ck.nets.action_high.tolist() == [1.0] * 3
     obs = 10 * torch.randn(2, 7, 11)
@@ -256,7 +257,7 @@ def test_windowed_updates_equal_step_by_step_and_resume_mid_window(monkeypatch):
 
 
 def test_log_std_bounds_match_the_single_seed_sac():
-    from seemrl.algos import sac
+    from seemrl.generate import behaviour_sac as sac
 
     assert (osac.LOG_STD_MIN, osac.LOG_STD_MAX) == (sac.LOG_STD_MIN, sac.LOG_STD_MAX)
 
@@ -334,8 +335,8 @@ def test_resume_after_a_checkpoint_continues_bitwise(tmp_path, monkeypatch, extr
     for name in ("metrics", "episodes", "evaluations"):
         pd.testing.assert_frame_equal(getattr(result, name), getattr(reference, name), check_exact=True)
     assert result.diverged_step == reference.diverged_step
-    ref_paths = osac.checkpoint_paths(tmp_path / "ref")
-    assert [p.name for p in ref_paths] == [p.name for p in osac.checkpoint_paths(tmp_path / "out")]
+    ref_paths = checkpoint_paths(tmp_path / "ref")
+    assert [p.name for p in ref_paths] == [p.name for p in checkpoint_paths(tmp_path / "out")]
     for p in ref_paths:
         a, b = osac.load_checkpoint(p), osac.load_checkpoint(tmp_path / "out" / p.name)
         wa, wb = _weights(a, slice(None)), _weights(b, slice(None))
@@ -421,8 +422,8 @@ def test_kill_9_after_a_checkpoint_then_restart_gives_the_uninterrupted_result(t
     assert json.loads((b / "run.json").read_text())["resumed_from_step"] == saved
     for name in ("metrics.parquet", "episodes.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)
-    names = [p.name for p in osac.checkpoint_paths(a / "checkpoints")]
-    assert names == [p.name for p in osac.checkpoint_paths(b / "checkpoints")] and len(names) == 4
+    names = [p.name for p in checkpoint_paths(a / "checkpoints")]
+    assert names == [p.name for p in checkpoint_paths(b / "checkpoints")] and len(names) == 4
     for name in names:
         ca, cb = (torch.load(d / "checkpoints" / name, weights_only=True) for d in (a, b))
         for key in ("actor", "q1", "q2"):

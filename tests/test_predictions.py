@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from seemrl.analysis.predictions import (RunOutputs, adam_growth, first_nonfinite_step, first_positive_step,
-                                         first_q_divergence_step, lead_times, linear_fit, load_run,
-                                         precision_recall, predictions_table, sgd_crash, sgd_exponent,
-                                         summary_markdown)
+                                         first_q_divergence_step, lead_times, linear_fit, load_run, precision_recall,
+                                         predictions_table, sgd_crash, sgd_exponent, summary_markdown)
+from seemrl.data.preparation import state_normalizer
+from seemrl.training.draws import OfflineData
 
 nan = math.nan
 
@@ -235,9 +236,9 @@ def test_end_to_end_on_a_tiny_sgd_run_that_crashes(tmp_path):
                   reward=rng.normal(size=n).astype(np.float32),
                   next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32), terminal=np.zeros(n, bool))
     cfg = td3.TD3Config(steps=160, batch_size=32, hidden=(16, 16), checkpoint_every=20, log_every=10,
-                        optimizer="sgd", lr=0.3)
-    mean, std = td3.state_normalizer(obs, True)
-    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+                        optimizer="sgd", actor_lr=0.3, critic_lr=0.3)
+    mean, std = state_normalizer(obs, True)
+    data = OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
     nets = td3.build_nets(cfg, [0, 1], 5, 2, mean, std)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -247,7 +248,7 @@ def test_end_to_end_on_a_tiny_sgd_run_that_crashes(tmp_path):
     result.metrics.to_parquet(run / "metrics.parquet")
     (run / "run.json").write_text(json.dumps({
         "labels": {"dataset": "toy", "percent": "100", "algo": "td3_sgd", "critic_norm": "none"},
-        "config": {"optimizer": "sgd", "lr": 0.3, "hidden": [16, 16]},
+        "config": {"optimizer": "sgd", "critic_lr": 0.3, "hidden": [16, 16]},
         "diverged_step": dict(zip(["0", "1"], result.diverged_step))}))
     loaded = load_run(run)
     assert loaded.n_layers == 3 and loaded.optimizer == "sgd"
@@ -273,6 +274,7 @@ def test_load_run_with_only_a_seem_frame(tmp_path):
     frame = _two_runs()
     frame[frame.run == "a"].drop(columns="run").to_parquet(tmp_path / "seem.parquet")
     run = load_run(tmp_path)
+    # no run.json: the module's documented default depth (no algorithm's defaults are looked up)
     assert run.metrics is None and run.diverged_step is None and run.n_params is None and run.n_layers == 3
     table = predictions_table([run], q_bound=1e4).set_index("seed")
     assert table.loc[0, "q_source"] == "checkpoints" and table.loc[0, "lead_time"] == 200

@@ -4,19 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-import seemrl.algos.sac as sac
-from seemrl.algos.sac import ReplayBuffer, SACAgent, split_episodes
+import seemrl.generate.behaviour_sac as sac
 from seemrl.data.minari_source import collect_episodes, minari_to_transitions, use_minari_root
-from seemrl.data.recipe import (
-    D4RL_REF_SCORES,
-    LEVELS,
-    RecipeConfig,
-    build_level_dataset,
-    level_dataset_id,
-    recipe_dataset_main,
-    recipe_train_main,
-    select_medium_snapshot,
-)
+from seemrl.generate.behaviour_sac import ReplayBuffer, SACAgent, split_episodes
+from seemrl.generate.recipe import (D4RL_REF_SCORES, LEVELS, RecipeConfig, build_level_dataset, level_dataset_id,
+                                    recipe_dataset_main, recipe_train_main, select_medium_snapshot)
 
 minari = pytest.importorskip("minari")
 

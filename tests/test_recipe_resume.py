@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_workflow import TINY, snakemake
+from helpers import TINY, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {**TINY["recipes"]["demo"], "sac_steps": 1200, "snapshot_every": 100, "learning_starts": 100}
@@ -34,7 +34,7 @@ def _recipe_train(out: Path, resume: Path | None, log: Path, device: str = "cpu"
                   cpu_threads: int = 2) -> subprocess.Popen:
     """`seemrl recipe-train` as the rule runs it (the training fields of the recipe), the state saved
     at every snapshot, on a machine offering `cpu_threads` threads (OMP_NUM_THREADS)."""
-    from seemrl.data.recipe import RecipeConfig
+    from seemrl.generate.recipe import RecipeConfig
 
     training = {k: v for k, v in recipe.items() if k in RecipeConfig.TRAINING_FIELDS}
     args = ["recipe-train", "--env-id", "Hopper-v5", "--recipe", json.dumps(training, sort_keys=True),

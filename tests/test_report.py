@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from seemrl.report import (merge_mean_std, plot_seem_and_q, seed_table, summary_table, to_markdown,
-                           write_table_csv, write_table_markdown)
+from seemrl.report import (merge_mean_std, plot_seem_and_q, seed_table, summary_table, to_markdown, write_table_csv,
+                           write_table_markdown)
 
 torch.set_num_threads(1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

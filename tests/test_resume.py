@@ -17,35 +17,14 @@ import torch
 
 from seemrl.algos import td3
 from seemrl.cli import main
-from seemrl.data.transitions import Transitions, read_transitions, write_transitions
+from seemrl.data.transitions import read_transitions
 from seemrl.io import sha256_file
+from seemrl.training.draws import OfflineData
+from seemrl.training.resume import ResumeDir, checkpoint_paths
+from helpers import TRAIN_PARAMS, train_args, train_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # Hopper-sized (obs 11, act 3) so that the job can evaluate its policies in Hopper-v5.
-PARAMS = dict(steps=400, batch_size=32, hidden=[16, 16], checkpoint_every=50, log_every=25,
-              eval_every=100, eval_episodes=2)
-
-
-def _dataset(path: Path, seed: int = 0, n: int = 400) -> Path:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, 11)).astype(np.float32)
-    write_transitions(path, Transitions(
-        obs=obs, action=rng.uniform(-1, 1, (n, 3)), reward=rng.normal(size=n),
-        next_obs=obs + 0.1 * rng.normal(size=obs.shape), terminal=rng.random(n) < 0.05,
-        timeout=np.zeros(n, bool), episode_id=np.arange(n) // 50, step=np.arange(n) % 50,
-        meta={"name": "tiny", "env_id": "Hopper-v5", "eval_env_id": "Hopper-v5", "source": "test",
-              "ref_min_score": -20.272305, "ref_max_score": 3234.3}))
-    return path
-
-
-def _args(data: Path, out: Path, resume: Path | None, params=PARAMS, seeds="0,1") -> list[str]:
-    args = ["train", "--data", str(data), "--params", json.dumps(params), "--seeds", seeds,
-            "--device", "cpu", "--threads", "1", "--checkpoints", str(out / "checkpoints"),
-            "--metrics", str(out / "metrics.parquet"), "--evaluations", str(out / "evaluations.parquet"),
-            "--run", str(out / "run.json")]
-    return args + (["--resume-dir", str(resume)] if resume else [])
-
-
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     with open(log, "w") as f:
@@ -62,8 +41,8 @@ def _saved_step(resume: Path) -> int | None:
 def _assert_same_outputs(a: Path, b: Path) -> None:
     for name in ("metrics.parquet", "evaluations.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)
-    names = [p.name for p in td3.checkpoint_paths(a / "checkpoints")]
-    assert names == [p.name for p in td3.checkpoint_paths(b / "checkpoints")]
+    names = [p.name for p in checkpoint_paths(a / "checkpoints")]
+    assert names == [p.name for p in checkpoint_paths(b / "checkpoints")]
     for name in names:
         ca = torch.load(a / "checkpoints" / name, weights_only=True)
         cb = torch.load(b / "checkpoints" / name, weights_only=True)
@@ -83,23 +62,23 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
 
 
 def test_kill_9_then_restart_gives_the_uninterrupted_outputs(tmp_path):
-    data = _dataset(tmp_path / "data.parquet")
+    data = train_dataset(tmp_path / "data.parquet")
     out, resume = tmp_path / "run", tmp_path / "resume"
     # the same command, never stopped; alongside, to save time
-    reference = _start(_args(data, tmp_path / "reference", tmp_path / "resume-ref"), tmp_path / "reference.log")
-    job = _start(_args(data, out, resume), tmp_path / "killed.log")
+    reference = _start(train_args(data, tmp_path / "reference", tmp_path / "resume-ref"), tmp_path / "reference.log")
+    job = _start(train_args(data, out, resume), tmp_path / "killed.log")
     deadline = time.monotonic() + 60
-    while (_saved_step(resume) or 0) < PARAMS["checkpoint_every"]:
+    while (_saved_step(resume) or 0) < TRAIN_PARAMS["checkpoint_every"]:
         assert job.poll() is None, "the job finished before it could be killed; make it longer"
         assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
         time.sleep(0.02)
     job.send_signal(signal.SIGKILL)
     job.wait(timeout=30)
     saved = _saved_step(resume)
-    assert saved is not None and saved < PARAMS["steps"]
+    assert saved is not None and saved < TRAIN_PARAMS["steps"]
     assert not (out / "run.json").exists()
 
-    restart = _start(_args(data, out, resume), tmp_path / "restart.log")
+    restart = _start(train_args(data, out, resume), tmp_path / "restart.log")
     assert reference.wait(timeout=120) == 0, (tmp_path / "reference.log").read_text()
     assert restart.wait(timeout=120) == 0, (tmp_path / "restart.log").read_text()
     log = (tmp_path / "restart.log").read_text()
@@ -126,17 +105,17 @@ def test_train_resumes_bitwise_from_every_saved_state(tmp_path, monkeypatch, ext
     arrays = dict(obs=obs, action=rng.uniform(-1, 1, (200, 2)), reward=rng.normal(size=200),
                   next_obs=obs + 0.1, terminal=rng.random(200) < 0.05)
 
-    def run(out: Path, resume: td3.ResumeDir | None):
-        data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(4), std=np.ones(4), device="cpu")
+    def run(out: Path, resume: ResumeDir | None):
+        data = OfflineData.from_arrays(**arrays, mean=np.zeros(4), std=np.ones(4), device="cpu")
         nets = td3.build_nets(cfg, [0, 1], 4, 2)
         return td3.train(cfg, [0, 1], data, nets, out, log=messages.append, resume=resume)
 
     messages: list[str] = []
     (tmp_path / "ref").mkdir()
     reference = run(tmp_path / "ref", None)
-    save = td3.ResumeDir.save
+    save = ResumeDir.save
     for kill_after in (1, 2):  # killed right after the state of step 10, then of step 20
-        resume = td3.ResumeDir(tmp_path / f"resume{kill_after}", {"test": kill_after})
+        resume = ResumeDir(tmp_path / f"resume{kill_after}", {"test": kill_after})
         saves = []
 
         def save_then_die(self, state):
@@ -145,17 +124,17 @@ def test_train_resumes_bitwise_from_every_saved_state(tmp_path, monkeypatch, ext
             if len(saves) == kill_after:
                 raise _Killed
 
-        monkeypatch.setattr(td3.ResumeDir, "save", save_then_die)
+        monkeypatch.setattr(ResumeDir, "save", save_then_die)
         with pytest.raises(_Killed):
             run(tmp_path / f"out{kill_after}", resume)
-        monkeypatch.setattr(td3.ResumeDir, "save", save)
+        monkeypatch.setattr(ResumeDir, "save", save)
         messages.clear()
         result = run(tmp_path / f"out{kill_after}", resume)
         assert f"resuming from step {10 * kill_after}" in " ".join(messages)
         assert result.resumed_from_step == 10 * kill_after
         pd.testing.assert_frame_equal(result.metrics, reference.metrics, check_exact=True)
         assert result.diverged_step == reference.diverged_step
-        for p, q in zip(td3.checkpoint_paths(tmp_path / "ref"), td3.checkpoint_paths(tmp_path / f"out{kill_after}"),
+        for p, q in zip(checkpoint_paths(tmp_path / "ref"), checkpoint_paths(tmp_path / f"out{kill_after}"),
                         strict=True):
             a, b = td3.load_checkpoint(p), td3.load_checkpoint(q)
             for name in ("actor", "q1", "q2"):
@@ -168,26 +147,26 @@ def test_train_resumes_bitwise_from_every_saved_state(tmp_path, monkeypatch, ext
 @pytest.mark.parametrize("change", ["params", "seeds", "data"])
 def test_state_of_a_different_run_is_not_resumed(tmp_path, caplog, change):
     """A finished-but-not-cleaned state of run A sits in the resume dir; run B starts fresh."""
-    params = dict(PARAMS, steps=20, checkpoint_every=10, log_every=5, eval_every=0)
-    data = _dataset(tmp_path / "data.parquet")
+    params = dict(TRAIN_PARAMS, steps=20, checkpoint_every=10, log_every=5, eval_every=0)
+    data = train_dataset(tmp_path / "data.parquet")
     resume = tmp_path / "resume"
     cfg = td3.TD3Config(**params)
     t = read_transitions(data)
-    arrays = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal,
+    arrays = OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal,
                                          np.zeros(11), np.ones(11), "cpu")
     td3.train(cfg, [0, 1], arrays, td3.build_nets(cfg, [0, 1], 11, 3), tmp_path / "a", log=lambda m: None,
-              resume=td3.ResumeDir(resume, td3.run_identity(cfg, [0, 1], sha256_file(data))))
+              resume=ResumeDir(resume, td3.run_identity(cfg, [0, 1], sha256_file(data))))
     assert (resume / "state.pt").exists()
 
     seeds, needle = "0,1", None
     if change == "params":
-        params, needle = dict(params, lr=1e-3), "config.lr: 0.0003 -> 0.001"
+        params, needle = dict(params, critic_lr=1e-3), "config.critic_lr: 0.0003 -> 0.001"
     elif change == "seeds":
         seeds, needle = "0,2", "seeds"
     else:
-        data, needle = _dataset(tmp_path / "other.parquet", seed=1), "data_sha256"
+        data, needle = train_dataset(tmp_path / "other.parquet", seed=1), "data_sha256"
     caplog.set_level(logging.INFO, logger="seemrl")
-    main(_args(data, tmp_path / "b", resume, params=params, seeds=seeds))
+    main(train_args(data, tmp_path / "b", resume, params=params, seeds=seeds))
     assert "not resuming" in caplog.text and needle in caplog.text
     assert "resuming from step" not in caplog.text
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from_step"] is None

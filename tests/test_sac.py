@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from seemrl.algos.sac import SACAgent, SACConfig, evaluate, train_sac
+from seemrl.generate.behaviour_sac import SACAgent, SACConfig, evaluate, train_sac_run
+
+
+def train_sac(env_id, cfg, seed, log):
+    return train_sac_run(env_id, cfg, seed, log=log).agent
 
 ENV = "Hopper-v5"
 # a few hundred steps, updates from step 100, small nets: exercises every code path in seconds

@@ -7,16 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from seemrl.algos.td3 import TD3Config, build_nets, checkpoint_name, save_checkpoint
-from seemrl.analysis.seem import (analyse_run, divergence_verdict, q1_jacobian, q_value_bound, seem,
-                                  seem_eigenvalues, seem_from_jacobians, seem_matrix)
-from seemrl.nets import StackedMLP, seed_generators
+from seemrl.algos.td3 import TD3Config, build_nets, save_checkpoint
+from seemrl.analysis.seem import (analyse_run, divergence_verdict, q1_jacobian, q_value_bound, seem, seem_eigenvalues,
+                                  seem_from_jacobians, seem_matrix)
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.resume import checkpoint_name
 
 torch.set_num_threads(1)
 
 
 def stacked(n_seeds=2, in_dim=5, hidden=(16, 16), layer_norm=()):
-    return StackedMLP(seed_generators(range(n_seeds), stream=7), in_dim, 1, hidden, layer_norm=layer_norm)
+    """A stacked critic with LayerNorm on the hidden layers `layer_norm`."""
+    norm = dict(norm="layernorm", norm_layers=layer_norm) if layer_norm else {}
+    return StackedMLP(seed_generators(range(n_seeds), stream=7), in_dim, 1, hidden, **norm)
 
 
 def loop_jacobian(net: StackedMLP, seed_index: int, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +237,7 @@ def test_jacobian_of_a_batchnorm_critic_uses_each_seeds_running_stats():
     import torch
 
     from seemrl.analysis.seem import q1_jacobian
-    from seemrl.nets import critic_from_config, seed_generators
+    from seemrl.training.nets import critic_from_config, seed_generators
 
     net = critic_from_config(seed_generators([0, 1], 0), 4, 1, (8, 8), {"norm": "batchnorm"})
     net.train()
@@ -313,7 +316,7 @@ def test_structured_grams_equal_the_jacobian_grams(spec, activation):
     """The outer-product Gram of every linear weight plus the Jacobian Gram of the rest equals
     Phi Phi^T of the full per-sample Jacobians, for every critic variant of the paper."""
     from seemrl.analysis.seem import seem_from_matrix, seem_matrices
-    from seemrl.nets import critic_from_config
+    from seemrl.training.nets import critic_from_config
     net = critic_from_config(seed_generators([0, 1], 3), 6, 1, (12, 10), spec, activation=activation)
     if spec.get("norm") == "batchnorm":
         net.train()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
+from helpers import job_counts, venv_env
 from slurm_cluster import SlurmCluster, ensure_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +67,6 @@ def write_workdir(workdir: Path, config: dict) -> None:
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     for name in ("datasets.yaml", "datasets.lock.json"):
         shutil.copy(ROOT / "config" / name, workdir / "config" / name)
-
-
-def venv_env(base: dict | None = None) -> dict:
-    base = dict(os.environ if base is None else base)
-    return dict(base, PATH=f"{Path(sys.executable).parent}{os.pathsep}{base['PATH']}")
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a run as {rule: count}."""
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
 # ---------------------------------------------------------------------------------------- fast

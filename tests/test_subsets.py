@@ -2,11 +2,11 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import make_transitions
 
 from seemrl.data.subsets import SmallSubsetWarning, make_subset, subset_indices, subset_size
 from seemrl.data.transitions import read_transitions, write_transitions
 from seemrl.io import sha256_file
-from test_transitions import make_transitions
 
 
 def test_sizes_are_ceilings():

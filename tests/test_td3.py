@@ -1,11 +1,14 @@
 import math
 
+import algo_checks as checks
 import numpy as np
 import pytest
 import torch
 
-import algo_checks as checks
 from seemrl.algos import td3
+from seemrl.data.preparation import state_normalizer
+from seemrl.training.draws import OfflineData
+from seemrl.training.resume import checkpoint_name, checkpoint_paths
 
 _data = checks.arrays
 
@@ -47,8 +50,8 @@ def test_same_seed_same_result(tmp_path):
 def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
     cfg = td3.TD3Config(**SMALL)
     arrays = _data()
-    mean, std = td3.state_normalizer(arrays["obs"], True)
-    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+    mean, std = state_normalizer(arrays["obs"], True)
+    data = OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
     nets = td3.build_nets(cfg, [0, 1], 5, 2, mean, std)
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)  # seed 0's Q1 output layer blows up
@@ -59,11 +62,11 @@ def test_nan_in_one_seed_is_recorded_and_isolated(tmp_path):
 def test_checkpoints_round_trip(tmp_path):
     cfg = td3.TD3Config(**SMALL, critic={"norm": "layernorm", "norm_layers": [1]})
     nets, _ = _train(cfg, [4, 5], _data(), tmp_path)
-    paths = td3.checkpoint_paths(tmp_path)
-    assert [p.name for p in paths] == [td3.checkpoint_name(s) for s in (0, 5, 10, 12)]
+    paths = checkpoint_paths(tmp_path)
+    assert [p.name for p in paths] == [checkpoint_name(s) for s in (0, 5, 10, 12)]
     ck = td3.load_checkpoint(paths[-1])
     assert ck.step == 12 and ck.seeds == [4, 5] and ck.config == cfg
-    assert ck.nets.q1.layer_norm == (1,)
+    assert ck.nets.q1.norm_layers == (1,) and ck.nets.q1.norm == "layernorm"
     x = torch.randn(2, 7, 7)
     torch.testing.assert_close(ck.nets.q1(x), nets.q1(x))
     torch.testing.assert_close(ck.nets.obs_mean, nets.obs_mean)
@@ -91,15 +94,15 @@ def test_config_rejects_bad_values():
 def test_terminals_stop_bootstrap():
     arrays = _data(n=4)
     arrays["terminal"] = np.array([True, False, True, False])
-    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    data = OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
     assert data.not_done.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
 def test_critic_grad_norm_is_the_gradient_the_optimiser_applies(tmp_path):
     # with SGD a step moves the parameters by exactly lr * gradient; step 1 has no actor update
-    cfg = td3.TD3Config(**SMALL, optimizer="sgd", lr=0.1)
+    cfg = td3.TD3Config(**SMALL, optimizer="sgd", actor_lr=0.1, critic_lr=0.1)
     trainer = _trainer(cfg)
-    checks.check_grad_norms_are_applied(trainer, {"critic_grad_norm": ((trainer.nets.q1, trainer.nets.q2), cfg.lr)})
+    checks.check_grad_norms_are_applied(trainer, {"critic_grad_norm": ((trainer.nets.q1, trainer.nets.q2), cfg.critic_lr)})
 
 
 def test_logged_metrics_include_critic_grad_norm(tmp_path):
@@ -111,7 +114,7 @@ def test_logged_metrics_include_critic_grad_norm(tmp_path):
 def test_evaluates_every_eval_every_steps_and_at_the_end(tmp_path):
     cfg = td3.TD3Config(**SMALL, eval_every=5)
     arrays = _data()
-    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    data = OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
     nets = td3.build_nets(cfg, [0, 1], 5, 2)
     result = checks.check_evaluates_every_eval_every(
         lambda evaluate: (nets, td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None, evaluate=evaluate)))
@@ -132,11 +135,11 @@ def test_trainer_state_round_trip_continues_identically(tmp_path):
 def test_ddpg_single_critic_leaves_q2_untouched(tmp_path):
     cfg = td3.TD3Config(**SMALL, twin_q=False, policy_noise=0.0, policy_delay=1)
     arrays = _data()
-    mean, std = td3.state_normalizer(arrays["obs"], True)
+    mean, std = state_normalizer(arrays["obs"], True)
     nets = td3.build_nets(cfg, [0], 5, 2, mean, std)
     q2_before = [p.detach().clone() for p in nets.q2.parameters()]
     q1_before = [p.detach().clone() for p in nets.q1.parameters()]
-    data = td3.OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
+    data = OfflineData.from_arrays(**arrays, mean=mean, std=std, device="cpu")
     td3.train(cfg, [0], data, nets, tmp_path, log=lambda msg: None)
     assert all(torch.equal(a, b) for a, b in zip(q2_before, nets.q2.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(q1_before, nets.q1.parameters()))
@@ -148,7 +151,7 @@ def test_divergence_step_is_exact_between_logged_steps():
 
 
 def test_matmul_precision_is_scoped_and_validated():
-    from seemrl.devices import matmul_precision
+    from seemrl.training.devices import matmul_precision
 
     backend = torch.backends.cuda.matmul
     before = backend.fp32_precision

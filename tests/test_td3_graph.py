@@ -7,13 +7,13 @@ continues identically from a saved state.
 """
 import math
 
+import algo_checks as checks
 import numpy as np
 import pytest
 import torch
 
-import algo_checks as checks
 from seemrl.algos import td3
-from seemrl.engine import Window
+from seemrl.training.draws import OfflineData, Window
 
 _arrays = checks.arrays
 
@@ -84,7 +84,7 @@ GPU_CASES = [dict(critic={"norm": n}, tau=tau, bc_weight=1.0 if tau < 1 else 0.0
 
 
 @gpu
-@pytest.mark.parametrize("extra", GPU_CASES + [dict(optimizer="sgd", lr=1e-3),
+@pytest.mark.parametrize("extra", GPU_CASES + [dict(optimizer="sgd", actor_lr=1e-3, critic_lr=1e-3),
                                                dict(twin_q=False, policy_noise=0.0, policy_delay=1, tau=0.005)],
                          ids=lambda e: str(e))
 def test_graphed_matches_eager_on_cuda(extra, record_property):
@@ -112,7 +112,7 @@ def test_graphed_run_resumes_identically_on_cuda(tmp_path, monkeypatch, extra):
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
 
     def run(out, resume, log):
-        data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(17), std=np.ones(17), device="cuda")
+        data = OfflineData.from_arrays(**arrays, mean=np.zeros(17), std=np.ones(17), device="cuda")
         nets = td3.build_nets(cfg, [0, 1, 2], 17, 6)
         return td3.train(cfg, [0, 1, 2], data, nets, out, device="cuda", log=log, resume=resume), nets
 
@@ -129,7 +129,7 @@ def test_graphed_run_resumes_identically_on_cuda(tmp_path, monkeypatch, extra):
 def test_nan_in_one_seed_stays_there_on_cuda(tmp_path):
     cfg = td3.TD3Config(steps=12, batch_size=32, hidden=(16, 16), checkpoint_every=5, log_every=3)
     arrays = _arrays()
-    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cuda")
+    data = OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cuda")
     nets = td3.build_nets(cfg, [0, 1], 5, 2)
     with torch.no_grad():
         nets.q1.weights[-1][0].fill_(math.inf)
@@ -142,7 +142,7 @@ def test_nan_in_one_seed_stays_there_on_cuda(tmp_path):
 def test_divergence_step_is_exact_inside_the_graph():
     cfg = td3.TD3Config(steps=100, batch_size=32, hidden=(16, 16), checkpoint_every=50)
     arrays = _arrays()
-    data = td3.OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cuda")
+    data = OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cuda")
     trainer = td3.TD3Trainer(cfg, [0, 1], data, td3.build_nets(cfg, [0, 1], 5, 2), "cuda")
     assert trainer.graphed
     for _ in range(7):

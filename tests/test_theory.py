@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from seemrl.theory import (
-    BairdConfig, HomogeneityConfig, NTKMapConfig, ToyConfig, probe_ratios, run_baird, run_homogeneity,
-    run_ntk_map, run_toy,
-)
+from seemrl.theory import (BairdConfig, HomogeneityConfig, NTKMapConfig, ToyConfig, probe_ratios, run_baird,
+                           run_homogeneity, run_ntk_map, run_toy)
 from seemrl.theory import cli as theory_cli
-from seemrl.theory.ntk_map import init_params as ntk_init, mlp as ntk_mlp, ntk_column
+from seemrl.theory.ntk_map import init_params as ntk_init
+from seemrl.theory.ntk_map import mlp as ntk_mlp
+from seemrl.theory.ntk_map import ntk_column
 from seemrl.theory.toy import choose_window, fit_singularity, singular_coordinate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_resume import PARAMS, _args, _dataset
+from helpers import TRAIN_PARAMS, train_args, train_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ def _train(tmp_path: Path, params: dict, tracking: dict | None = None, **popen) 
     """`seemrl train` as the workflow runs it: in the project directory, tracking from the environment."""
     data = tmp_path / "data.parquet"
     if not data.exists():
-        _dataset(data)
-    args = _args(data, tmp_path / "results/run", None, params=params)
+        train_dataset(data)
+    args = train_args(data, tmp_path / "results/run", None, params=params)
     args += ["--label", "dataset=tiny", "--label", "percent=100", "--label", "algo=td3", "--label", "critic_norm=none",
              "--progress", str(tmp_path / "results/run/progress.json")]
     env = _env(SEEMRL_TRACKING=json.dumps(tracking or {}))
@@ -61,7 +61,7 @@ def wandb_history(run_file: Path) -> list[dict]:
 
 def test_tensorboard_and_offline_wandb_get_every_metric_and_evaluation(tmp_path):
     tracking = {"tensorboard": True, "wandb": True, "wandb_mode": "offline", "wandb_project": "seemrl-test"}
-    proc = _train(tmp_path, PARAMS, tracking, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _train(tmp_path, TRAIN_PARAMS, tracking, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     metrics = pd.read_parquet(tmp_path / "results/run/metrics.parquet")
@@ -96,12 +96,12 @@ def test_tensorboard_and_offline_wandb_get_every_metric_and_evaluation(tmp_path)
     assert seen == {0, 1}
 
     progress = json.loads((tmp_path / "results/run/progress.json").read_text())
-    assert progress["state"] == "done" and progress["step"] == progress["total"] == PARAMS["steps"]
+    assert progress["state"] == "done" and progress["step"] == progress["total"] == TRAIN_PARAMS["steps"]
     assert progress["name"] == "tiny/100pct/td3/none" and progress["seeds"] == [0, 1]
 
 
 def test_tracking_off_writes_no_event_files(tmp_path):
-    proc = _train(tmp_path, {**PARAMS, "steps": 20, "eval_every": 0}, stdout=subprocess.DEVNULL)
+    proc = _train(tmp_path, {**TRAIN_PARAMS, "steps": 20, "eval_every": 0}, stdout=subprocess.DEVNULL)
     assert proc.wait(timeout=300) == 0
     assert not (tmp_path / "results/tensorboard").exists() and not (tmp_path / "results/wandb").exists()
     assert json.loads((tmp_path / "results/run/progress.json").read_text())["state"] == "done"
@@ -122,7 +122,7 @@ def test_status_shows_a_running_job_then_a_stopped_one_then_a_finished_one(tmp_p
     work = tmp_path / "project"
     work.mkdir()
     # a long job: logs often, no evaluation; killed once it has reported progress
-    job = _train(work, {**PARAMS, "steps": 200_000, "log_every": 10, "eval_every": 0, "checkpoint_every": 100_000},
+    job = _train(work, {**TRAIN_PARAMS, "steps": 200_000, "log_every": 10, "eval_every": 0, "checkpoint_every": 100_000},
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         progress = work / "results/run/progress.json"
@@ -140,7 +140,7 @@ def test_status_shows_a_running_job_then_a_stopped_one_then_a_finished_one(tmp_p
         job.wait()
     assert _line(_status(work), "tiny/100pct/td3/none")[2] == "stopped"
 
-    done = _train(work, {**PARAMS, "steps": 20, "eval_every": 20}, stdout=subprocess.DEVNULL)
+    done = _train(work, {**TRAIN_PARAMS, "steps": 20, "eval_every": 20}, stdout=subprocess.DEVNULL)
     assert done.wait(timeout=300) == 0
     assert "no training job is running" in _status(work)
     line = _line(_status(work, "--all"), "tiny/100pct/td3/none")

@@ -5,38 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seemrl.data.transitions import (
-    COLUMNS,
-    DatasetError,
-    Transitions,
-    dataset_card,
-    read_transitions,
-    write_transitions,
-)
+from seemrl.data.transitions import (COLUMNS, DatasetError, Transitions, dataset_card, read_transitions,
+                                     write_transitions)
 from seemrl.io import sha256_file
-
-
-def make_transitions(episode_lengths=(5, 3, 4), obs_dim=3, act_dim=2, seed=0) -> Transitions:
-    """Episodes with consistent next_obs chains; every episode but the last terminates,
-    the last times out."""
-    rng = np.random.default_rng(seed)
-    cols = {k: [] for k in COLUMNS}
-    for ep, length in enumerate(episode_lengths):
-        states = rng.normal(size=(length + 1, obs_dim)).astype(np.float32)
-        cols["obs"].append(states[:-1])
-        cols["next_obs"].append(states[1:])
-        cols["action"].append(rng.uniform(-1, 1, (length, act_dim)).astype(np.float32))
-        cols["reward"].append(np.full(length, ep + 1, np.float32))
-        end = np.zeros(length, bool)
-        end[-1] = True
-        last = ep == len(episode_lengths) - 1
-        cols["terminal"].append(end & (not last))
-        cols["timeout"].append(end & last)
-        cols["episode_id"].append(np.full(length, ep))
-        cols["step"].append(np.arange(length))
-    meta = {"name": "toy", "env_id": "Toy-v0", "source": "test", "ref_min_score": 0.0,
-            "ref_max_score": 10.0, "ref_source": "made up"}
-    return Transitions(**{k: np.concatenate(v) for k, v in cols.items()}, meta=meta)
+from helpers import make_transitions
 
 
 def assert_same(a: Transitions, b: Transitions):

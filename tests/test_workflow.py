@@ -3,60 +3,15 @@ end-to-end run of the default DAG at tiny size, then a second run that has nothi
 import copy
 import functools
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEFILE = ROOT / "Snakefile"
-DEFAULT_CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-
-
-def project_copy(dest: Path) -> Path:
-    """The workflow and the package copied to `dest` (tests that edit code must not touch ours)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "src", "profiles", "envs"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, dest / name)
-    return dest / "Snakefile"
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
-              snakefile: Path = SNAKEFILE) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in `workdir` with `config` as its config/config.yaml."""
-    (workdir / "config").mkdir(parents=True, exist_ok=True)
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    for name in ("datasets.yaml", "datasets.lock.json"):  # the registry and the checksum lock
-        if not (workdir / "config" / name).exists():
-            shutil.copy(ROOT / "config" / name, workdir / "config" / name)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "--cores", "2", *args],
-        capture_output=True, text=True, env=env, timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a (dry) run as {rule: count}; {} when there is nothing to do."""
-    if "Job stats:" not in output:
-        assert "Nothing to be done" in output, output[-3000:]
-        return {}
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-
+from helpers import DEFAULT_CONFIG, PAPER_CONFIGS, ROOT, TINY, job_counts, project_copy, snakemake
 
 def test_dry_run_job_counts_of_default_config(tmp_path):
     out = snakemake(tmp_path, DEFAULT_CONFIG, "-n").stdout
@@ -69,17 +24,6 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
         "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1,
         "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1,
     }
-
-
-PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, theory jobs)
-    "table1.yaml": ("all", 6 * 4, 6 * 4, 0, 0),
-    "xpercent.yaml": ("all", 9 * 4 * 4 * 2, 9 * 4 * 4 * 2, 0, 0),
-    "seem_figures.yaml": ("all", 5 * 2 * 2 + 5, 5 * 2 * 2 + 5, 0, 0),
-    "normalizations.yaml": ("all", 2 * 10 + 3 * 9, 2 * 10 + 3 * 9, 0, 0),
-    "ablation.yaml": ("all", 9 * 2 * 4, 9 * 2 * 4, 0, 0),
-    "online_sac.yaml": ("all", 0, 0, 2 * 3, 0),
-    "theory.yaml": ("all", 0, 0, 0, 4),
-}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
@@ -120,21 +64,22 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path, mutate, needle):
 
 
 # Every algorithm's fields are typed by its Config: a wrong type, a wrong length and an unknown field
-# each fail when the workflow is read, naming the key and the expected type.
-LR_FIELD = {"td3": "lr", "iql": "critic_lr", "cql": "critic_lr", "diffql": "lr"}
+# each fail when the workflow is read, naming the key and the expected type; a renamed setting is
+# named with what replaces it.
+TRAINERS = ("td3", "iql", "cql", "diffql")
 
 
-@pytest.mark.parametrize("trainer", sorted(LR_FIELD))
+@pytest.mark.parametrize("trainer", TRAINERS)
 @pytest.mark.parametrize("field, value, needles", [
-    ("lr", "3e-4", ["expected a number, got '3e-4' (a string)", "write 3.0e-4"]),
+    ("critic_lr", "3e-4", ["expected a number, got '3e-4' (a string)", "write 3.0e-4"]),
     ("hidden", "256", ["hidden: expected a list of integers (at least 1), got '256' (a string)"]),
     ("hidden", [], ["hidden: expected a list of integers (at least 1), got 0 item(s)"]),
     ("batch_size", 25.6, ["batch_size: expected an integer, got 25.6 (a number)"]),
     ("stpes", 10, ["unknown field(s) ['stpes']"]),
+    ("reward_mode", "minus1", ["algorithms.mine.reward_mode: renamed; write reward_transform instead"]),
 ])
 def test_every_algorithm_field_is_typed_by_its_config(tmp_path, trainer, field, value, needles):
     config = copy.deepcopy(DEFAULT_CONFIG)
-    field = LR_FIELD[trainer] if field == "lr" else field
     config["algorithms"]["mine"] = {"trainer": trainer, field: value}  # defined, used by no cell: checked too
     out = "\n".join(snakemake(tmp_path, config, "-n", check=False).stdout.splitlines()[:3])
     assert f"config key algorithms.mine" in out and all(n in out for n in needles), out
@@ -153,16 +98,6 @@ def test_other_typed_sections_name_the_key(tmp_path, section, mutate, needle):
     mutate(config)
     proc = snakemake(tmp_path, config, "-n", check=False)
     assert proc.returncode != 0 and needle in proc.stdout, proc.stdout[-2000:]
-
-
-TINY = copy.deepcopy(DEFAULT_CONFIG)
-TINY["recipes"]["demo"].update(sac_steps=300, learning_starts=100, snapshot_every=100, eval_episodes=1,
-                               n_transitions=400)
-TINY["algorithms"]["td3_seem"].update(steps=30, batch_size=32, hidden=[32, 32], checkpoint_every=10, log_every=5)
-TINY["experiment"]["percents"] = [50, 100]
-TINY["analysis"]["seem_samples"] = 16
-TINY["theory"] = {"toy": {"seem_every": 5}, "ntk_map": {"hidden": 256, "resolution": 21},
-                  "baird": {"steps": 500}, "homogeneity": {"hidden": [32, 32], "n_inputs": 16}}
 
 
 @pytest.mark.slow
@@ -243,7 +178,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
 
     # changing one training parameter reruns training and what depends on it, nothing else
     changed = copy.deepcopy(TINY)
-    changed["algorithms"]["td3_seem"]["lr"] = 1e-3
+    changed["algorithms"]["td3_seem"]["critic_lr"] = 1e-3
     assert job_counts(smk(changed, "-n").stdout) == {
         "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
 
@@ -268,10 +203,11 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
             path.write_text(text)
             os.utime(path, (before.st_atime, before.st_mtime))
 
-    assert rerun_after_touching("report.py") == {"report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+    assert rerun_after_touching("report/__init__.py") == {"report_tables": 1, "report_figure": 1, "all": 1}
     assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "all": 1}
-    assert rerun_after_touching("engine.py") == {
+    assert rerun_after_touching("training/trainer.py") == {
         "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+    assert rerun_after_touching("algos/iql.py") == {}  # another algorithm's file: no td3 job reruns
     assert rerun_after_touching("analysis/seem.py") == {
         "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
     assert "Nothing to be done" in smk(TINY, "-n").stdout  # the mtimes are back

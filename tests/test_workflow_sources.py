@@ -7,8 +7,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from test_download import FileServer, http_server  # noqa: F401 (fixture)
-from test_workflow import ROOT, TINY, job_counts, snakemake
+from helpers import ROOT, TINY, job_counts, snakemake
 
 from seemrl.data.minari_source import collect_episodes, write_minari_dataset
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
-import time
 from pathlib import Path
 
-from seemrl.devices import resolve_device
-from seemrl.resume import ResumeDir
+from seemrl.training.devices import resolve_device
 
 log = logging.getLogger("seemrl")
 
@@ -23,12 +20,12 @@ _LEASES = []  # device leases live as long as the process (the kernel frees them
 
 
 def _job_device(a: argparse.Namespace) -> tuple[str, dict]:
-    """The job's torch device, with a GPU of its own when it runs on CUDA (`seemrl.gpu_lease`),
+    """The job's torch device, with a GPU of its own when it runs on CUDA (`seemrl.training.gpu_lease`),
     and what run.json records about it. Called before a command touches anything, so a job sent
     to a device this machine lacks fails without harm (its resume state is left as it was)."""
     import socket
 
-    from seemrl.gpu_lease import lease_device
+    from seemrl.training.gpu_lease import lease_device
 
     try:
         device = resolve_device(a.device)
@@ -56,16 +53,6 @@ def _run_settings(a: argparse.Namespace, config_cls, what: str):
         raise SystemExit(f"bad {what} training parameters {a.params!r}: {exc}")
     seeds = [int(s) for s in a.seeds.split(",")]
     return (params, cfg, seeds, *_job_device(a))
-
-
-def _monitor(a: argparse.Namespace, seeds: list[int], total: int, job: str, config: dict):
-    """The job's `seemrl.tracking.Monitor`: its progress file and, if the workflow's `tracking:`
-    says so, TensorBoard and W&B; named after its labels (dataset/percent/algo/norm, env/variant)."""
-    from seemrl.tracking import Monitor
-
-    labels = dict(kv.split("=", 1) for kv in a.label)
-    name = "/".join(f"{v}pct" if k == "percent" else v for k, v in labels.items()) or job
-    return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=a.progress)
 
 
 # torch computes on one CPU thread in every job: on the CPU, the number of threads changes how float
@@ -103,20 +90,23 @@ def cmd_fetch_minari(a: argparse.Namespace) -> None:
 
 
 def cmd_recipe_train(a: argparse.Namespace) -> None:
-    from seemrl.data.recipe import recipe_train_main
+    from seemrl.generate.recipe import recipe_train_main
 
     _setup(compute=True)
     device, _ = _job_device(a)
 
     def monitor(cfg):
-        return _monitor(a, [cfg.train_seed], cfg.sac_steps, "recipe_train", {"env_id": a.env_id, **cfg.to_dict()})
+        from seemrl.train import Outputs, monitor
+
+        return monitor(Outputs("", "", "", progress=a.progress), [cfg.train_seed], cfg.sac_steps, "recipe_train",
+                       _labels(a), {"env_id": a.env_id, **cfg.to_dict()})
 
     recipe_train_main(a.env_id, a.out, a.recipe, device=device, resume_dir=a.resume_dir,
                       resume_every_s=a.resume_every_s, monitor_factory=monitor)
 
 
 def cmd_recipe_dataset(a: argparse.Namespace) -> None:
-    from seemrl.data.recipe import recipe_dataset_main
+    from seemrl.generate.recipe import recipe_dataset_main
     from seemrl.io import write_json_atomic
 
     _setup(compute=True)
@@ -160,157 +150,34 @@ def cmd_subset(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ training
-def _evaluator(t, cfg, seeds: list[int], data_path: str, workers: int = 1):
-    """The evaluate(nets) function of a run (None without evaluation) and a description of it.
-    AntMaze datasets are evaluated in the maze, start and goal of their data
-    (`seemrl.antmaze`), stepped by `workers` processes; everything else in the registry's
-    evaluation environment."""
-    import functools
+def _labels(a: argparse.Namespace) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in a.label)
 
-    if not cfg.eval_every:
-        return None, None
-    name = t.meta.get("registry_name") or t.meta.get("name", "")
-    ref = {"ref_min_score": t.meta.get("ref_min_score"), "ref_max_score": t.meta.get("ref_max_score")}
-    if "antmaze" in name:
-        import numpy as np
-        import torch
 
-        from seemrl.antmaze import evaluate_antmaze
+def _outputs(a: argparse.Namespace):
+    from seemrl.train import Outputs
 
-        def evaluate(nets):
-            @torch.no_grad()
-            def policy_fn(obs: np.ndarray) -> np.ndarray:
-                x = torch.as_tensor(obs, dtype=torch.float32, device=nets.obs_mean.device)
-                return nets.policy(nets.normalize(x)).cpu().numpy()
-            return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed,
-                                    entry=t.meta.get("registry_entry"), workers=workers)
-        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.antmaze)", "eval_workers": workers, **ref}
-    from seemrl.evaluation import evaluate_policies
-
-    env_id = t.meta.get("eval_env_id") or t.meta.get("env_id")
-    if not env_id:
-        raise SystemExit(f"eval_every={cfg.eval_every} but {data_path} names no eval_env_id or env_id")
-    evaluate = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
-                                 eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
-    return evaluate, {"env_id": env_id, **ref}
+    return Outputs(checkpoints=a.checkpoints, metrics=a.metrics, run=a.run, evaluations=a.evaluations,
+                   episodes=getattr(a, "episodes", None), resume_dir=a.resume_dir, progress=a.progress)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    import torch
-
-    from seemrl.algos import td3, trainer_module
-    from seemrl.data.transitions import read_transitions
-    from seemrl.io import atomic_path, sha256_file, write_json_atomic
+    from seemrl.algos import trainer_module
+    from seemrl.train import train_offline
 
     _setup(compute=True)
-    algo = trainer_module(a.trainer)
-    params, cfg, seeds, device, device_info = _run_settings(a, algo.Config, a.trainer)
-    t = read_transitions(a.data)
-    evaluate, eval_info = _evaluator(t, cfg, seeds, a.data, workers=a.threads)
-    mean, std = td3.state_normalizer(t.obs, cfg.normalize_states)
-    prepared = {}
-    if hasattr(algo, "prepare_data"):  # reward transforms, sampling weights: the algorithm's own
-        data, prepared = algo.prepare_data(t, cfg, device)
-        mean, std = prepared.get("obs_mean", mean), prepared.get("obs_std", std)
-    else:
-        data = td3.OfflineData.from_arrays(t.obs, t.action, t.reward, t.next_obs, t.terminal, mean, std, device)
-    nets = algo.build_nets(cfg, seeds, t.obs.shape[1], t.action.shape[1], mean, std)
-    # the data file's hash, not its path, decides whether a saved state belongs to this run
-    resume = None
-    if a.resume_dir:
-        resume = ResumeDir(a.resume_dir, algo.run_identity(cfg, seeds, sha256_file(a.data)))
-    log.info("training %s, %d seeds on %d transitions from %s, device %s, config %s", a.trainer,
-             len(seeds), len(t), a.data, device, json.dumps(params, sort_keys=True))
-    with _monitor(a, seeds, cfg.steps, "train", {"algorithm": a.trainer, **params}) as monitor:
-        kw = dict(device=device, log=log.info, evaluate=evaluate, monitor=monitor)
-        if resume is None:  # checkpoints go straight into a temporary twin of the output directory
-            with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-                result = algo.train(cfg, seeds, data, nets, Path(ckpt_dir), **kw)
-        else:  # into the resume directory, copied into the output directory (atomically) at the end
-            result = algo.train(cfg, seeds, data, nets, Path(a.checkpoints), resume=resume, **kw)
-    with atomic_path(a.metrics) as tmp:
-        result.metrics.to_parquet(tmp, index=False)
-    if a.evaluations:
-        with atomic_path(a.evaluations) as tmp:
-            result.evaluations.to_parquet(tmp, index=False)
-    evaluation = None
-    if cfg.eval_every:
-        from seemrl.evaluation import summarize
-
-        evaluation = {**eval_info, "every": cfg.eval_every, "episodes": cfg.eval_episodes,
-                      "per_seed": summarize(result.evaluations)}
-    rate = result.steps_per_second
-    write_json_atomic(a.run, {
-        "algorithm": a.trainer,
-        "labels": dict(kv.split("=", 1) for kv in a.label),
-        "config": params,
-        "seeds": seeds,
-        "data_preparation": {k: v for k, v in prepared.items() if isinstance(v, (str, int, float, bool))},
-        "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
-        "evaluation": evaluation,
-        "steps": cfg.steps,
-        "resumed_from_step": result.resumed_from_step,
-        "steps_per_second": rate,  # of this process, i.e. since the resumed step
-        "seed_steps_per_second": None if rate is None else rate * len(seeds),
-        "wall_seconds": result.wall_seconds,
-        "device": device_info,
-        "data": {"path": a.data, "n_transitions": len(t), **{k: t.meta.get(k) for k in
-                 ("name", "env_id", "subset_percent", "subset_seed", "parent_sha256")}},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    if resume is not None:  # every output is written: nothing left to resume
-        resume.clear()
-        log.info("removed resume state %s", resume.path)
-    log.info("done: %s steps/s, diverged_step per seed %s",
-             "-" if rate is None else f"{rate:.0f}", result.diverged_step)
+    params, cfg, seeds, device, device_info = _run_settings(a, trainer_module(a.trainer).Config, a.trainer)
+    train_offline(a.trainer, cfg, params, seeds, a.data, _outputs(a), device=device, device_info=device_info,
+                  labels=_labels(a), eval_workers=a.threads)
 
 
 def cmd_train_online(a: argparse.Namespace) -> None:
-    import torch
-
-    from seemrl.algos import online_sac
-    from seemrl.data.d4rl import D4RL_REF_SCORES
-    from seemrl.io import atomic_path, write_json_atomic
+    from seemrl.algos.online_sac import OnlineSACConfig
+    from seemrl.train import train_online
 
     _setup(compute=True)
-    params, cfg, seeds, device, device_info = _run_settings(a, online_sac.OnlineSACConfig, "online SAC")
-    ref_min, ref_max = D4RL_REF_SCORES.get(a.env_id.split("-")[0].lower(), (None, None))
-    resume = ResumeDir(a.resume_dir, online_sac.run_identity(cfg, seeds, a.env_id)) if a.resume_dir else None
-    log.info("online SAC on %s, seeds %s, device %s, config %s", a.env_id, seeds, device,
-             json.dumps(params, sort_keys=True))
-    with _monitor(a, seeds, cfg.steps, "train_online", {"algorithm": "online_sac", **params}) as monitor:
-        kw = dict(device=device, log=log.info, ref_min=ref_min, ref_max=ref_max, monitor=monitor)
-        if resume is None:
-            with atomic_path(a.checkpoints, is_dir=True) as ckpt_dir:
-                result = online_sac.train(cfg, seeds, a.env_id, Path(ckpt_dir), **kw)
-        else:
-            result = online_sac.train(cfg, seeds, a.env_id, Path(a.checkpoints), resume=resume, **kw)
-    for frame, path in ((result.metrics, a.metrics), (result.evaluations, a.evaluations),
-                        (result.episodes, a.episodes)):
-        with atomic_path(path) as tmp:
-            frame.to_parquet(tmp, index=False)
-    rate = result.steps_per_second
-    write_json_atomic(a.run, {
-        "algorithm": "online_sac",
-        "labels": dict(kv.split("=", 1) for kv in a.label),
-        "env_id": a.env_id,
-        "config": params,
-        "seeds": seeds,
-        "diverged_step": dict(zip(map(str, seeds), result.diverged_step)),
-        "nonfinite_actions": dict(zip(map(str, seeds), map(int, result.nonfinite_actions))),
-        "ref_min_score": ref_min, "ref_max_score": ref_max,
-        "resumed_from_step": result.resumed_from_step,
-        "steps_per_second": rate,
-        "update_mode": result.update_mode,
-        "wall_seconds": result.wall_seconds,
-        "device": device_info,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    if resume is not None:
-        resume.clear()
-    log.info("done: diverged_step per seed %s", result.diverged_step)
+    params, cfg, seeds, device, device_info = _run_settings(a, OnlineSACConfig, "online SAC")
+    train_online(cfg, params, seeds, a.env_id, _outputs(a), device=device, device_info=device_info, labels=_labels(a))
 
 
 def cmd_report_online(a: argparse.Namespace) -> None:
@@ -383,19 +250,17 @@ def cmd_report_figure(a: argparse.Namespace) -> None:
     _setup()
     frames = _labelled_frames(a.seem, a.runs)
     report.plot_seem_and_q(pd.concat(frames, ignore_index=True), a.out)
-    if a.seem_vs_gamma:
-        from seemrl.algos import trainer_module
-
-        gammas = []
-        for path in a.runs:  # a run's gamma: its config, else its algorithm's default
-            run = json.loads(Path(path).read_text())
-            default = trainer_module(run.get("algorithm", "td3")).Config().gamma
-            gammas.append(run.get("config", {}).get("gamma", default))
+    if a.seem_vs_gamma:  # run.json holds the resolved config: every run names its gamma
+        gammas = [json.loads(Path(path).read_text())["config"]["gamma"] for path in a.runs]
         report.plot_seem_vs_gamma(report.seem_vs_gamma_frame(frames, gammas), a.seem_vs_gamma)
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
-    from seemrl.analysis.predictions import load_run, predictions_table, summary_markdown
+    from seemrl.analysis.predictions import (
+        load_run,
+        predictions_table,
+        summary_markdown,
+    )
     from seemrl.io import write_text_atomic
     from seemrl.report import write_table_csv
 
@@ -418,7 +283,7 @@ def _device_args(sp: argparse.ArgumentParser) -> None:
     parameters), so changing them changes no result and reruns nothing."""
     import os
 
-    from seemrl.gpu_lease import DEFAULT_LOCK_DIR
+    from seemrl.training.gpu_lease import DEFAULT_LOCK_DIR
 
     sp.add_argument("--device", default=os.environ.get("SEEMRL_DEVICE") or "auto",
                     help="auto | cpu | cuda | cuda:N; default $SEEMRL_DEVICE or auto")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 YAML_FLOAT_HINT = " (YAML reads a number like 3e-4 without a dot as a string: write 3.0e-4)"
 
 # A critic normalisation spec (`critic_norms.<name>`, an algorithm's `critic` field): the keys of
-# seemrl.nets.CRITIC_SPEC_DEFAULTS and the critic optimiser's weight decay.
+# seemrl.training.nets.CRITIC_SPEC_DEFAULTS and the critic optimiser's weight decay.
 CRITIC_SPEC_TYPES: dict[str, Any] = {
     "norm": str, "norm_layers": typing.Optional[list[int]], "affine": bool, "dropout": float,
     "weight_norm_output": bool, "ofn": bool, "weight_decay": float,
@@ -58,12 +58,16 @@ def type_schema(tp: Any) -> dict:
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's one-line doc: the comment after it in the class source ('' if none)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", source, re.M)}
+    """Each field's one-line doc: the comment after it in the source of the class, or of the base
+    class that declares it last ('' if none)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        docs.update({m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", source, re.M)})
+    return docs
 
 
 @functools.cache
@@ -128,7 +132,12 @@ def check_fields(schema: dict, values: Any, where: str) -> None:
 
 
 def check_dataclass_fields(cls: type, values: Mapping, where: str) -> None:
-    """`values` (a config section) against the schema of dataclass `cls`, naming `where.<field>`."""
+    """`values` (a config section) against the schema of dataclass `cls`, naming `where.<field>`;
+    a setting that was renamed (`cls.RENAMED`) is named with what replaces it."""
+    renamed = getattr(cls, "RENAMED", {})
+    for key in values:
+        if key in renamed and key not in dataclass_schema(cls)["properties"]:
+            raise ConfigError(f"config key {where}.{key}: renamed; write {renamed[key]} instead")
     check_fields(dataclass_schema(cls), dict(values), where)
 
 

@@ -1,4 +1,4 @@
-"""Atomic file output and checksums.
+"""Atomic file output, checksums and Markdown tables.
 
 Every finished-looking file the pipeline writes goes through `atomic_path`: the writer fills a
 temporary sibling and it is renamed into place only when the writer returned without error, so
@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -73,3 +75,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ Markdown tables
+def format_value(value, fmt: str = "{:.4g}") -> str:
+    """A table cell: floats (numpy too) by `fmt`, NaN as "nan", anything else as str."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # numpy floats too
+        return "nan" if math.isnan(value) else fmt.format(value)
+    return str(value)
+
+
+def to_markdown(df, fmt: str = "{:.4g}") -> str:
+    """A GitHub-flavoured Markdown table of a pandas DataFrame (numbers right-aligned, "|" escaped)."""
+    import pandas as pd
+
+    cells = [[format_value(v, fmt).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
+    header = [str(c) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in df.dtypes]
+    widths = [max([len(h), 3, *(len(r[j]) for r in cells)]) for j, h in enumerate(header)]
+    pad = lambda s, j: s.rjust(widths[j]) if numeric[j] else s.ljust(widths[j])
+    lines = ["| " + " | ".join(pad(h, j) for j, h in enumerate(header)) + " |",
+             "|" + "|".join(("-" * (w + 1) + ":") if numeric[j] else "-" * (w + 2)
+                            for j, w in enumerate(widths)) + "|"]
+    lines += ["| " + " | ".join(pad(c, j) for j, c in enumerate(r)) + " |" for r in cells]
+    return "\n".join(lines) + "\n"

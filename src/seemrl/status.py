@@ -1,7 +1,7 @@
 """`python -m seemrl status`: the training jobs of a workflow, as their progress files tell it.
 
 Every training job (train, train_online, recipe_train) rewrites a progress file while it runs
-(`seemrl.tracking.Monitor`); this reads them all under a project's results/ and prints one line
+(`seemrl.training.tracking.Monitor`); this reads them all under a project's results/ and prints one line
 per job: its state, step of total, steps/s, ETA, and the latest mean Q and evaluation over its
 seeds. A job whose file says "running" but whose process is gone (killed, node lost) shows as
 "stopped"; one on another host, whose process cannot be checked, shows its file's age.

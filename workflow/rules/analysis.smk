@@ -1,4 +1,4 @@
-# SEEM and companions over every checkpoint of a run.
+# SEEM and companions over every checkpoint of a run; the paper's predictions checked against the runs.
 
 
 rule seem:
@@ -6,7 +6,7 @@ rule seem:
     input:
         checkpoints=f"{RUN}/checkpoints",
         data="resources/datasets/{dataset}/subset-{percent}pct.parquet",
-        code=code("analysis/seem.py", "nets.py"),
+        code=code("analysis/seem.py", "training/nets.py", "data/preparation.py"),
     output:
         f"{RUN}/seem.parquet",
     log:
@@ -24,3 +24,24 @@ rule seem:
         "python -m seemrl seem --checkpoints {input.checkpoints} --data {input.data}"
         " --samples {params.n} --sample-seed {params.seed} {params.replace}"
         " --out {output} > {log} 2>&1"
+
+
+rule predictions:
+    """The paper's predictions checked per run and seed: SEEM's lead over divergence, growth orders, crash steps."""
+    input:
+        code=code("analysis/predictions.py", "io.py"),
+        seem=run_paths("seem.parquet"),
+        metrics=run_paths("metrics.parquet"),
+        runs=run_paths("run.json"),
+    output:
+        csv=report("results/report/predictions.csv", caption="../report/predictions.rst", category="Tables"),
+        markdown="results/report/predictions.md",
+    log:
+        "results/logs/predictions.log",
+    conda:
+        CONDA_ENV
+    params:
+        run_dirs=lambda w, input: [str(Path(p).parent) for p in input.runs],
+    shell:
+        "python -m seemrl predictions --runs {params.run_dirs} --csv {output.csv} --markdown {output.markdown}"
+        " > {log} 2>&1"

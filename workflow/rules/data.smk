@@ -42,7 +42,7 @@ rule fetch_minari:
 rule recipe_train:
     """D4RL's recipe, step 1: train the behaviour SAC online, with policy snapshots and the replay buffer."""
     input:
-        code=code("data/recipe.py", "algos/sac.py"),
+        code=code("generate/recipe.py", "generate/behaviour_sac.py"),
     output:
         directory("resources/generated/{recipe}/{env_id}/training"),
     log:
@@ -66,7 +66,7 @@ rule recipe_dataset:
     """D4RL's recipe, step 2: one level's dataset (random, medium, medium-replay, expert, medium-expert) as Minari."""
     input:
         training="resources/generated/{recipe}/{env_id}/training",
-        code=code("data/recipe.py", "data/minari_source.py"),
+        code=code("generate/recipe.py", "data/minari_source.py"),
         parts=lambda w: (
             [f"resources/generated/{w.recipe}/{w.env_id}/{part}.json" for part in ("medium", "expert")]
             if w.level == "medium-expert"
@@ -102,7 +102,7 @@ rule dataset_table:
     conda:
         CONDA_ENV
     params:
-        entry=lambda w: json.dumps(registry_entry(w.dataset), sort_keys=True),
+        entry=registry_entry_json,
     shell:
         "python -m seemrl table --dataset {wildcards.dataset} --entry '{params.entry}' --raw {input.raw}"
         " --out {output.table} --card {output.card} > {log} 2>&1"

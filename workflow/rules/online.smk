@@ -5,7 +5,7 @@
 rule train_online:
     """Online SAC on one environment, one variant (EMA, no EMA, no EMA + LN), all seeds in one process."""
     input:
-        code=code(*TRAINING_CODE, "algos/online_sac.py", "algos/common.py"),
+        code=code(*TRAINING_CODE, "algos/online_sac.py", "algos/base.py"),
     output:
         checkpoints=directory(f"{ONLINE_RUN}/checkpoints"),
         metrics=f"{ONLINE_RUN}/metrics.parquet",
@@ -35,7 +35,7 @@ rule train_online:
 rule report_online:
     """The figure of the online SAC runs: Q and return over environment steps."""
     input:
-        code=code("report.py"),
+        code=code("report/__init__.py"),
         metrics=online_paths("metrics.parquet"),
         runs=online_paths("run.json"),
     output:

@@ -4,7 +4,7 @@
 rule report_tables:
     """Per-seed and per-cell tables of every run (CSV and Markdown)."""
     input:
-        code=code("report.py"),
+        code=code("report/__init__.py"),
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
@@ -23,7 +23,7 @@ rule report_tables:
 rule report_figure:
     """Figures of SEEM and Q over training, and of SEEM against the discount factor."""
     input:
-        code=code("report.py"),
+        code=code("report/__init__.py"),
         seem=run_paths("seem.parquet"),
         runs=run_paths("run.json"),
     output:
@@ -36,24 +36,3 @@ rule report_figure:
     shell:
         "python -m seemrl report-figure --seem {input.seem} --runs {input.runs} --out {output.seem_q}"
         " --seem-vs-gamma {output.gamma} > {log} 2>&1"
-
-
-rule predictions:
-    """The paper's predictions checked per run and seed: SEEM's lead over divergence, growth orders, crash steps."""
-    input:
-        code=code("analysis/predictions.py", "report.py"),
-        seem=run_paths("seem.parquet"),
-        metrics=run_paths("metrics.parquet"),
-        runs=run_paths("run.json"),
-    output:
-        csv=report("results/report/predictions.csv", caption="../report/predictions.rst", category="Tables"),
-        markdown="results/report/predictions.md",
-    log:
-        "results/logs/predictions.log",
-    conda:
-        CONDA_ENV
-    params:
-        run_dirs=lambda w, input: [str(Path(p).parent) for p in input.runs],
-    shell:
-        "python -m seemrl predictions --runs {params.run_dirs} --csv {output.csv} --markdown {output.markdown}"
-        " > {log} 2>&1"

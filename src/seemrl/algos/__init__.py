@@ -22,7 +22,7 @@ def trainer_module(name: str) -> ModuleType:
 
 def load_checkpoint(path: str | Path):
     """Any algorithm's checkpoint, by its format tag (`seemrl.<trainer>.vN`)."""
-    from seemrl.engine import read_checkpoint
+    from seemrl.training.loop import read_checkpoint
 
     fmt = read_checkpoint(path)["format"]
     name = fmt.split(".")[1]

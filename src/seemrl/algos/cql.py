@@ -1,45 +1,18 @@
-"""Conservative Q-Learning (CQL(H), Kumar et al. 2020) on the seemrl training engine.
+"""Conservative Q-Learning (CQL(H), Kumar et al. 2020), all seeds of a cell trained together.
 
-CQL is SAC with a conservative critic: besides the TD error, each critic minimises
-
-    cql_alpha * E_s[ logsumexp_a Q(s, a) - Q(s, a_data) ],
-
-the logsumexp estimated by importance sampling over `cql_n_actions` uniform actions in [-1, 1]
-and as many actions of the current policy at s and at s' (each Q value minus the log-density
-of its proposal: log(0.5^act_dim) for the uniform ones, log pi for the policy ones). The policy is
-a tanh-squashed Gaussian trained as in SAC, with an automatically tuned entropy temperature.
-
-The update follows CORL's `algorithms/offline/cql.py` (itself a port of young-geng's JaxCQL,
-the lineage of the JAX CQL the SEEM authors used, sail-sg/offbench). Every loss of a step is
-computed from the parameters at the start of the step, then every optimiser steps (JaxCQL's
-simultaneous update; CORL computes all losses before stepping too). Details kept from the
-references:
-- the CQL actions "at s'" are sampled from pi(.|s') but scored by Q(s, .), as in all three;
-- the policy is evaluated with Q(s, pi(s)) = min(Q1, Q2) and the temperature detached;
-- with `cql_lagrange`, alpha' = clamp(exp(log_alpha'), 0, 1e6) multiplies cql_alpha and is
-  trained to push the CQL gap towards `cql_target_action_gap` (loss -(c1 + c2) / 2);
-- target critics are EMA copies (tau); there is no target actor;
-- the log-std head is `log_std_multiplier * raw + log_std_offset` (two trainable scalars per
-  seed, initialised 1 and -1) clamped to [-20, 2] (CORL's ReparameterizedTanhGaussian);
-- the actor's output layer starts small (offbench/JaxCQL `last_layer_init=0.01`: variance scaling
-  0.01, fan-in, uniform; zero bias). Hidden layers and critics keep PyTorch's default init
-  (CORL: orthogonal critics; offbench: default), so every critic spec of
-  `seemrl.nets.critic_from_config` builds the critics unchanged.
-
-Engine rules (`seemrl.engine`): every random number of the step is a declared `Draw` (minibatch,
-uniform CQL actions, policy noise at s and s' for the CQL term, next-action noise of the target,
-policy noise of the actor loss), losses are sums of per-seed means, the temperatures are
-per-seed parameters [S], and nothing in `_update` syncs the host, so the step runs as a CUDA
-graph. The critic-loss forward evaluates (s, a) and the 3 * n CQL actions of each state in ONE
-call per critic ([S, B * (1 + 3n), in]): BatchNorm then normalises all of them with the same
-batch statistics and updates its running statistics once per step; bootstrap targets and the
-actor's Q use eval mode (as in `seemrl.algos.td3`).
+CQL is SAC with a conservative critic: besides the TD error each critic minimises
+cql_alpha * E_s[logsumexp_a Q(s, a) - Q(s, a_data)], the logsumexp estimated by importance
+sampling over uniform actions and actions of the current policy at s and s'. The update follows
+CORL's port of JaxCQL (the lineage of the JAX CQL the SEEM authors used): every loss of a step is
+computed from the parameters at its start, then every optimiser steps. The critic-loss forward
+evaluates (s, a) and all CQL actions in one call per critic, so BatchNorm sees one batch.
+`docs/algorithms/cql.md` lists what is kept from each reference.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,16 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seemrl.algos.common import (CriticTrainer, OfflineNets, check_run_settings, check_shared_fields,
-                                 critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
-                                 load_offline_checkpoint, obs_stats, offline_data, run_identity_of,
-                                 save_offline_checkpoint, train_offline, twin_critics)
-from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
-from seemrl.engine import (EVALUATION_COLUMNS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
-                           StackedTrainer, TrainResult, evaluations_frame, make_optimizer, read_checkpoint,
-                           train_loop, transform_reward, write_checkpoint, REWARD_TRANSFORMS)
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
-from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_at_least_one, check_optimizer,
+                               check_positive, critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
+                               load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
+                               train_offline, twin_critics)
+from seemrl.training.draws import Draw, OfflineData
+from seemrl.training.loop import Checkpoint, TrainResult
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import make_optimizer
 
 CHECKPOINT_FORMAT = "seemrl.cql.v1"
 # Independent random streams per seed: network initialisation (0-2, 5, 6 as in td3.py) and one
@@ -74,23 +46,19 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class CQLConfig:
+class CQLConfig(OfflineConfig):
     """Hyperparameters of CQL(H) (defaults: the MuJoCo setting of the SEEM authors' CQL, offbench,
     where it differs from CORL's; each comment names the source)."""
 
-    steps: int = 1_000_000  # gradient steps (CORL max_timesteps 1M)
-    batch_size: int = 256  # transitions per seed per step (all references)
     optimizer: str = "adam"  # "adam" or "sgd", for every parameter (all references: Adam)
-    policy_lr: float = 1e-4  # actor learning rate (offbench 1e-4; CORL MuJoCo 3e-5; JaxCQL 3e-4)
+    actor_lr: float = 1e-4  # actor learning rate (offbench 1e-4; CORL MuJoCo 3e-5; JaxCQL 3e-4)
     critic_lr: float = 3e-4  # critic learning rate (all references)
-    alpha_lr: float | None = None  # entropy-temperature learning rate; None = policy_lr (all references)
+    alpha_lr: float | None = None  # entropy-temperature learning rate; None = actor_lr (all references)
     alpha_prime_lr: float | None = None  # Lagrange multiplier learning rate; None = critic_lr (all references)
-    gamma: float = 0.99  # discount
-    tau: float = 0.005  # EMA rate of the target critics (all references)
+    steps: int = 1_000_000  # gradient steps (CORL max_timesteps 1M)
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor and critics (offbench/JaxCQL 256-256; CORL 3x256)
-    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
     normalize_states: bool = True  # standardise states with the dataset mean/std (CORL normalize=True)
-    reward_transform: str = "none"  # engine.REWARD_TRANSFORMS, applied in prepare_data ("minus1" for AntMaze)
+    reward_transform: str = "none"  # data.preparation.REWARD_TRANSFORMS ("minus1" for AntMaze)
     auto_alpha: bool = True  # tune the entropy temperature (use_automatic_entropy_tuning, all references)
     alpha_multiplier: float = 1.0  # alpha = alpha_multiplier * exp(log_alpha), or the fixed alpha without tuning
     init_log_alpha: float = 0.0  # initial log temperature (Scalar(0.0), all references)
@@ -107,23 +75,15 @@ class CQLConfig:
     cql_clip_diff_min: float | None = None  # lower clip of logsumexp - Q(s, a) per sample; None = none (CORL AntMaze -200)
     cql_clip_diff_max: float | None = None  # upper clip of the same; None = none
     bc_steps: int = 0  # first steps with the BC actor loss alpha log pi - log pi(a_data|s) (CORL MuJoCo 0)
-    checkpoint_every: int = 10_000  # steps between checkpoints (step 0 and the last included)
-    log_every: int = 1_000  # steps between logged training metrics
-    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
-    eval_episodes: int = 10  # episodes per seed and evaluation
-    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
-    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
-    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" or "ieee"; CPU: always ieee
+
+    RENAMED = {**OfflineConfig.RENAMED, "policy_lr": "actor_lr"}
 
     def __post_init__(self):
-        check_shared_fields(self, ("steps", "batch_size", "cql_n_actions", "checkpoint_every", "log_every"),
-                            gamma=True)
+        check_optimizer(self.optimizer)
+        check_at_least_one(self, ("cql_n_actions",))
         if self.bc_steps < 0:
             raise ValueError(f"bc_steps must be >= 0, got {self.bc_steps}")
-        for name in ("policy_lr", "critic_lr", "alpha_lr", "alpha_prime_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_positive(self, ("actor_lr", "critic_lr", "alpha_lr", "alpha_prime_lr"))
         if not self.cql_alpha >= 0:
             raise ValueError(f"cql_alpha must be >= 0, got {self.cql_alpha}")
         if not self.cql_temp > 0:
@@ -133,10 +93,7 @@ class CQLConfig:
         lo, hi = self.cql_clip_diff_min, self.cql_clip_diff_max
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(f"cql_clip_diff_min must be < cql_clip_diff_max, got {lo} and {hi}")
-        if self.reward_transform not in REWARD_TRANSFORMS:
-            raise ValueError(f"reward_transform must be one of {sorted(REWARD_TRANSFORMS)}, "
-                             f"got {self.reward_transform!r}")
-        check_run_settings(self)
+        super().__post_init__()
 
     @property
     def twin_q(self) -> bool:
@@ -237,15 +194,6 @@ def build_nets(cfg: CQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
 
 
 # ------------------------------------------------------------------ data
-def prepare_data(transitions, cfg: CQLConfig, device) -> tuple[OfflineData, dict]:
-    """Training tensors from a `seemrl.data.transitions` table: rewards through
-    `cfg.reward_transform`, states standardised (when `cfg.normalize_states`) with the statistics
-    that `build_nets` gets from `state_normalizer` (as `seemrl.algos.td3`'s). No extra train() arguments."""
-    t = transitions
-    data, _, _ = offline_data(t, transform_reward(t.reward, cfg.reward_transform), cfg.normalize_states, device)
-    return data, {}
-
-
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: CQLNets, cfg: CQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
@@ -259,7 +207,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 # ------------------------------------------------------------------ the update step
 class CQLTrainer(CriticTrainer):
-    """CQL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
+    """CQL's update for all seeds; the engine (`seemrl.training.trainer.StackedTrainer`) does the rest.
 
     Step kinds: "bc" (the first `bc_steps` steps: BC actor loss) and "rl" (the SAC actor loss).
     Critics with dropout draw their masks from CPU generators inside the forward pass, so they
@@ -277,12 +225,12 @@ class CQLTrainer(CriticTrainer):
         opt = lambda params, lr, **kw: make_optimizer(cfg.optimizer, params, lr, self.device, **kw)
         temps = nets.temperatures
         self.optimizers = {
-            "actor": opt(nets.actor.parameters(), cfg.policy_lr),
+            "actor": opt(nets.actor.parameters(), cfg.actor_lr),
             # weight decay is the optimiser's (coupled) L2 penalty on the critics only
             "critic": opt(critic_params(nets), cfg.critic_lr, weight_decay=critic_weight_decay(cfg.critic)),
         }
         if cfg.auto_alpha:
-            self.optimizers["alpha"] = opt([temps.log_alpha], cfg.alpha_lr or cfg.policy_lr)
+            self.optimizers["alpha"] = opt([temps.log_alpha], cfg.alpha_lr or cfg.actor_lr)
         if cfg.cql_lagrange:
             self.optimizers["alpha_prime"] = opt([temps.log_alpha_prime], cfg.alpha_prime_lr or cfg.critic_lr)
         self.finish_setup()
@@ -421,7 +369,7 @@ def train(cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, ch
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
+    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`."""
     keys = (*METRIC_KEYS, *(("alpha_prime",) if cfg.cql_lagrange else ()), "critic_grad_norm")
     return train_offline(CQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir, keys,
                          critic_param_norms, log, evaluate, resume, monitor)

@@ -1,72 +1,12 @@
 """Diffusion-QL with the SEEM authors' settings (their EDP-based fork), all seeds of a cell together.
 
-The paper's AntMaze results (Table 1, `shared/REFERENCE.md` §4) come from the authors' JAX fork
-of EDP (Kang et al. 2023, "Efficient Diffusion Policies"), which is Diffusion-QL (Wang et al.
-2023) with EDP's speed-ups. This module implements that algorithm on the seemrl engine
-(`seemrl.engine.StackedTrainer`): S seeds stacked in one process, every random number a declared
-per-seed `Draw`, the whole update graph-capturable.
-
-Policy: a noise-prediction network eps(a_t, t, s): a `StackedMLP` (hidden 3x256, Mish) over
-concat(a_t, time embedding, s); the time embedding is sinusoidal of dimension 16 (EDP's form:
-frequencies exp(-ln(10^4) k / 8), k = 0..7, [cos, sin]) followed by Linear(16, 32) -> Mish ->
-Linear(32, 16), as in both Diffusion-QL and EDP. T = 1000 diffusion steps with the linear beta
-schedule beta_t = linspace(1e-4, 0.02, T) (EDP/SEEM, not rescaled by 1000 / T); the "vp" schedule
-of the original Diffusion-QL (T = 5) is the alternative. Trained with the denoising loss
-||eps - eps(sqrt(abar_t) a + sqrt(1 - abar_t) eps, t, s)||^2, t ~ U{0..T-1}, eps ~ N(0, I).
-
-Actor loss (EDP's one-step action approximation; no sampling chain in the actor loss):
-    a0_hat = clip((a_t - sqrt(1 - abar_t) eps_pred) / sqrt(abar_t), -1, 1)
-    actor_loss = bc_weight * diffusion_loss + alpha * (-Q(s, a0_hat) / mean|Q(s, a0_hat)|)
-with bc_weight 0.5, alpha 2.0 (REFERENCE §4). Q is one critic head chosen at random per step and
-seed (`guide_q="random"`, as EDP and Diffusion-QL), normalised by its own mean |Q| (EDP; the
-original Diffusion-QL divides by the other head's mean |Q|).
-
-Critic: twin Q heads from `critic_from_config` (3x256, Mish; the `critic` spec decides LN / BN /
-...; the paper's "ours" is {"norm": "layernorm"}), EMA targets (tau 0.005, every step), max-Q
-backup: 10 actions sampled at s' with the EMA actor, Q1_target and Q2_target of each, max over the
-10 per head, then min over heads. The EMA actor follows EDP's schedule: lerp with tau 0.005 at
-step numbers n > 1000 with n % 5 == 0 (1-based; Diffusion-QL's `step_start_ema=1000,
-update_ema_every=5`); before that it stays at the initial actor.
-
-Sampler (`sampler`):
-  "dpm_solver"  the SEEM authors' setting: DPM-Solver (Lu et al. 2022) for the noise-prediction
-                model on the discrete-time VP schedule (log alpha piecewise linear in t_n =
-                (n + 1) / T), `sample_steps` = 15 function evaluations from t = 1 to t = 1/T,
-                uniform time steps, *singlestep* solver combining orders <= `dpm_order` (3 by
-                default: the authors' DPM-Solver-fast, orders [3, 3, 3, 3, 2, 1] for 15 steps),
-                no final denoising step, the predicted noise clipped so that the implied x0 lies
-                in [-1, 1] (the authors' wrapper). Deterministic given x_T: it needs one noise
-                draw [B, n, act].
-  "ddpm"        ancestral sampling through all T steps (the original Diffusion-QL: T = 5, "vp"
-                schedule, x0 prediction clipped to [-1, 1]); `sample_steps` must equal
-                `diffusion_steps`. Noise: x_T [B, n, act] plus one [B, n, act] per step but the last.
-Sampled actions are clipped to [-1, 1]. Inside the update every number the sampler needs is a
-declared `Draw`: "backup_xT" [B, n, act] and, for ddpm, "backup_steps" [T - 1, B, n, act] (the
-per-step noises stacked in one draw), so sampling in the backup is graph-capturable.
-
-Draws of one step (per seed): "idx" critic batch (randint), "policy_u" actor batch under OPER-R
-(uniform, inverse CDF), "t" diffusion steps and "eps" noise of the denoising loss, "head" the
-critic head of the actor's Q term, "backup_xT" / "backup_steps" the backup sampler's noise.
-
-Learning rates: Adam 3e-4 with cosine decay to 0 over `steps` (`engine.cosine_lr` + `set_lr`),
-for actor and critic (`lr_decay="both"`, as the original Diffusion-QL; the authors' JAX fork
-builds its critic optimisers without the schedule: `lr_decay="actor"`). Gradient clipping
-(`grad_clip`, per dataset in REFERENCE §4; 0 = none) is per seed and per network (actor, Q1, Q2
-separately, as the fork's optax `clip_by_global_norm` per train state).
-
-Data (`prepare_data`): rewards through `engine.transform_reward` ("x10": the authors' sparse 0/10;
-"diffql": (r - 0.5) * 4 of the original), actions clipped to +-0.999, no state normalisation by
-default. OPER-R (`oper_r`): the actor's batch is drawn with probabilities proportional to the
-min-max normalised return of its episode (base 0; returns of the untransformed rewards), the
-critic's batch stays uniform (a separate draw).
-
-Evaluation action (`DiffQLNets.policy`): 50 actions sampled per state with the online actor (both
-reference implementations; `eval_actor="ema"` for the EMA actor) and one picked by softmax over
-min(Q1_target, Q2_target) (energy-based, a categorical draw; `eval_select="argmax"` or
-`policy_greedy` pick the best). Its noise comes from per-seed CPU generators seeded from
-(`eval_seed`, seed), so a seed's actions do not depend on the other seeds; they run outside the
-training step and are part of the resumable state. The SEEM analysis's X* = (s', pi(s')) uses
-`nets.policy`, i.e. the evaluation policy.
+The paper's AntMaze results (Table 1) come from the authors' JAX fork of EDP, which is
+Diffusion-QL with EDP's speed-ups: a noise-prediction policy (T = 1000, linear betas) sampled
+with a 15-step DPM-Solver, an actor loss of 0.5 x the diffusion loss plus 2.0 x -Q(s, a0_hat) /
+mean|Q| with EDP's one-step action a0_hat, twin Mish critics with a max-Q backup, an EMA actor,
+cosine learning rates, and OPER-R for the actor batch on the larger mazes. Everything is a
+config value, so the original Diffusion-QL (T = 5, DDPM) is one too.
+`docs/algorithms/diffql.md` gives every choice and its source.
 """
 from __future__ import annotations
 
@@ -81,19 +21,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from seemrl.algos.common import (CriticTrainer, OfflineNets, check_at_least_one, check_critic_spec, check_gamma,
-                                 check_one_of, check_tau, coerce_shared_fields, critic_grad_norm, critic_param_norms,
-                                 critic_params, critic_weight_decay, load_offline_checkpoint, obs_stats,
-                                 offline_data, run_identity_of, save_offline_checkpoint, train_offline, twin_critics)
-from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
-from seemrl.devices import MATMUL_PRECISIONS
-from seemrl.engine import (Checkpoint, Draw, LoopSettings, OfflineData, StackedTrainer, TrainResult,  # noqa: F401
-                           clip_grad_norm_per_seed, cosine_lr, episode_returns, make_optimizer,
-                           read_checkpoint, return_priorities, sampling_cdf, set_lr, train_loop,
-                           transform_reward, weighted_indices, write_checkpoint)
-from seemrl.engine import REWARD_TRANSFORMS
-from seemrl.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators, stacked_affine
-from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_at_least_one, check_one_of,
+                               check_positive, critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
+                               load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
+                               train_offline, twin_critics)
+from seemrl.training.draws import Draw, OfflineData, weighted_indices
+from seemrl.training.loop import Checkpoint, TrainResult
+from seemrl.training.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators, stacked_affine
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import clip_grad_norm_per_seed, cosine_lr, make_optimizer, set_lr
 
 CHECKPOINT_FORMAT = "seemrl.diffql.v1"
 # Independent random streams per seed: network initialisation, then the update's draws.
@@ -110,14 +46,13 @@ LR_DECAY = ("both", "actor", "none")
 
 
 @dataclass
-class DiffQLConfig:
-    """Hyperparameters of Diffusion-QL (defaults: the SEEM authors' AntMaze setting, REFERENCE §4)."""
+class DiffQLConfig(OfflineConfig):
+    """Hyperparameters of Diffusion-QL (defaults: the SEEM authors' AntMaze setting of Table 1)."""
 
     steps: int = 1_000_000  # gradient steps (paper: 1M); also the cosine decay horizon
-    batch_size: int = 256  # transitions per seed per step (critic batch and actor batch)
-    lr: float = 3e-4  # Adam learning rate of actor and critic at step 0
+    actor_lr: float = 3e-4  # Adam learning rate of the actor at step 0
+    critic_lr: float = 3e-4  # Adam learning rate of the critics at step 0
     lr_decay: str = "both"  # cosine decay to 0: "both" (Diffusion-QL), "actor" (the authors' JAX fork), "none"
-    gamma: float = 0.99  # discount
     tau: float = 0.005  # EMA rate of the target critics (every step) and of the EMA actor
     hidden: tuple[int, ...] = (256, 256, 256)  # hidden widths of the noise network and of each critic
     activation: str = "mish"  # activation of the noise network, time MLP and critics (Diffusion-QL, EDP: Mish)
@@ -135,8 +70,7 @@ class DiffQLConfig:
     actor_ema_every: int = 5  # the EMA actor updates at step numbers n % actor_ema_every == 0 ...
     actor_ema_start: int = 1000  # ... and n > actor_ema_start (EDP: 5 and 1000)
     grad_clip: float = 0.0  # per-seed gradient-norm clip of actor, Q1 and Q2 (each); 0 = none
-    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
-    reward_transform: str = "x10"  # engine.REWARD_TRANSFORMS: "x10" (authors' AntMaze), "diffql", "none", ...
+    reward_transform: str = "x10"  # data.preparation.REWARD_TRANSFORMS: "x10" (authors' AntMaze), "diffql", ...
     action_clip: float = 0.999  # dataset actions are clipped to +-action_clip when read
     oper_r: bool = False  # OPER-R: actor batch drawn by episode return (base 0); critic batch uniform
     normalize_states: bool = False  # standardise states with the dataset mean/std (authors: off)
@@ -144,46 +78,34 @@ class DiffQLConfig:
     eval_select: str = "softmax"  # pick among them: "softmax" over min(Q1, Q2) of the targets, or "argmax"
     eval_actor: str = "online"  # actor that samples at evaluation: "online" (both references) or "ema"
     checkpoint_every: int = 50_000  # steps between checkpoints (step 0 and the last included)
-    log_every: int = 1000  # steps between logged training metrics
-    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
     eval_episodes: int = 10  # episodes per seed and evaluation (authors' AntMaze: 100 every 50k steps)
     eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
-    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
-    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" or "ieee"; CPU: always ieee
+
+    RENAMED = {**OfflineConfig.RENAMED, "lr": "actor_lr and critic_lr"}
 
     def __post_init__(self):
-        coerce_shared_fields(self)
         choices = {"lr_decay": LR_DECAY, "activation": tuple(ACTIVATIONS), "beta_schedule": BETA_SCHEDULES,
                    "sampler": SAMPLERS, "guide_q": GUIDE_Q, "eval_select": ("softmax", "argmax"),
-                   "eval_actor": ("online", "ema"), "reward_transform": tuple(REWARD_TRANSFORMS),
-                   "matmul_precision": MATMUL_PRECISIONS}
+                   "eval_actor": ("online", "ema")}
         for name, allowed in choices.items():
             check_one_of(self, name, allowed)
-        check_critic_spec(self.critic)
-        check_at_least_one(self, ("steps", "batch_size", "checkpoint_every", "log_every", "sample_steps",
-                                  "backup_samples", "actor_ema_every", "eval_samples", "eval_episodes"))
+        check_at_least_one(self, ("sample_steps", "backup_samples", "actor_ema_every", "eval_samples"))
         if self.diffusion_steps < 2:
             raise ValueError(f"diffusion_steps must be >= 2, got {self.diffusion_steps}")
         if self.time_embed < 2 or self.time_embed % 2:
             raise ValueError(f"time_embed must be an even number >= 2, got {self.time_embed}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
         if self.dpm_order not in (1, 2, 3):
             raise ValueError(f"dpm_order must be 1, 2 or 3, got {self.dpm_order}")
         if self.sampler == "ddpm" and self.sample_steps != self.diffusion_steps:
             raise ValueError(f"sample_steps must equal diffusion_steps ({self.diffusion_steps}) with the ddpm "
                              f"sampler (it runs every step of the chain), got {self.sample_steps}")
-        check_tau(self.tau)
-        check_gamma(self.gamma)
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_positive(self, ("actor_lr", "critic_lr"))
         for name in ("bc_weight", "alpha", "grad_clip", "actor_ema_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.action_clip <= 1:
             raise ValueError(f"action_clip must be in (0, 1], got {self.action_clip}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        super().__post_init__()
 
 
 Config = DiffQLConfig
@@ -574,32 +496,6 @@ def build_nets(cfg: DiffQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
                       schedule, plan, eval_generators(seeds, cfg.eval_seed))
 
 
-# ------------------------------------------------------------------ data
-@dataclass
-class DiffQLData(OfflineData):
-    """OfflineData plus, for OPER-R, the cumulative sampling probabilities of the actor batch."""
-
-    policy_cdf: torch.Tensor | None = None
-
-
-def prepare_data(transitions, cfg: DiffQLConfig, device) -> tuple[DiffQLData, dict]:
-    """The training tensors from a transition table (`seemrl.data.transitions.read_transitions`):
-    actions clipped to +-cfg.action_clip, rewards through cfg.reward_transform, states normalised
-    if cfg.normalize_states, and with cfg.oper_r the actor batch's sampling probabilities (OPER-R,
-    from the episode returns of the untransformed rewards; min-max normalisation makes them the
-    same for "x10"). Returns the data and extras: obs_mean, obs_std (for `build_nets`) and
-    policy_probabilities (None without OPER-R)."""
-    t = transitions
-    action = np.clip(np.asarray(t.action, np.float32), -cfg.action_clip, cfg.action_clip)
-    reward = transform_reward(t.reward, cfg.reward_transform)
-    data, mean, std = offline_data(t, reward, cfg.normalize_states, device, action=action, data_cls=DiffQLData)
-    probs = None
-    if cfg.oper_r:
-        probs = return_priorities(episode_returns(t.reward, t.episode_id))
-        data.policy_cdf = sampling_cdf(probs, device)
-    return data, {"obs_mean": mean, "obs_std": std, "policy_probabilities": probs}
-
-
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: DiffQLNets, cfg: DiffQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
@@ -613,7 +509,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 # ------------------------------------------------------------------ the update step
 class DiffQLTrainer(CriticTrainer):
-    """Diffusion-QL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
+    """Diffusion-QL's update for all seeds; the engine (`seemrl.training.trainer.StackedTrainer`) does the rest.
 
     One step: critic update (uniform batch; max-Q backup with the EMA actor and target critics),
     actor update (its own batch under OPER-R), EMA of the critics every step. Step kinds: whether
@@ -623,15 +519,15 @@ class DiffQLTrainer(CriticTrainer):
 
     def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device):
         if cfg.oper_r and getattr(data, "policy_cdf", None) is None:
-            raise ValueError("oper_r needs the actor batch's sampling probabilities: build the data with "
-                             "seemrl.algos.diffql.prepare_data")
+            raise ValueError("oper_r needs the actor batch's sampling probabilities: prepare the data with "
+                             "seemrl.data.preparation.prepare (oper_r=True)")
         super().__init__(cfg, seeds, data, nets, device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         self.targets = {"actor": nets.actor_ema, "q1": nets.q1_target, "q2": nets.q2_target}
         self.optimizers = {
-            "actor": make_optimizer("adam", nets.actor.parameters(), cfg.lr, self.device),
+            "actor": make_optimizer("adam", nets.actor.parameters(), cfg.actor_lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty on the critics only
-            "critic": make_optimizer("adam", critic_params(nets), cfg.lr, self.device,
+            "critic": make_optimizer("adam", critic_params(nets), cfg.critic_lr, self.device,
                                      weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
@@ -674,10 +570,9 @@ class DiffQLTrainer(CriticTrainer):
     def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         if cfg.lr_decay != "none":  # before the (graphed) step: the optimisers read a device lr
-            lr = cosine_lr(cfg.lr, self.it, cfg.steps)
-            set_lr(self.optimizers["actor"], lr)
+            set_lr(self.optimizers["actor"], cosine_lr(cfg.actor_lr, self.it, cfg.steps))
             if cfg.lr_decay == "both":
-                set_lr(self.optimizers["critic"], lr)
+                set_lr(self.optimizers["critic"], cosine_lr(cfg.critic_lr, self.it, cfg.steps))
         return super().step(grad_norm)
 
     # -------------------------------------------------------------- pieces of the step
@@ -810,8 +705,8 @@ def train(cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNe
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `data` comes from `prepare_data` (needed for OPER-R); `evaluate` and `resume` as in
-    `seemrl.algos.common.train_offline`."""
+    `data` is prepared (`seemrl.data.preparation`, OPER-R's probabilities included); `evaluate`
+    and `resume` as in `seemrl.algos.base.train_offline`."""
     return train_offline(DiffQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), _param_norms, log, evaluate, resume, monitor)
 

@@ -1,77 +1,34 @@
-"""Implicit Q-Learning (Kostrikov, Nair and Levine 2021, "Offline Reinforcement Learning with
-Implicit Q-Learning"), all seeds of a cell trained together on the training engine.
+"""Implicit Q-Learning (Kostrikov, Nair and Levine 2021), all seeds of a cell trained together.
 
-IQL never queries the critic at actions outside the dataset. Per step, on one minibatch (s, a, r, s'):
-
-  1. V step   V(s) is regressed on min(Q1', Q2')(s, a) of the EMA target critics with the
-              expectile loss |expectile - 1[u < 0]| * u^2, u = min Q' - V(s) (expectile 0.7
-              MuJoCo, 0.9 AntMaze): V approximates an upper expectile of Q over the data's actions.
-  2. actor    advantage-weighted regression: loss = mean exp(beta * (min Q' - V(s))) clipped at
-              `exp_adv_max` (100) times -log pi(a | s) (Gaussian actor) or ||pi(s) - a||^2
-              (deterministic actor); V is the network just updated, the critics the targets, as in
-              the original implementation (ikostrikov/implicit_q_learning, `learner.py`).
-  3. Q step   both critics regress on r + gamma * not_done * V(s') (the updated V); the critic
-              loss is the sum of the two mean squared errors, as in the original.
-  4. targets  EMA of the critics, rate tau (0.005).
-
-CORL's PyTorch port differs in the order: its actor and Q step use V before the V update. Here the
-order is the original's (the task brief: "V step, actor step, Q step, then target EMA").
-
-Actor: a Gaussian with a tanh mean (an MLP whose output passes through tanh) and a state-independent
-log standard deviation per seed and action dimension (initialised 0, clamped to [log_std_min,
-log_std_max] = [-5, 2] in the forward pass: original IQL's `NormalTanhPolicy(state_dependent_std=False,
-tanh_squash_distribution=False, log_std_min=-5)`); the distribution itself is not squashed, so
-dataset actions at +-1 have finite log-likelihood. `actor_type="deterministic"` gives CORL's
-deterministic variant (tanh(MLP), squared-error regression). The actor learning rate follows a
-cosine decay from `actor_lr` to 0 over the run (original and CORL), set before each step with the
-engine's `cosine_lr` / `set_lr`. Optional dropout on the actor's hidden activations
-(`actor_dropout`; original IQL uses 0.1 on Kitchen / Adroit only): its masks are a declared `Draw`
-(uniform numbers, kept where u >= p, as `StackedMLP`), so the step stays a CUDA graph.
-
-Critics: two `critic_from_config` networks over concat(normalised s, a), so every normalisation of
-the SEEM study (LayerNorm, BatchNorm, dropout, WeightNorm, OFN, weight decay) applies. The value
-network V(s) is a StackedMLP with the same normalisation spec and weight decay when
-`value_norm_like_critic` (default True: "regularise the critics" then covers every network that
-bootstraps, and V's targets inherit the critic's scale), or a plain MLP without weight decay when
-False. BatchNorm and dropout act only in the forward of each network's own loss (train mode);
-targets, V(s) in the actor step and V(s') in the Q target run in eval mode.
-
-Rewards (`prepare_data`, config `reward_mode`): "iql_locomotion" (default; MuJoCo) multiplies the
-rewards by 1000 / (max episode return - min episode return) of the training table, as the original
-(`normalize` in train_offline.py) and CORL (`modify_reward`). Episode returns come from
-`seemrl.engine.episode_returns` over `episode_id`, so on an X% subset they are the sums over the
-rows the subset kept (the scale is that of the subset, not of the full dataset). Any name of
-`seemrl.engine.REWARD_TRANSFORMS` is also accepted: "minus1" is IQL's AntMaze setting (r - 1),
-"none" leaves the rewards alone. `PRESETS` lists the paper's MuJoCo and AntMaze settings.
-
-S seeds train in one process with stacked weights; each seed has its own generators for every
-network's initialisation, its minibatches and its dropout masks, and every loss is a sum of per-seed
-means, so a seed trained among others trains as it would alone. The critic loss of each seed is
-checked for NaN / inf at every step (the first such step is recorded per seed; training goes on).
+IQL never queries the critic at actions outside the dataset. Per step, on one minibatch: V is
+regressed on min(Q1', Q2') with the expectile loss; the actor by advantage-weighted regression
+(exp(beta * (min Q' - V)) clipped, times -log pi(a|s)); both critics on r + gamma V(s'); then the
+target critics follow by EMA. The order is the original implementation's (V, actor, Q, targets).
+Critics, and V when `value_norm_like_critic`, take the `critic` normalisation spec. Rewards are
+prepared before training (`reward_transform`: "iql_locomotion" on MuJoCo, "minus1" on AntMaze).
+`docs/algorithms/iql.md` explains the choices and where they come from.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seemrl.algos.common import (CriticTrainer, OfflineNets, check_at_least_one, check_critic_spec, check_gamma,
-                                 check_one_of, check_optimizer, check_run_settings, check_tau, coerce_shared_fields,
-                                 critic_grad_norm, critic_net, critic_param_norms, critic_params, critic_spec,
-                                 critic_weight_decay, load_offline_checkpoint, obs_stats, offline_data,
-                                 run_identity_of, save_offline_checkpoint, train_offline, twin_critics)
-from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
-from seemrl.engine import (REWARD_TRANSFORMS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
-                           StackedTrainer, TrainResult, cosine_lr, episode_returns, make_optimizer,
-                           read_checkpoint, set_lr, train_loop, transform_reward, write_checkpoint)
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators, stacked_affine
-from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_one_of, check_optimizer, check_positive,
+                               critic_grad_norm, critic_net, critic_param_norms, critic_params, critic_spec,
+                               critic_weight_decay, load_offline_checkpoint, obs_stats, run_identity_of,
+                               save_offline_checkpoint, train_offline, twin_critics)
+from seemrl.training.draws import Draw, OfflineData
+from seemrl.training.loop import Checkpoint, TrainResult
+from seemrl.training.nets import StackedMLP, per_seed_norm, seed_generators, stacked_affine
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import cosine_lr, make_optimizer, set_lr
 
 CHECKPOINT_FORMAT = "seemrl.iql.v1"
 # Independent random streams per seed (the first seven numbered as in td3.py; 4, TD3's target-policy
@@ -82,30 +39,18 @@ CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2)
 
 ACTOR_TYPES = ("gaussian", "deterministic")
 ACTOR_LR_SCHEDULES = ("cosine", "constant")
-REWARD_MODES = ("iql_locomotion", *REWARD_TRANSFORMS)
-LOCOMOTION_REWARD_SPAN = 1000.0  # "iql_locomotion": rewards * 1000 / (max return - min return)
-
-# The paper's hyperparameters per domain (IQL paper App. B; original code's configs): apply with
-# IQLConfig(**PRESETS["antmaze"], ...). Everything else is shared (lr 3e-4, 256-256, batch 256, ...).
-PRESETS: dict[str, dict[str, Any]] = {
-    "mujoco": dict(expectile=0.7, beta=3.0, reward_mode="iql_locomotion"),
-    "antmaze": dict(expectile=0.9, beta=10.0, reward_mode="minus1"),
-}
 
 
 @dataclass
-class IQLConfig:
+class IQLConfig(OfflineConfig):
     """Hyperparameters of IQL (defaults: the paper's MuJoCo setting, CORL's state normalisation)."""
 
-    steps: int = 1_000_000  # gradient steps (paper: 1M)
-    batch_size: int = 256  # transitions per seed per step
+    reward_transform: str = "iql_locomotion"  # data.preparation.REWARD_TRANSFORMS ("minus1" on AntMaze)
     optimizer: str = "adam"  # "adam" or "sgd" for all three networks (paper: Adam)
     actor_lr: float = 3e-4  # actor learning rate at step 0 (paper: 3e-4)
     critic_lr: float = 3e-4  # learning rate of the twin critics (paper: 3e-4)
     value_lr: float = 3e-4  # learning rate of V (paper: 3e-4)
     actor_lr_schedule: str = "cosine"  # "cosine": decay actor_lr to 0 over `steps` (original, CORL); "constant"
-    gamma: float = 0.99  # discount
-    tau: float = 0.005  # EMA rate of the target critics
     expectile: float = 0.7  # expectile of V's regression on Q (paper: 0.7 MuJoCo, 0.9 AntMaze)
     beta: float = 3.0  # inverse temperature of the advantage weights (paper: 3 MuJoCo, 10 AntMaze)
     exp_adv_max: float = 100.0  # clip of the weights exp(beta * advantage) (original: 100)
@@ -113,30 +58,12 @@ class IQLConfig:
     log_std_min: float = -5.0  # lower clamp of the Gaussian actor's log-std (original: -5)
     log_std_max: float = 2.0  # upper clamp of that log-std (original: 2)
     actor_dropout: float = 0.0  # dropout on the actor's hidden activations (original: 0.1 on Kitchen/Adroit only)
-    hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor, critics and V
-    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
     value_norm_like_critic: bool = True  # V gets the critic's normalisation spec and weight decay; False: plain MLP
-    reward_mode: str = "iql_locomotion"  # "iql_locomotion" (MuJoCo, see prepare_data) or an engine.REWARD_TRANSFORMS name
-    normalize_states: bool = True  # standardise states with the dataset mean/std (CORL; the original does not)
-    checkpoint_every: int = 10_000  # steps between checkpoints (step 0 and the last included)
-    log_every: int = 1000  # steps between logged training metrics
-    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
-    eval_episodes: int = 10  # episodes per seed and evaluation
-    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
-    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
-    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee" (full fp32); CPU: always ieee
 
     def __post_init__(self):
-        coerce_shared_fields(self)
         check_optimizer(self.optimizer)
-        check_critic_spec(self.critic)
-        check_at_least_one(self, ("steps", "batch_size", "checkpoint_every", "log_every"))
-        for name in ("actor_lr", "critic_lr", "value_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_positive(self, ("actor_lr", "critic_lr", "value_lr"))
         check_one_of(self, "actor_lr_schedule", ACTOR_LR_SCHEDULES)
-        check_tau(self.tau)
-        check_gamma(self.gamma)
         if not 0 < self.expectile < 1:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if not self.beta >= 0:
@@ -148,8 +75,7 @@ class IQLConfig:
             raise ValueError(f"log_std_min must be < log_std_max, got {self.log_std_min} and {self.log_std_max}")
         if isinstance(self.actor_dropout, bool) or not 0 <= self.actor_dropout < 1:
             raise ValueError(f"actor_dropout must be a probability in [0, 1), got {self.actor_dropout!r}")
-        check_one_of(self, "reward_mode", REWARD_MODES)
-        check_run_settings(self)
+        super().__post_init__()
 
     @property
     def twin_q(self) -> bool:
@@ -209,38 +135,6 @@ def build_nets(cfg: IQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
     return IQLNets(actor, q1, q2, value, *obs_stats(obs_dim, obs_mean, obs_std))
 
 
-# ------------------------------------------------------------------ data
-def locomotion_reward_scale(reward: np.ndarray, episode_id: np.ndarray) -> tuple[float, float, float]:
-    """IQL's MuJoCo reward scale 1000 / (max - min episode return), with the two returns. Returns
-    are sums over the rows present (an X% subset: the rows it kept)."""
-    returns = episode_returns(reward, episode_id)
-    lo, hi = float(returns.min()), float(returns.max())
-    if not hi > lo:
-        raise ValueError(f"reward_mode 'iql_locomotion' scales by 1000 / (max - min episode return), but "
-                         f"every episode returns {lo}; use another reward_mode")
-    return LOCOMOTION_REWARD_SPAN / (hi - lo), lo, hi
-
-
-def prepare_data(transitions, cfg: IQLConfig, device) -> tuple[OfflineData, dict]:
-    """Training tensors from a transition table (`seemrl.data.transitions.read_transitions`):
-    rewards per `cfg.reward_mode`, states standardised if `cfg.normalize_states`. Returns the data
-    and `extras`: obs_mean, obs_std (for `build_nets`), reward_mode, reward_scale (the
-    multiplier of "iql_locomotion", else None), return_min / return_max (of the table's episodes,
-    before scaling; None for other modes)."""
-    t = transitions
-    reward = np.asarray(t.reward, np.float32)
-    scale = lo = hi = None
-    if cfg.reward_mode == "iql_locomotion":
-        scale, lo, hi = locomotion_reward_scale(reward, t.episode_id)
-        reward = (reward.astype(np.float64) * scale).astype(np.float32)
-    else:
-        reward = transform_reward(reward, cfg.reward_mode)
-    data, mean, std = offline_data(t, reward, cfg.normalize_states, device, obs=np.asarray(t.obs, np.float32))
-    extras = {"obs_mean": mean, "obs_std": std, "reward_mode": cfg.reward_mode, "reward_scale": scale,
-              "return_min": lo, "return_max": hi}
-    return data, extras
-
-
 # ------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, nets: IQLNets, cfg: IQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
@@ -260,7 +154,7 @@ def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 class IQLTrainer(CriticTrainer):
-    """IQL's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
+    """IQL's update for all seeds; the engine (`seemrl.training.trainer.StackedTrainer`) does the rest.
 
     One kind of step. Draws: the minibatch indices and, with `actor_dropout`, the uniform numbers
     of the actor's dropout masks. Critics (or V) with dropout draw their masks from CPU generators
@@ -404,9 +298,8 @@ GRAD_NORM_KEYS = ("critic_grad_norm", "value_grad_norm")
 def train(cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None, monitor=None) -> TrainResult:
-    """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `data` as returned by `prepare_data` (rewards already transformed); `evaluate` and `resume`
-    as in `seemrl.algos.common.train_offline`."""
+    """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`. `data`
+    is prepared (`seemrl.data.preparation`); `evaluate` and `resume` as in `base.train_offline`."""
     return train_offline(IQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, *GRAD_NORM_KEYS), _param_norms, log, evaluate, resume, monitor)
 

@@ -1,42 +1,10 @@
-"""Online SAC on Gymnasium MuJoCo environments, all seeds of a run trained together.
+"""Online SAC on Gymnasium MuJoCo environments, all seeds of a run trained together (paper Fig. 11).
 
-The paper's online experiment (Fig. 11, Sec. 5.3): SAC on Hopper and Walker2d with EMA target
-critics (tau = 0.005), without EMA (tau = 1: the bootstrap target is the current critic), and
-without EMA but with LayerNorm in the critic, which the paper finds as good as EMA while plain
-SAC without EMA stays near zero return. The three are config values (`FIG11_VARIANTS`); any
-critic normalisation of `seemrl.nets.critic_from_config` works.
-
-SAC (Haarnoja et al. 2018, with the automatic temperature of the follow-up paper): twin critics,
-bootstrap target min(Q1', Q2')(s', a') - alpha log pi(a'|s') with a' ~ pi(s'), tanh-squashed
-Gaussian actor (one StackedMLP head giving mean and log-std, the log-std squashed into
-[LOG_STD_MIN, LOG_STD_MAX] as in `seemrl.algos.sac`), one log-temperature per seed tuned towards
-the entropy -act_dim. Everything works in the action space scaled to [-1, 1]: the critics take
-those actions and the replay buffers store them; the environment gets `low + (a + 1)(high - low)/2`.
-
-S seeds train in one process with stacked weights: one environment per seed (reset with a seed
-derived from the run seed), one replay buffer per seed on the device ([S, capacity, width]), and
-per-seed CPU generators for the warm-up actions, the exploration noise, the minibatches and the
-policy noise of the update. Every loss is a sum over seeds of per-seed means, so seed s trained
-among others follows the trajectory of seed s trained alone (`docs/seed_independence.md`).
-
-The update runs on the training engine (`seemrl.engine.StackedTrainer`): its random inputs are
-engine `Draw`s, so on CUDA they are drawn ahead in windows and the update is replayed as a CUDA
-graph; optimisers, divergence records, resumable state and checkpoint files are the engine's. The
-engine counts *updates*; this module speaks of *environment steps*, and converts where the two
-meet (window boundaries, divergence steps). The environment loop (`OnlineRun`: act, step every
-environment, store, update) is online-specific and plugs into `seemrl.engine.train_loop` as its
-step, which does logging, evaluation, checkpoints and resuming as for the offline algorithms.
-
-A seed whose losses or Q become non-finite is recorded with the environment step it first
-happened (checked at every update on the device, read back at log steps); its environment keeps
-running with non-finite actions replaced by 0 (counted per seed), and the run completes.
-
-Checkpoints (`step_XXXXXXXX.pt`) hold the actor and critics of all seeds and load with
-`load_checkpoint` into an object shaped like `seemrl.engine.Checkpoint`, so the SEEM analysis
-runs on them (states are not normalised: `normalize` is the identity). With a
-`seemrl.resume.ResumeDir`, each checkpoint is followed by a resume state holding everything the
-loop depends on, the replay buffers and every environment's MuJoCo integration state included, so
-a killed run continues bit for bit on the CPU.
+The paper's online experiment: SAC on Hopper and Walker2d with EMA target critics (tau = 0.005),
+without EMA (tau = 1) and without EMA but with LayerNorm in the critic (`FIG11_VARIANTS`). The
+update runs on the training engine (a CUDA graph on a GPU); the environment loop around it
+(act, step every seed's environment, store, update) is this module's own and plugs into
+`seemrl.training.loop.train_loop`. `docs/algorithms/sac.md` explains the details.
 """
 from __future__ import annotations
 
@@ -52,14 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seemrl import engine
-from seemrl.algos.common import (CriticTrainer, check_run_settings, check_shared_fields, critic_grad_norm,
-                                 critic_param_norms, critic_params, critic_weight_decay, load_nets, loop_settings,
-                                 run_identity_of, twin_critics)
-from seemrl.engine import (Draw, LoopSettings, StackedTrainer, make_optimizer, read_checkpoint,  # noqa: F401
-                           train_loop, write_checkpoint)
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
-from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+from seemrl.algos.base import (CriticTrainer, RunSettings, check_at_least_one, check_critic_spec, critic_grad_norm,
+                               critic_param_norms, critic_params, critic_weight_decay, load_nets, loop_settings,
+                               run_identity_of, twin_critics)
+from seemrl.training import loop
+from seemrl.training.draws import Draw
+from seemrl.training.loop import train_loop, write_checkpoint
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import make_optimizer
 
 if TYPE_CHECKING:  # gymnasium is imported where environments are used: the update runs without it
     import gymnasium as gym
@@ -70,7 +39,7 @@ CHECKPOINT_FORMAT = "seemrl.online_sac.v1"
  STREAM_EXPLORE, STREAM_WARMUP, STREAM_ENV) = range(10)
 CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 LOG_2PI = math.log(2 * math.pi)
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as seemrl.algos.sac (not imported: the update needs no gymnasium)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as seemrl.generate.behaviour_sac (not imported: the update needs no gymnasium)
 # Minibatch positions are drawn as integers in [0, INDEX_RANGE) and taken modulo the buffer size
 # on the device: a draw that does not depend on the size (so it can be made ahead, and a captured
 # graph stays valid as the buffer grows), with a bias below size / 2^62.
@@ -85,7 +54,7 @@ FIG11_VARIANTS: dict[str, dict] = {
 
 
 @dataclass
-class OnlineSACConfig:
+class OnlineSACConfig(RunSettings):
     """Hyperparameters of online SAC (defaults: the usual MuJoCo settings, with EMA targets)."""
 
     steps: int = 1_000_000  # environment steps per seed, warm-up included
@@ -105,19 +74,18 @@ class OnlineSACConfig:
     checkpoint_every: int = 10_000  # environment steps between checkpoints (step 0 and the last included)
     log_every: int = 1_000  # environment steps between logged training metrics
     eval_every: int = 10_000  # environment steps between deterministic evaluations (and at the end); 0 = none
-    eval_episodes: int = 10  # episodes per seed and evaluation
-    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
-    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
-    matmul_precision: str = "tf32"  # float32 matmuls of the update on CUDA: "tf32" or "ieee"; CPU: always ieee
 
     def __post_init__(self):
-        check_shared_fields(self, ("steps", "updates_per_step", "buffer_size", "batch_size", "checkpoint_every",
-                                   "log_every"), optimizer=False)
+        self.hidden, self.critic = tuple(self.hidden), dict(self.critic)
+        check_critic_spec(self.critic)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        check_at_least_one(self, ("updates_per_step", "buffer_size", "batch_size"))
         if self.learning_starts < 0:
             raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
         if not self.init_alpha > 0:
             raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
-        check_run_settings(self)
+        super().__post_init__()
 
     def updates_before(self, env_step: int) -> int:
         """Updates made in environment steps 1..env_step (none in the warm-up)."""
@@ -160,7 +128,7 @@ class SACNets:
     def sample(self, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions tanh(mean + std * eps) [S, B, act] and their log-probabilities [S, B, 1]."""
         mean, log_std = self.actor(obs).chunk(2, dim=-1)
-        # squash log-std smoothly into [LOG_STD_MIN, LOG_STD_MAX] (as seemrl.algos.sac)
+        # squash log-std smoothly into [LOG_STD_MIN, LOG_STD_MAX] (as seemrl.generate.behaviour_sac)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         pre_tanh = mean + log_std.exp() * eps
         # log N(pre_tanh; mean, std) - log|d tanh/dx|, with log(1 - tanh(x)^2) written stably
@@ -198,7 +166,7 @@ def save_checkpoint(path: Path, nets: SACNets, cfg: OnlineSACConfig, seeds: list
 
 
 @dataclass
-class Checkpoint(engine.Checkpoint):
+class Checkpoint(loop.Checkpoint):
     env_id: str
     log_alpha: torch.Tensor  # [S]
 
@@ -261,7 +229,7 @@ class Temperature(nn.Module):
 class SACTrainer(CriticTrainer):
     """One SAC update for all seeds (`step()`, the engine's), the exploration policy (`explore()`).
 
-    The engine (`seemrl.engine.StackedTrainer`) supplies the rest: the draws ("idx": minibatch
+    The engine (`seemrl.training.trainer.StackedTrainer`) supplies the rest: the draws ("idx": minibatch
     positions, taken modulo the number of transitions in the buffer, the same for all seeds;
     "noise": policy noise for a' at s' and for the actor loss), each from per-seed generators; the
     optimisers (fused capturable Adam on CUDA, in graphed and eager runs); the CUDA graph on CUDA
@@ -442,8 +410,8 @@ class _EnvPolicy:
 
 def evaluate(nets: SACNets, seeds: list[int], env_id: str, n_episodes: int, eval_seed: int = 0,
              ref_min: float | None = None, ref_max: float | None = None) -> list:
-    """Deterministic returns of every seed (`seemrl.evaluation.evaluate_policies`, actions rescaled)."""
-    from seemrl.evaluation import evaluate_policies
+    """Deterministic returns of every seed (`seemrl.training.evaluation.evaluate_policies`, actions rescaled)."""
+    from seemrl.training.evaluation import evaluate_policies
 
     return evaluate_policies(_EnvPolicy(nets), seeds, env_id, n_episodes, eval_seed, ref_min, ref_max)
 
@@ -452,7 +420,7 @@ def evaluate(nets: SACNets, seeds: list[int], env_id: str, n_episodes: int, eval
 @dataclass
 class TrainResult:
     metrics: pd.DataFrame  # one row per (log step, seed)
-    evaluations: pd.DataFrame  # one row per (evaluation step, seed); engine.EVALUATION_COLUMNS
+    evaluations: pd.DataFrame  # one row per (evaluation step, seed); seemrl.training.loop.EVALUATION_COLUMNS
     episodes: pd.DataFrame  # one row per finished training episode: step, seed, return, length
     diverged_step: list[int | None]  # per seed: env step of the first non-finite update
     nonfinite_actions: list[int]  # per seed: env steps whose action had non-finite entries (set to 0)
@@ -477,7 +445,7 @@ _INT_METRICS = {"updates": "int64", "episodes": "int64", "nonfinite_actions": "i
 
 
 class OnlineRun:
-    """The online loop's step for `seemrl.engine.train_loop`: one environment step of every seed
+    """The online loop's step for `seemrl.training.loop.train_loop`: one environment step of every seed
     (uniform warm-up actions, then the stochastic policy), its transitions stored, then
     `cfg.updates_per_step` updates of the `SACTrainer`.
 
@@ -577,7 +545,7 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
     Checkpoints end up in `checkpoint_dir`. Without `resume` they are written straight there (the
     caller makes that atomic). With it they go to the resume directory, each followed by a resume
     state; training continues from a matching state found there; and at the end `checkpoint_dir`
-    is replaced, atomically, by a directory of every checkpoint (`seemrl.engine.train_loop`).
+    is replaced, atomically, by a directory of every checkpoint (`seemrl.training.loop.train_loop`).
     `nets` replaces the initial networks (tests); `ref_min` / `ref_max` give normalised scores.
     """
     import gymnasium as gym

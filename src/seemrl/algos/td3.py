@@ -1,40 +1,29 @@
-"""Offline TD3 in the SEEM setting, all seeds of a cell trained together.
+"""Offline TD3 in the SEEM setting (and TD3+BC, DDPG), all seeds of a cell trained together.
 
-The paper's divergence study (Sec. 3; `shared/REFERENCE.md` §2) uses offline TD3 with no
-behaviour-cloning term and no EMA: the target networks are the current networks (tau = 1).
-Setting `bc_weight=1` and `tau=0.005` gives TD3+BC; `twin_q=False, policy_noise=0, policy_delay=1`
-gives DDPG (with or without EMA through `tau`), the start of the paper's ablation chain (Fig. 12).
-
-S seeds train in one process with stacked weights (`seemrl.nets.StackedMLP`). Each seed has its
-own generators for initialisation, minibatches and target-policy noise, and every loss is a sum of
-per-seed means, so each seed computes what a run on its own computes (bit for bit on the CPU with
-scalar kernels; `docs/seed_independence.md` says how exactly elsewhere). A seed whose
-losses become non-finite is recorded with the first step it happened and training goes on: a
-diverging run is a result, not a crash.
-
-A run can be killed at any moment and continued (`seemrl.resume.ResumeDir`): every checkpoint step also saves
-everything the loop depends on (weights, targets, optimisers, every generator, logged rows), so a
-resumed run produces the same outputs, bit for bit on the CPU, as one that was never stopped.
+The paper's divergence study (Sec. 3) trains offline TD3 with no behaviour-cloning term and no
+EMA: the target networks are the current networks (tau = 1). `bc_weight=1, tau=0.005` gives
+TD3+BC; `twin_q=False, policy_noise=0, policy_delay=1` gives DDPG, the start of the paper's
+ablation chain (Fig. 12). The update step is below; the base (`seemrl.algos.base`) and the
+engine (`seemrl.training`) do the rest. `docs/algorithms/td3.md` explains the choices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from seemrl.algos.common import (CriticTrainer, OfflineNets, check_run_settings, check_shared_fields,
-                                 critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
-                                 load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
-                                 train_offline, twin_critics)
-from seemrl.algos.common import state_normalizer  # noqa: F401 (re-exported)
-from seemrl.engine import (EVALUATION_COLUMNS, Checkpoint, Draw, LoopSettings, OfflineData,  # noqa: F401
-                           StackedTrainer, TrainResult, evaluations_frame, make_optimizer, read_checkpoint,
-                           train_loop, write_checkpoint)
-from seemrl.nets import StackedMLP, per_seed_norm, seed_generators  # noqa: F401 (per_seed_norm re-exported)
-from seemrl.resume import ResumeDir, checkpoint_name, checkpoint_paths  # noqa: F401 (re-exported)
+from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_at_least_one, check_optimizer,
+                               check_positive, critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
+                               load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
+                               train_offline, twin_critics)
+from seemrl.training.draws import Draw, OfflineData
+from seemrl.training.loop import Checkpoint, TrainResult
+from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import make_optimizer
 
 CHECKPOINT_FORMAT = "seemrl.td3.v2"  # v2: critic normalisation as one `critic` spec
 # Independent random streams per seed, so that e.g. changing the batch size never changes init.
@@ -43,35 +32,30 @@ CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2)
 
 
 @dataclass
-class TD3Config:
+class TD3Config(OfflineConfig):
     """Hyperparameters of offline TD3 / TD3+BC (defaults: the SEEM-metric setting)."""
 
     steps: int = 10_000  # gradient steps
-    batch_size: int = 256  # transitions per seed per step
-    optimizer: str = "adam"  # "adam" or "sgd" (the paper's SGD study)
-    lr: float = 3e-4  # learning rate of actor and critic
-    gamma: float = 0.99  # discount
+    checkpoint_every: int = 1000  # steps between checkpoints (step 0 and the last included)
+    log_every: int = 100  # steps between logged training metrics
     tau: float = 1.0  # target update rate; 1.0 copies the network every update (no EMA)
+    optimizer: str = "adam"  # "adam" or "sgd" (the paper's SGD study)
+    actor_lr: float = 3e-4  # learning rate of the actor
+    critic_lr: float = 3e-4  # learning rate of the critics
     policy_noise: float = 0.2  # std of target-policy smoothing noise
     noise_clip: float = 0.5  # clip of that noise
     policy_delay: int = 2  # critic updates per actor update
     twin_q: bool = True  # clipped double Q (min of two critics); False = DDPG's single critic
     alpha: float = 2.5  # actor loss is -(alpha / mean|Q|) * Q
     bc_weight: float = 0.0  # weight of the BC term (pi - a)^2; 0 in the SEEM setting
-    hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor and critic
-    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
-    normalize_states: bool = True  # standardise states with the dataset mean/std
-    checkpoint_every: int = 1000  # steps between checkpoints (step 0 and the last included)
-    log_every: int = 100  # steps between logged training metrics
-    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
-    eval_episodes: int = 10  # episodes per seed and evaluation
-    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
-    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
-    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee" (full fp32); CPU: always ieee
+
+    RENAMED = {**OfflineConfig.RENAMED, "lr": "actor_lr and critic_lr"}
 
     def __post_init__(self):
-        check_shared_fields(self, ("steps", "batch_size", "policy_delay", "checkpoint_every", "log_every"))
-        check_run_settings(self)
+        check_optimizer(self.optimizer)
+        check_positive(self, ("actor_lr", "critic_lr"))
+        check_at_least_one(self, ("policy_delay",))
+        super().__post_init__()
 
 
 Config = TD3Config  # the name every algorithm module offers (seemrl.algos)
@@ -114,7 +98,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 # ------------------------------------------------------------------ the update step
 class TD3Trainer(CriticTrainer):
-    """TD3's update for all seeds; the engine (`seemrl.engine.StackedTrainer`) does the rest.
+    """TD3's update for all seeds; the engine (`seemrl.training.trainer.StackedTrainer`) does the rest.
 
     Step kinds: with or without the (delayed) actor update. Critics with dropout draw their masks
     from CPU generators inside the forward pass, so they run eagerly (`CriticTrainer`).
@@ -128,9 +112,9 @@ class TD3Trainer(CriticTrainer):
             self.targets = {name: copy.deepcopy(m).eval() for name, m in self.networks.items()}
         # (tau = 1: the target networks are the current ones)
         self.optimizers = {
-            "actor": make_optimizer(cfg.optimizer, nets.actor.parameters(), cfg.lr, self.device),
+            "actor": make_optimizer(cfg.optimizer, nets.actor.parameters(), cfg.actor_lr, self.device),
             # weight decay is the optimiser's (coupled) L2 penalty on the critic only
-            "critic": make_optimizer(cfg.optimizer, critic_params(nets), cfg.lr, self.device,
+            "critic": make_optimizer(cfg.optimizer, critic_params(nets), cfg.critic_lr, self.device,
                                      weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
@@ -206,6 +190,6 @@ def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, ch
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
           resume: ResumeDir | None = None, monitor=None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `evaluate` and `resume` as in `seemrl.algos.common.train_offline`."""
+    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`."""
     return train_offline(TD3Trainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, "critic_grad_norm"), critic_param_norms, log, evaluate, resume, monitor)

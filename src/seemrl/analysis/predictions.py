@@ -1,39 +1,10 @@
 """The paper's predictions, checked against a run's outputs (paper Sec. 3, Thm. 3/4, Fig. 2-4, 10).
 
-Inputs, per run: the `seem.parquet` frame of `seemrl.analysis.seem.analyse_run` (one row per
-checkpoint and seed: step, seed, seem_normalized, q_data_mean, critic_param_norm, diverged, ...),
-optionally the trainer's `metrics.parquet` (one row per logged step and seed: step, seed, q_mean,
-critic_param_norm; denser than the checkpoints) and the trainer's `diverged_step` per seed (first
-logged step with a non-finite loss or Q; `run.json`). Several runs are told apart by their label
-columns (`RUN_COLUMNS` present in the frame, e.g. dataset, percent, algo, critic_norm).
-
-Predictions:
-1. Divergence detection and lead time (`lead_times`, `precision_recall`). SEEM is *positive* from
-   the first checkpoint of a streak of at least `k` consecutive checkpoints whose normalised SEEM
-   exceeds `positive_tol`, or of a shorter streak that lasts to the seed's last checkpoint with a
-   finite SEEM (after a crash SEEM is NaN, so a crash may leave fewer than k positive readings). Q
-   *diverged* at the first step where the mean Q on the data exceeds `q_bound` in absolute value
-   or is non-finite (checkpoint rows, also the rows `analyse_run` flags `diverged`), where the
-   logged training Q does (metrics), or where the trainer saw a non-finite loss; the earliest of
-   those that are available. Lead time = Q-divergence step - first positive-SEEM step (negative
-   when SEEM turned positive only after Q had diverged). Each seed is one case for precision /
-   recall of "SEEM positive" as a predictor of "Q diverged within the run".
-2. Adam (Thm. 4) after the critical point t0 (the first positive-SEEM step): the parameter norm
-   grows linearly in t (fit slope, R^2; the theory's slope is lr * sqrt(P)), and |Q| like t^L
-   (L = the number of linear layers, 3 for a 256-256 MLP): the log-log slope of |Q| against t,
-   as the paper plots it (log Q ~ 3 log t + c), and against t - t0, which is what the asymptotics
-   mean when t0 is not small against t. Both are reported.
-3. SGD (Thm. 3): 1 / |Q|^p decays linearly in t with p = (2L - 2) / L (p = 1 for L = 2, the
-   paper's toy; 4/3 for L = 3, App. C.2), so a line fitted on a window before the crash predicts
-   the crash step as its zero crossing. Reported for p = 1 (`sgd_*`) and p = (2L - 2) / L
-   (`sgd_L_*`), against the observed crash: the first step where Q is non-finite. The trainer
-   checks finiteness on logged steps only, so the observed step is known to `log_every` steps.
-   The default window (`sgd_window`) is the last descent of 1 / |Q|^p from 3/4 to 1/4 of its
-   early (median) level after t0: retrospective, like the paper's choice of steps 450-500 for a
-   crash at 605; pass `window` for a forecast from a fixed point in time.
-
-Every function tolerates NaN / inf and missing divergence: what cannot be computed is NaN (or
-None), nothing raises on data.
+Per run: the SEEM frame of `seemrl.analysis.seem.analyse_run`, the trainer's metrics and
+run.json. Checked: SEEM > 0 as a predictor of Q divergence (lead time, precision / recall);
+with Adam, linear parameter-norm growth and log Q against log t with slope ~ L (Thm. 4); with
+SGD, the crash step predicted from the decay of 1/Q (Thm. 3). `docs/analysis.md` gives the
+definitions and tolerances.
 """
 from __future__ import annotations
 
@@ -354,18 +325,17 @@ class RunOutputs:
 
 def load_run(run_dir: str | Path) -> RunOutputs:
     """A run directory of the pipeline: seem.parquet, and if present metrics.parquet, run.json
-    (labels, diverged_step, config: hidden, optimizer, lr) and a checkpoint (parameter count)."""
+    (labels, diverged_step, the resolved config: hidden, optimizer, critic_lr) and a checkpoint
+    (parameter count). An algorithm without an `optimizer` setting trains with Adam."""
     run_dir = Path(run_dir)
     seem = pd.read_parquet(run_dir / "seem.parquet")
     metrics = pd.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     from seemrl.algos import load_checkpoint
-    from seemrl.algos.td3 import TD3Config
-    from seemrl.resume import checkpoint_paths
+    from seemrl.training.resume import checkpoint_paths
 
-    defaults = TD3Config()  # run.json's config lists the parameters given, the rest are these
     config = info.get("config", {})
-    hidden = config.get("hidden", defaults.hidden)
+    hidden = config.get("hidden", ())
     n_params = None
     try:
 
@@ -376,8 +346,8 @@ def load_run(run_dir: str | Path) -> RunOutputs:
     except (OSError, ValueError):
         n_params = None
     return RunOutputs(seem=seem, metrics=metrics, diverged_step=info.get("diverged_step"),
-                      labels={"run": str(run_dir), **info.get("labels", {})}, n_layers=len(hidden) + 1,
-                      optimizer=config.get("optimizer", defaults.optimizer), lr=config.get("lr", defaults.lr),
+                      labels={"run": str(run_dir), **info.get("labels", {})}, n_layers=len(hidden) + 1 if hidden else DEFAULT_N_LAYERS,
+                      optimizer=config.get("optimizer", "adam"), lr=config.get("critic_lr"),
                       n_params=n_params)
 
 
@@ -441,7 +411,7 @@ def summary_markdown(table: pd.DataFrame, run_columns: Sequence[str] | None = No
     """Markdown: precision / recall over all seeds (any time, and requiring a lead), then one row
     per run: seeds, SEEM-positive and diverged counts, median lead time, Adam fits (mean over the
     seeds where defined) against L, and SGD predicted vs observed crash (median)."""
-    from seemrl.report import to_markdown
+    from seemrl.io import to_markdown
 
     keys = list(run_columns) if run_columns is not None else [c for c in RUN_COLUMNS if c in table.columns]
     lines = ["### SEEM positive as a predictor of Q divergence (one case per seed)", ""]

@@ -1,56 +1,12 @@
 """SEEM (self-excite eigenvalue measure) of a critic, computed as the paper's authors do.
 
-For a fixed batch of N transitions, X = (s, a) from the data and X* = (s', pi(s')) with the
-online actor (no smoothing noise, terminals not masked). With phi(x) = dQ1(x)/dtheta flattened
-and divided by sqrt(P) (P = number of Q1 parameters), the linearised TD update of Q on X is
-driven by A = gamma * Phi(X*) Phi(X)^T - Phi(X) Phi(X)^T (N x N, not symmetric). SEEM is the
+For N transitions, X = (s, a) and X* = (s', pi(s')); with phi(x) = dQ1(x)/dtheta / sqrt(P), the
+linearised TD update of Q is driven by A = gamma Phi(X*) Phi(X)^T - Phi(X) Phi(X)^T. SEEM is the
 largest real part of A's eigenvalues: positive means Q grows without bound under semi-gradient
-TD (paper Thm. 1). See `shared/REFERENCE.md` §1.
-
-Sampling with replacement (the authors' way, our default) repeats transitions once N is more
-than about sqrt(dataset size): a repeated row makes A singular, so a stable critic's SEEM reads
-~0 (+-1e-18, rounding) rather than negative. Only clearly positive SEEM is therefore read as
-self-excitation (`divergence_verdict`'s `positive_tol`); `replace=False` gives the negative values.
-
-The authors take one backward pass per sample. Here (`seem_matrices`) the default "structured"
-method never forms the N x P Jacobian of a linear layer's weight: per sample that gradient is
-the outer product of the layer's input and of dQ/d(its output), so the weight's share of the
-Gram matrix is the elementwise product of two N x N Grams of those small vectors. Inputs and
-output gradients come from one forward of the module's own code (the weights' uses recorded) and
-one backward pass for the whole batch (the samples do not interact in eval mode); the remaining
-parameters (biases, norm affines, WeightNorm) get per-sample Jacobians by `vmap(jacrev(...))`, a
-few columns. The "jacobian" method materialises all per-sample gradients with `vmap(jacrev(...))`
-over chunks of samples. Both give the per-sample loop's matrices (tested: structured = Jacobian
-for every critic variant of the paper, Jacobian = loop). Against
-a float64 ground truth the structured A (Grams in fp64) is the most accurate of the three: SEEM
-error / ||A||_F 2e-8, against 3e-7 for the fp32 Jacobian product and 6e-7 for the authors' fp32
-gamma G(X*, X) - G(X, X) (one 64-64 critic, N = 256).
-
-Speed (`benchmarks/seem_speed.py`, one H200, 256-256 critic, N = 2560): the authors' loop takes
-2.3 s for the two Jacobians and A, the structured method 0.018 s (129x; 184x for a 3x256 critic),
-the vmap Jacobians 0.056 s (41x); `eigvals` of the 2560 x 2560 A then takes 0.37 s, so one
-checkpoint's SEEM takes 0.40 s.
-
-Memory. Jacobians Phi(X), Phi(X*) are N x P each (N = 2560, P = 138k: 1.4 GB apiece in fp32).
-The structured method holds N x (a few thousand) numbers instead (peak GPU memory 515 MiB against
-2.4 GB in the benchmark). `seem_matrices` never holds more than `max_jacobian_bytes` of Jacobian
-rows: if the structured method's rows do not fit (or do not apply) the Jacobian method keeps a
-panel of rows of Phi(X) and Phi(X*) and streams the rows of Phi(X) past it in blocks
-(recomputing them once per panel), filling A and G(X, X) block by block. Where everything fits
-(the default bound, 4 GiB, holds the paper's setting) it is one pass and the numbers are those of
-the unbounded computation, bit for bit.
-
-Eigenvalues are computed in float64 on the device A lives on, i.e. on the GPU when the critic is
-on CUDA: at N = 2560 on an H200 fp64 `eigvals` took 0.37 s on the GPU against 4.4 s on its host's
-CPU (fp32: 0.27 s and 3.5 s), with the same largest real part to 6 digits; fp64 costs little
-there and guards the sign of near-zero SEEM. The authors' values (fp32 Jacobians,
-`torch.linalg.eigvals`) are the reference; ours agree to 3e-7 of ||A||_F.
-
-Per checkpoint, `analyse_run` also records the critic's TD loss and gradient norm on the fixed
-batch (`td_gradient_norms` says exactly which loss), and cosine similarities to the final (and to
-the last finite) checkpoint of the Q1 parameters, the NTK Gram matrix G(X, X) and the policy's
-actions on the batch (paper Fig. 1). Diverged checkpoints (non-finite weights, Q, X* or
-Jacobians) are recorded with `diverged` = True and NaN SEEM; they never raise.
+TD (paper Thm. 1). `analyse_run` computes it, with Q, TD loss and parameter norms, for every
+checkpoint and seed of a run; the NTK is built from structured per-layer products where it can
+be (exact), else from per-sample Jacobians. `docs/analysis.md` explains sampling, the
+tolerances of `divergence_verdict` and the methods.
 """
 from __future__ import annotations
 
@@ -67,11 +23,10 @@ from torch.func import functional_call, jacrev, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from seemrl.algos import load_checkpoint  # any algorithm's checkpoint, by its format tag
-from seemrl.algos.td3 import TD3Nets
-from seemrl.engine import Checkpoint
-from seemrl.resume import checkpoint_paths
-from seemrl.nets import StackedMLP, per_seed_norm, plain_affine, seed_slice
+from seemrl.algos import load_checkpoint
+from seemrl.training.loop import Checkpoint
+from seemrl.training.nets import StackedMLP, per_seed_norm, plain_affine, seed_slice
+from seemrl.training.resume import checkpoint_paths
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +383,7 @@ def seem(q1: StackedMLP, seed_index: int, x: torch.Tensor, x_star: torch.Tensor,
 
 # ------------------------------------------------------------------ TD loss and its gradient
 @plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
-def td_gradient_norms(nets: TD3Nets, gamma: float, twin_q: bool, x: torch.Tensor, x_star: torch.Tensor,
+def td_gradient_norms(nets, gamma: float, twin_q: bool, x: torch.Tensor, x_star: torch.Tensor,
                       reward: torch.Tensor, not_done: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per seed, the critic's TD loss on a fixed batch and the norm of its gradient.
 
@@ -550,26 +505,17 @@ COSINE_KINDS = ("params", "ntk", "actions")
 
 
 def training_rewards(transitions, checkpoint_dir: str | Path) -> np.ndarray:
-    """The rewards the run in `checkpoint_dir` trained on, from its transition table
-    (`seemrl.data.transitions.Transitions`): its algorithm's `prepare_data` (reward transforms
-    such as Diffusion-QL's x10 or IQL's scaling), or the table's rewards where the algorithm
-    trains on them as they are. Passed to `analyse_run`, the TD loss has the training's scale."""
-    from seemrl.algos import trainer_module
-    from seemrl.engine import read_checkpoint
+    """The rewards the run in `checkpoint_dir` trained on: its transition table
+    (`seemrl.data.transitions.Transitions`) prepared by the run's own config, as saved in its
+    checkpoints (`seemrl.data.preparation.prepare`: e.g. Diffusion-QL's x10, IQL's scaling).
+    Passed to `analyse_run`, the TD loss has the training's scale."""
+    from seemrl.data.preparation import prepare
+    from seemrl.training.loop import read_checkpoint
 
     paths = checkpoint_paths(checkpoint_dir)
     if not paths:
         raise FileNotFoundError(f"no checkpoints in {checkpoint_dir}")
-    payload = read_checkpoint(paths[0])
-    module = trainer_module(payload["format"].split(".")[1])
-    if not hasattr(module, "prepare_data"):
-        return np.asarray(transitions.reward, np.float32)
-    data, _ = module.prepare_data(transitions, module.Config(**payload["config"]), "cpu")
-    reward = data.reward.reshape(-1).cpu().numpy()
-    if len(reward) != len(transitions):
-        raise ValueError(f"{payload['format']}'s prepare_data returned {len(reward)} rewards for "
-                         f"{len(transitions)} transitions")
-    return reward
+    return prepare(transitions, read_checkpoint(paths[0])["config"]).reward
 
 
 def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], n_samples: int,

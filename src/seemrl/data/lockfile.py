@@ -1,20 +1,9 @@
 """The committed checksum lock for downloaded dataset files.
 
 D4RL publishes no checksums, so the first download of a file records its size and SHA-256 in a
-JSON lock (the pipeline's is `config/datasets.lock.json`, committed to git); every later
-download, and every file already present in the store, is checked against it. Format:
-
-    {
-      "gym_mujoco_v2/hopper_medium-v2.hdf5": {"sha256": "<64 hex>", "size": 123456},
-      ...
-    }
-
-Keys are sorted and the layout fixed, so git diffs show exactly the files added.
-
-Several download jobs may record files at once: each read-modify-write of the lock holds an
-exclusive `fcntl.flock` on a sidecar file (`.<lock name>.flock`, next to the lock; never
-deleted, since deleting a lock file races with its users). The lock itself is replaced
-atomically, so a plain read never sees half a file and needs no flock.
+JSON lock (`config/datasets.lock.json`, committed); every later download, and every file already
+in the store, is checked against it, and a mismatch names the file. `docs/data.md` shows the
+format.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def collect_episodes(
     `terminations`, `truncations` [T] and the reset `seed`. The last episode is cut when the
     budget runs out and is then marked truncated at its final step. Stochastic actions (the
     default) give the data coverage around the policy. `agent` needs only
-    `act(obs, deterministic, generator=...)` (e.g. seemrl.algos.sac.SACAgent). Use a collection
+    `act(obs, deterministic, generator=...)` (e.g. seemrl.generate.behaviour_sac.SACAgent). Use a collection
     seed different from the agent's training seed so that the two noise streams differ.
     """
     import torch

@@ -17,8 +17,8 @@ import warnings
 
 import numpy as np
 
-from seemrl.io import sha256_file
 from seemrl.data.transitions import read_transitions, write_transitions
+from seemrl.io import sha256_file
 
 log = logging.getLogger(__name__)
 

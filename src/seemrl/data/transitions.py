@@ -1,26 +1,11 @@
 """The Parquet transition table: the one dataset format every training job reads.
 
-One row per transition (s, a, r, s'):
-
-    column      type                              meaning
-    obs         fixed_size_list<float32>[obs_dim] state s
-    action      fixed_size_list<float32>[act_dim] action a
-    reward      float32                           reward r
-    next_obs    fixed_size_list<float32>[obs_dim] next state s' (the true one, also at a timeout)
-    terminal    bool                              the environment terminated: do not bootstrap
-    timeout     bool                              the episode was truncated (time limit or end of
-                                                  collection): bootstrap from next_obs
-    episode_id  int64                             episode the transition came from
-    step        int32                             index of the transition within its episode
-
-File-level key-value metadata holds a JSON object under the key `seemrl` with at least
-`name`, `env_id`, `source`, `obs_dim`, `act_dim`, `ref_min_score`, `ref_max_score` (D4RL-style
-normalisation: score = (R - ref_min) / (ref_max - ref_min)), `ref_source` (where those two came
-from), `n_transitions` and `schema_version`. Producers add their own keys (subsets add
-`subset_percent`, `subset_seed`, `parent_sha256`).
-
-Rows of an episode need not be contiguous or complete (an X% subset keeps a random sample of
-rows), so per-episode statistics are computed from `episode_id` and `step`, never from row order.
+One row per transition: obs, action, reward, next_obs (the true one, also at a timeout),
+terminal (do not bootstrap), timeout (bootstrap), episode_id and step. File metadata (JSON under
+the key `seemrl`) names the dataset, its environment, its source and D4RL-style reference scores.
+Rows of an episode need not be contiguous or complete (an X% subset keeps a random sample), so
+per-episode statistics come from `episode_id` and `step`, never from row order.
+`docs/data.md` gives the schema.
 """
 from __future__ import annotations
 

@@ -25,10 +25,8 @@ def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 
 from seemrl.theory.baird import BairdConfig, BairdResult, plot_baird, run_baird  # noqa: E402
-from seemrl.theory.homogeneity import (  # noqa: E402
-    HomogeneityConfig, HomogeneityResult, plot_homogeneity, run_homogeneity,
-)
-from seemrl.theory.ntk_map import NTKMapConfig, NTKMapResult, plot_ntk_map, probe_ratios, run_ntk_map  # noqa: E402
+from seemrl.theory.homogeneity import HomogeneityConfig, HomogeneityResult, plot_homogeneity, run_homogeneity
+from seemrl.theory.ntk_map import NTKMapConfig, NTKMapResult, plot_ntk_map, probe_ratios, run_ntk_map
 from seemrl.theory.toy import ToyConfig, ToyResult, plot_toy, run_toy  # noqa: E402
 
 __all__ = [

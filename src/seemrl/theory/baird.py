@@ -1,33 +1,9 @@
 """Baird's counterexample (paper App. F.5, Fig. 14): linear TD diverges, LayerNorm in front converges.
 
-MDP (Sutton & Barto, Example 11.1): 7 states, all rewards 0 (true values 0), gamma = 0.99. The
-behaviour policy b takes the *dashed* action with probability 6/7 (next state uniform over the
-upper states 1-6) and the *solid* action with probability 1/7 (next state 7); the target policy
-always takes solid. State features (8 weights): x(s) = 2 e_s + e_8 for s = 1..6 and
-x(7) = e_7 + 2 e_8; initial weights w = (1, 1, 1, 1, 1, 1, 10, 1).
-
-Value functions ("variants"):
-- `linear`: v(s) = w . x(s), the classic setting.
-- `layernorm`: v(s) = w . (g * LN(x(s)) + beta), LayerNorm over the 8 features in front of the
-  linear map, with learnable gain g (init 1) and bias beta (init 0) like `nn.LayerNorm` and the
-  paper's critics (App. E); trained by semi-gradient TD on (w, g, beta).
-- `layernorm_noaffine`: v(s) = w . LN(x(s)), LN without affine, i.e. still a *linear* model on
-  normalised features. It diverges too (the expected-update matrix has a positive eigenvalue,
-  0.55 vs 0.24 for `linear`): LN's benefit here comes with its learnable affine.
-
-Updates (`update`):
-- `expected` (default): the expected off-policy semi-gradient TD(0) update under b's state
-  distribution (uniform over the 7 states; S & B's "semi-gradient DP", their Fig. 11.2 right),
-  theta += alpha / 7 * sum_s (gamma v(7) - v(s)) grad v(s) (the importance ratio pi/b = 7 on the
-  solid action cancels its probability 1/7). Deterministic.
-- `sampled`: S & B Example 11.1 transitions: one step of b per update, importance ratio 7 on solid
-  and 0 on dashed, theta += alpha * rho * (r + gamma v(S') - v(S)) grad v(S). With the paper's
-  alpha = 0.01 the ratio-7 steps are too large for the LN model's bigger kernel (it blows up through
-  step size, not through the deadly triad); alpha <= 0.003 keeps it bounded.
-
-SEEM of each model (the paper's linear-case remark, Sec. 3.3): with phi(s) = grad_theta v(s),
-A = gamma G(X*, X) - G(X, X) over the 7 states (X* = state 7 for every state), reported at the
-initial and final parameters.
+Sutton & Barto's 7-state MDP (all rewards 0, gamma 0.99, the features and initial weights of the
+example), trained by expected semi-gradient TD with step 0.01: the plain linear value function
+diverges, the same with LayerNorm over the features before the linear map stays bounded.
+`docs/theory.md` gives the MDP and the variants.
 """
 from __future__ import annotations
 
@@ -46,7 +22,7 @@ LN_EPS = 1e-5  # as nn.LayerNorm
 
 @dataclass(frozen=True)
 class BairdConfig:
-    """Settings of the Baird runs (defaults: paper Fig. 14 / REFERENCE §3)."""
+    """Settings of the Baird runs (defaults: paper Fig. 14 and App. F.5)."""
 
     steps: int = 5000  # updates per variant
     step_size: float = 0.01  # alpha

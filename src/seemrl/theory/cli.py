@@ -1,21 +1,8 @@
-"""Command line for the theory experiments (for Snakemake rules).
+"""Command line for the theory experiments (for Snakemake rules):
+`python -m seemrl.theory.cli {toy,ntk-map,baird,homogeneity} --out-dir DIR [options]`.
 
-    python -m seemrl.theory.cli toy          --out-dir DIR [options]
-    python -m seemrl.theory.cli ntk-map      --out-dir DIR [options]
-    python -m seemrl.theory.cli baird        --out-dir DIR [options]
-    python -m seemrl.theory.cli homogeneity  --out-dir DIR [--checkpoint PATH --seed-index I] [options]
-
-Every file is written atomically (a temporary sibling in DIR, then os.replace), so a killed job
-never leaves a half-written output under its final name. Files per subcommand (NAME = toy,
-ntk_map, baird, homogeneity):
-
-    toy          toy_steps.parquet, toy_summary.csv, toy.png, toy_meta.json
-    ntk-map      ntk_map_grid.parquet, ntk_map_summary.csv, ntk_map.png, ntk_map_meta.json
-    baird        baird_trajectory.parquet, baird_summary.csv, baird.png, baird_meta.json
-    homogeneity  homogeneity_table.csv, homogeneity_table.parquet, homogeneity_paper_table.csv,
-                 homogeneity.png, homogeneity_meta.json
-
-NAME_meta.json holds the config, the run time in seconds and the headline numbers.
+Every file is written atomically, so a killed job never leaves a half-written output under its
+final name; `docs/theory.md` lists the files of each subcommand.
 """
 from __future__ import annotations
 
@@ -38,7 +25,7 @@ OUTPUTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from seemrl.theory.baird import BairdConfig, VARIANTS, UPDATES
+    from seemrl.theory.baird import UPDATES, VARIANTS, BairdConfig
     from seemrl.theory.homogeneity import HomogeneityConfig
     from seemrl.theory.ntk_map import NTKMapConfig
     from seemrl.theory.toy import ToyConfig
@@ -142,7 +129,12 @@ def _toy(args, out: Path) -> dict:
 
 
 def _ntk_map(args, out: Path) -> dict:
-    from seemrl.theory.ntk_map import NTKMapConfig, plot_ntk_map, probe_ratios, run_ntk_map
+    from seemrl.theory.ntk_map import (
+        NTKMapConfig,
+        plot_ntk_map,
+        probe_ratios,
+        run_ntk_map,
+    )
 
     cfg = NTKMapConfig(hidden=args.hidden, resolution=args.resolution, extent=args.extent, n_inits=args.n_inits,
                        seed=args.seed, x0=tuple(args.x0), probe=tuple(args.probe), ln_affine=args.ln_affine,
@@ -168,7 +160,11 @@ def _baird(args, out: Path) -> dict:
 
 
 def _homogeneity(args, out: Path) -> dict:
-    from seemrl.theory.homogeneity import HomogeneityConfig, plot_homogeneity, run_homogeneity
+    from seemrl.theory.homogeneity import (
+        HomogeneityConfig,
+        plot_homogeneity,
+        run_homogeneity,
+    )
 
     cfg = HomogeneityConfig(lambdas=tuple(args.lambdas), checkpoint=str(args.checkpoint) if args.checkpoint else None,
                             seed_index=args.seed_index, in_dim=args.in_dim, hidden=tuple(args.hidden),

@@ -1,33 +1,9 @@
 """Table 3 / App. F.1: L-degree homogeneity of a ReLU MLP's output, gradient and NTK.
 
-For an L-layer ReLU MLP with parameters theta (weights and biases), scaling *all* parameters by
-lambda scales, once the biases are negligible (a diverged network, whose weights have grown),
-
-    output f_{lambda theta}(x)       by lambda^L
-    gradient grad_theta f             by lambda^(L-1)
-    NTK G(X, X) = J J^T               by lambda^(2(L-1))
-
-and leaves the NTK's direction unchanged (cosine 1). The paper shows this on a 3-layer MLP from a
-diverged D4RL checkpoint: lambda = 5 -> 124.99 (5^3), 25.001 (5^2), 624.99 (5^4), NTK cos 1 - 1e-6;
-lambda = 10 -> 999.78, 100.001, 9999.84. With biases the identity is not exact: each layer's bias
-scales by lambda but its input by lambda^k, so the relative error is of the order of
-|bias| / |pre-activation|, small for a diverged network and not for a fresh one.
-
-The network is the Q1 head of a TD3 checkpoint (`seemrl.algos.td3.load_checkpoint`, a
-`seemrl.nets.StackedMLP` with weights [S, in, out]; one seed is cut out with
-`seemrl.nets.seed_slice` and evaluated with `torch.func.functional_call`) or, without a
-checkpoint, a freshly initialised StackedMLP (PyTorch-default init, input 23 = Walker2d's 17 + 6,
-hidden 256-256). `base_scale` multiplies all parameters of that base network first, to mimic a
-diverged checkpoint (default: 1 for a checkpoint, used as it is; 1000 for a random network, which
-makes its biases 1/1000 of what they were relative to the weight products; 1 shows a fresh
-network, where the ratios are off by 4-40 %). Inputs: `n_inputs` standard
-normal vectors (states are normalised, actions in [-1, 1]); the "single input" columns use the
-first one, like the paper's "feed these networks with the same input".
-
-Reported per lambda (all in float64): the single-input output ratio f_{lambda theta}(x)/f_theta(x),
-the batch ratios ||f_lambda(X)|| / ||f(X)||, ||J_lambda||_F / ||J||_F and ||G_lambda||_F / ||G||_F,
-their expected values lambda^L, lambda^(L-1), lambda^(2(L-1)), relative errors, and the cosine
-between the NTK matrices G_lambda and G (flattened).
+Scaling all parameters of an L-layer ReLU MLP by lambda scales (once the biases are negligible,
+as in a diverged network) the output by lambda^L, the gradient by lambda^(L-1) and the NTK by
+lambda^(2(L-1)). Measured on the Q1 head of a trained checkpoint or on a fresh network.
+`docs/theory.md` says how.
 """
 from __future__ import annotations
 
@@ -39,7 +15,7 @@ import pandas as pd
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from seemrl.nets import StackedMLP, seed_slice
+from seemrl.training.nets import StackedMLP, seed_slice
 
 
 @dataclass(frozen=True)

@@ -1,58 +1,10 @@
-"""The 2-D toy task with SGD (paper Sec. 3.2 "Terminating timestep", Fig. 2, App. E).
+"""The 2-D toy task with SGD (paper Sec. 3.2, Fig. 2, App. E).
 
-Setting (paper App. E): continuous states s in R^2, 8 discrete actions that move the state by
-`step` = 0.01 forward or backward along one or both axes (the axis and diagonal directions
-{-1, 0, 1}^2 without (0, 0)), all rewards zero (so the true Q is 0 everywhere), an offline dataset
-of 100 random (s, a) pairs with s' = s + step * a, a two-layer MLP Q(s, a) (input: s and the
-action's direction vector, hidden width 200, ReLU), plain full-batch SGD with learning rate 0.01
-on the mean squared TD error, gamma = 0.99, and semi-gradient Q-learning without a target
-network: the target r + gamma * max_a' Q(s', a') is computed with the current network and not
-differentiated.
-
-Per step t (at the parameters theta_t, before update t) we record the TD-error vector
-u_t = Q(X) - (r + gamma Q(X*_t)) (X* = (s', greedy action at s')), ||u_t||, 1 / ||u_t||, Q on the
-data, the greedy values, the parameter norm, how many greedy actions changed, and SEEM: the
-largest real eigenvalue of A = gamma G(X*, X) - G(X, X) with G built from per-sample gradients
-divided by sqrt(P) (`torch.func.vmap(jacrev)`), as the authors compute it (REFERENCE §1). We also
-give it in "per-step" units, `seem_rate` = eta_eff * lambda_max(A) with the unnormalised Gram
-matrices, eta_eff = 2 lr / N (the mean-squared loss): by the paper's Thm. 1 the TD error then
-evolves as u_{t+1} ~ (I + eta_eff A) u_t, so seem_rate is the growth rate per step of the
-self-excited mode. `sharpness` = eta_eff * lambda_max(G(X, X)) is the plain step-size stability
-indicator (> 2: SGD oscillates out along the top kernel direction).
-
-The run stops at the first step whose TD errors or parameters are not finite (the *crash step*;
-never raised) or after `max_steps`.
-
-Theorem 3 prediction: for an L-layer ReLU MLP after the critical point t0 the TD error diverges as
-||u_t|| ~ (1 - C t)^(-L / (2L - 2)), so y_t = ||u_t||^(-(2L - 2) / L) (= 1 / ||u_t|| for L = 2)
-decays linearly and hits zero at the singular step T = -intercept / slope of a line fitted to y
-on a window before the crash. The paper fits steps 450-500 and predicts 605, observed 605.
-
-Window choice (ours; `fit_window` overrides it, e.g. (450, 500) for the paper's window): the
-window *ends* at the first step at which y_t falls below `fit_end_fraction` (0.05) of its running
-maximum, and spans the `fit_length` (50, the paper's length) steps before that. The rule is causal
-(it only looks at y up to the window's end, so it could be applied online while training) and
-adapts to when the crash comes. Before the singular regime y decays roughly exponentially (the
-kernel is still dominated by the random initial weights, the "lazy" phase) and a line fitted there
-predicts too early a crash; in our runs (seeds 0-7) the 5 % point falls at 0.74-0.92 (median 0.86)
-of the crash step, around where the paper's window ended (500 / 605 = 0.83), and the prediction is
-within 3.2 % of the crash step for 7 of 8 seeds (seed 3: -11 %; seed 0, the default: 211 vs 213).
-
-Choices the paper leaves open (documented defaults, all configurable):
-- states uniform in [0, 1]^2 (as in the authors' released toy); actions enter the network as
-  their direction vector in {-1, 0, 1}^2;
-- initial weights as PyTorch's `nn.Linear` (uniform +-1/sqrt(fan_in));
-- **no bias terms** (`bias=False`). With biases (PyTorch's default) this toy did not diverge in
-  our runs when the step size was small (lr 0.003 / 0.001 / 0.0003, 4 seeds x 4 state
-  distributions: all 48 runs converged), and at lr 0.01 it either converged or crashed through a plain
-  step-size instability (sharpness > 2 while SEEM had fallen to ~0, 1/||u|| flat or rising
-  before the crash), which is not the mechanism of Thm. 3. Without biases the network is
-  positively homogeneous (the setting of the paper's Lemma 1 / Thm. 3) and the run diverges by
-  self-excitation in every seed we tried (SEEM > 0 at every step before the crash, crash at
-  ~210-340 steps for lr 0.01 and ~3.3x later for lr 0.003, as T ~ 1 / eta predicts). Even then the
-  final NaN comes a few steps after sharpness passes 2, once ||u|| has exploded (~0.92 T).
-- The same code runs deeper nets (`hidden=(200, 200)`, L = 3, the paper's Fig. 10): the fit is then
-  on ||u||^(-4/3) and predicted the crash within 5-7 % in 3 seeds (slower: ~1-3 min per run).
+States in R^2, 8 actions moving the state by 0.01, all rewards zero (true Q = 0), 100 random
+(s, a) pairs, a two-layer MLP (hidden 200) trained by full-batch SGD (lr 0.01, gamma 0.99) with
+semi-gradient Q-learning and no target network. Theory (Thm. 3): once SEEM > 0, 1/Q decays
+linearly, so a line fitted to 1/Q predicts the crash step. `docs/theory.md` gives the setting
+and what the authors' released toy does differently.
 """
 from __future__ import annotations
 

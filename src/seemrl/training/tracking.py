@@ -45,7 +45,7 @@ def settings_from_env() -> dict:
 
 
 class Monitor:
-    """Receives a training loop's logged rows, evaluations and progress (see `seemrl.engine.train_loop`).
+    """Receives a training loop's logged rows, evaluations and progress (see `seemrl.training.loop.train_loop`).
 
     name: the run's path-like name (e.g. hopper-demo/10pct/td3_seem/ln), for TensorBoard and W&B.
     labels / config: what W&B records with each seed's run and the progress file shows.

@@ -1,23 +1,9 @@
-"""Online SAC, compact and single-seed: trains the behaviour policy that generates demo datasets.
+"""Online SAC, compact and single-seed: the behaviour policy of D4RL's dataset recipe.
 
-Standard SAC (Haarnoja et al. 2018, with the automatic entropy temperature of the follow-up
-paper): twin Q critics with EMA targets, tanh-squashed Gaussian actor, target entropy -act_dim.
-
-Reproducibility on CPU: networks are initialised inside a forked torch RNG seeded with `seed`
-(the caller's global RNG is left alone), action noise comes from a private torch.Generator,
-minibatches from a numpy Generator, the warm-up actions from the seeded action space and the
-environment from `reset(seed=...)`. The caller chooses the number of torch threads.
-
-Devices: the networks train on `device` (CPU or CUDA). They are initialised on the CPU and
-moved, so the initial weights do not depend on the device; the action noise stream does (a CUDA
-generator differs from a CPU one), so runs are reproducible per device, not across devices. The
-replay buffer stays in host memory and each minibatch is copied over. Returned agents and
-snapshots always hold CPU actors.
-
-For D4RL's dataset recipe (seemrl.data.recipe), `train_sac_run` also takes policy snapshots with
-their deterministic evaluation returns every `snapshot_every` steps and returns the replay buffer,
-which records truncations and episode ids so that its first K transitions can be exported as
-whole episodes (`ReplayBuffer.episodes`, `split_episodes`).
+Standard SAC (twin critics with EMA targets, tanh-squashed Gaussian actor, automatic entropy
+temperature). Every random number comes from the run's own generators, so a seed fixes the
+result on the CPU; `train_sac_run` also takes policy snapshots for the recipe's dataset levels
+and can resume after a kill (`docs/algorithms/sac.md`).
 """
 from __future__ import annotations
 
@@ -36,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seemrl.io import atomic_path
-from seemrl.resume import ResumeDir
+from seemrl.training.resume import ResumeDir
 
 CHECKPOINT_FORMAT = "seemrl.sac.v1"
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -297,17 +283,6 @@ class SACRun:
     episode_returns: list[float] = field(default_factory=list)  # training episodes, in order
 
 
-def train_sac(
-    env_id: str,
-    cfg: SACConfig,
-    seed: int,
-    log: Callable[[str], None] = print,
-    device: str | torch.device = "cpu",
-) -> SACAgent:
-    """Train SAC on `env_id` for cfg.total_steps environment steps; returns the agent."""
-    return train_sac_run(env_id, cfg, seed, log=log, device=device).agent
-
-
 def train_sac_run(
     env_id: str,
     cfg: SACConfig,
@@ -320,7 +295,8 @@ def train_sac_run(
     resume_every_s: float = 600.0,
     monitor=None,
 ) -> SACRun:
-    """Train SAC like `train_sac`; also returns snapshots and the replay buffer.
+    """Train SAC on `env_id` for cfg.total_steps environment steps: the agent, the snapshots and
+    the replay buffer.
 
     Every `snapshot_every` environment steps (0: never) the current policy is copied and
     evaluated deterministically over cfg.eval_episodes episodes with the same reset seeds as the
@@ -330,12 +306,12 @@ def train_sac_run(
     evaluation. The buffer holds min(cfg.buffer_size, cfg.total_steps) transitions; to export the
     first K of them as episodes, it must not have wrapped (buffer_size >= total_steps).
 
-    With `resume` (a `seemrl.resume.ResumeDir` naming this run), the whole training state (networks,
+    With `resume` (a `seemrl.training.resume.ResumeDir` naming this run), the whole training state (networks,
     targets, optimisers, temperature, every random generator, the environment's MuJoCo state, the
     buffer, the snapshots so far) is saved after a snapshot step once `resume_every_s` seconds have
     passed since the last save, and a run finding a state of its own continues from it: on the
     CPU it ends bit for bit where an uninterrupted run ends. The caller clears it when done.
-    A `monitor` (`seemrl.tracking.Monitor` of seed `seed`) gets the logged values and progress.
+    A `monitor` (`seemrl.training.tracking.Monitor` of seed `seed`) gets the logged values and progress.
     """
     if snapshot_every and not cfg.eval_episodes:
         raise ValueError("snapshots are evaluated over cfg.eval_episodes episodes; it is 0")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from seemrl.analysis.seem import DEFAULT_Q_BOUND, divergence_verdict
-from seemrl.io import atomic_path, write_text_atomic
+from seemrl.io import format_value, atomic_path, to_markdown, write_text_atomic
 
 CELL_COLUMNS = ("dataset", "percent", "algo", "critic_norm")
 # Per-seed summaries averaged over the seeds of a cell.
@@ -72,28 +72,8 @@ def merge_mean_std(df: pd.DataFrame, fmt: str = "{:.3g}") -> pd.DataFrame:
     out = df.copy()
     for col in [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and f"{c[:-5]}_std" in df.columns]:
         mean, std = out.pop(f"{col}_mean"), out.pop(f"{col}_std")
-        out[col] = [_fmt(m, fmt) + ("" if pd.isna(s) else " ± " + _fmt(s, fmt)) for m, s in zip(mean, std)]
+        out[col] = [format_value(m, fmt) + ("" if pd.isna(s) else " ± " + format_value(s, fmt)) for m, s in zip(mean, std)]
     return out
-
-
-def _fmt(value, fmt: str = "{:.4g}") -> str:
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else fmt.format(value)
-    return str(value)
-
-
-def to_markdown(df: pd.DataFrame, fmt: str = "{:.4g}") -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
-    cells = [[_fmt(v, fmt).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
-    header = [str(c) for c in df.columns]
-    numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in df.dtypes]
-    widths = [max([len(h), 3, *(len(r[j]) for r in cells)]) for j, h in enumerate(header)]
-    pad = lambda s, j: s.rjust(widths[j]) if numeric[j] else s.ljust(widths[j])
-    lines = ["| " + " | ".join(pad(h, j) for j, h in enumerate(header)) + " |",
-             "|" + "|".join(("-" * (w + 1) + ":") if numeric[j] else "-" * (w + 2)
-                            for j, w in enumerate(widths)) + "|"]
-    lines += ["| " + " | ".join(pad(c, j) for j, c in enumerate(r)) + " |" for r in cells]
-    return "\n".join(lines) + "\n"
 
 
 def write_table_csv(df: pd.DataFrame, path: str | os.PathLike, index: bool = False) -> None:

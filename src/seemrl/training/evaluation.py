@@ -14,14 +14,24 @@ nor touch the other seeds' environments.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # torch is imported where it runs: AntMaze's env worker processes import this module
-    from seemrl.algos.td3 import TD3Nets
+
+
+class PolicyNets(Protocol):
+    """What evaluation needs of an algorithm's networks: `normalize(obs)`, `policy(obs_n)` on
+    stacked [S, B, ...] tensors and `obs_mean` (its device). torch is imported where it runs:
+    AntMaze's environment worker processes import this module."""
+
+    obs_mean: object
+
+    def normalize(self, obs): ...
+
+    def policy(self, obs_n): ...
 
 EVAL_COLUMNS = ("step", "seed", "return_mean", "return_std", "normalized_score", "nonfinite_actions")
 
@@ -48,7 +58,7 @@ def episode_seed(eval_seed: int, seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([eval_seed, seed, episode]).generate_state(1)[0])
 
 
-def evaluate_policies(nets: TD3Nets, seeds: list[int], env_id: str, n_episodes: int,
+def evaluate_policies(nets: PolicyNets, seeds: list[int], env_id: str, n_episodes: int,
                       eval_seed: int = 0, ref_min: float | None = None,
                       ref_max: float | None = None) -> list[SeedEvaluation]:
     """Play `n_episodes` episodes with each seed's deterministic policy; one result per seed."""

@@ -1,23 +1,11 @@
 """Networks whose parameters are stacked over independent seeds.
 
-A `StackedMLP` holds S independent MLPs: layer k has weight [S, in, out] and bias [S, 1, out],
-and maps inputs [S, B, in] to [S, B, out] with batched matmuls. Nothing is shared across the
-seed dimension (LayerNorm normalises each sample's features, BatchNorm takes its statistics over
-the batch of each seed only, all affine parameters and running statistics are per seed, dropout
-masks come from per-seed generators), so the S networks train as S separate runs would, at the
-cost of one (bit for bit on the CPU with scalar kernels; `stacked_affine` and
-`docs/seed_independence.md` say how exactly elsewhere).
-
-Each seed's parameters are initialised from that seed's own generator, with PyTorch's default
-`nn.Linear` scheme (uniform +-1/sqrt(fan_in)), so seed s initialises identically whether it is
-trained alone or among others. The normalisation options draw nothing from those generators
-(their parameters start at constants, or at a function of the linear weights), so adding one
-never changes the linear layers' initial weights.
-
-Critic normalisation options (the SEEM paper's comparisons, `shared/REFERENCE.md` §2), all built
-from one config dict by `critic_from_config`: LayerNorm or BatchNorm on chosen hidden layers, with
-or without affine; dropout on the hidden activations; WeightNorm on the output layer; Output
-Feature Normalisation (OFN). Weight decay is an optimiser setting and lives with the optimiser.
+A `StackedMLP` holds S independent MLPs (weights [S, in, out], inputs [S, B, in]); nothing is
+shared across seeds (norm statistics, affine parameters and dropout masks are per seed), so the
+S networks train as S separate runs would. The critic normalisations of the paper's
+comparisons (LayerNorm on chosen layers, with or without affine, BatchNorm, dropout,
+WeightNorm, OFN) are built from one spec (`critic_from_config`). `docs/engine.md` and
+`docs/seed_independence.md` say how exactly a seed among others is the seed alone.
 """
 from __future__ import annotations
 
@@ -79,10 +67,7 @@ class StackedMLP(nn.Module):
     Arguments:
         generators: one generator per seed, for the linear layers' initial weights.
         hidden: widths of the hidden layers (indexed 0, 1, ... below).
-        layer_norm: legacy way to ask for LayerNorm: the hidden layers that get it. Same as
-            `norm="layernorm", norm_layers=layer_norm`; cannot be combined with `norm`.
-        ln_affine / norm_affine: learnable per-seed affine (weight 1, bias 0 at init) after the
-            norm; default True. Either name may be used; if both are given they must agree.
+        norm_affine: learnable per-seed affine (weight 1, bias 0 at init) after the norm.
         norm: "none", "layernorm" or "batchnorm", placed between the linear layer and the
             activation (paper App. E).
         norm_layers: hidden layers that get `norm`; None = all hidden layers.
@@ -125,13 +110,11 @@ class StackedMLP(nn.Module):
         in_dim: int,
         out_dim: int,
         hidden: Sequence[int] = (256, 256),
-        layer_norm: Sequence[int] = (),
-        ln_affine: bool | None = None,
-        activation: str = "relu",
         *,
+        activation: str = "relu",
         norm: str = "none",
         norm_layers: Sequence[int] | None = None,
-        norm_affine: bool | None = None,
+        norm_affine: bool = True,
         dropout: float = 0.0,
         dropout_generators: Sequence[torch.Generator] | None = None,
         weight_norm_output: bool = False,
@@ -140,7 +123,6 @@ class StackedMLP(nn.Module):
         super().__init__()
         generators = list(generators)
         hidden = tuple(hidden)
-        layer_norm = tuple(layer_norm)
         if not generators:
             raise ValueError("need at least one generator (one per seed)")
         if activation not in ACTIVATIONS:
@@ -149,11 +131,6 @@ class StackedMLP(nn.Module):
             raise ValueError(f"layer widths must be positive integers, got in={in_dim}, hidden={hidden}, out={out_dim}")
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose from {list(NORMS)}")
-        _check_indices("layer_norm", layer_norm, len(hidden))
-        if layer_norm:
-            if norm != "none" or norm_layers is not None:
-                raise ValueError("give LayerNorm either as layer_norm=(...) or as norm=/norm_layers=, not both")
-            norm, norm_layers = "layernorm", layer_norm
         if norm == "none":
             if norm_layers:
                 raise ValueError(f"norm_layers {list(norm_layers)} given but norm is 'none'")
@@ -163,10 +140,7 @@ class StackedMLP(nn.Module):
         norm_layers = tuple(norm_layers)
         _check_indices("norm_layers", norm_layers, len(hidden))
         norm_layers = tuple(int(i) for i in norm_layers)
-        if ln_affine is not None and norm_affine is not None and bool(ln_affine) != bool(norm_affine):
-            raise ValueError(f"ln_affine={ln_affine} and norm_affine={norm_affine} disagree")
-        affine = True if ln_affine is None and norm_affine is None else bool(
-            norm_affine if norm_affine is not None else ln_affine)
+        affine = bool(norm_affine)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if dropout_generators is not None:
@@ -185,9 +159,6 @@ class StackedMLP(nn.Module):
         self.norm = norm
         self.norm_layers = tuple(sorted(set(norm_layers)))
         self.norm_affine = affine
-        # legacy attributes: the LayerNorm layers and the affine flag
-        self.layer_norm = self.norm_layers if norm == "layernorm" else ()
-        self.ln_affine = affine
         self.dropout = float(dropout)
         self.dropout_generators = dropout_generators
         self.weight_norm_output = bool(weight_norm_output)

@@ -1,69 +1,33 @@
-"""The plumbing every algorithm module shares; each module keeps its update step to itself.
+"""What an algorithm file extends: its settings, critics, trainer, checkpoints and train().
 
-- Config checks: the fields every config has (`critic` spec, `tau`, step counts, evaluation
-  settings, `matmul_precision`, ...), checked with the same messages everywhere.
-- Networks: the twin critics built from the `critic` spec (`twin_critics`), the state statistics
-  (`obs_stats`, `state_normalizer`) and `OfflineNets`, the part of an offline algorithm's
-  networks dataclass that normalises states and moves to a device.
-- `CriticTrainer`: a `seemrl.engine.StackedTrainer` configured from `cfg`, with twin critics
-  whose dropout (masks drawn inside the forward pass) rules out a CUDA graph and whose dropout
-  generators are part of the resumable state.
-- Checkpoints (`save_offline_checkpoint`, `load_nets`, `load_offline_checkpoint`), the run
-  identity of `seemrl.resume.ResumeDir` (`run_identity_of`) and the offline `train()` wrapper
-  around `seemrl.engine.train_loop` (`train_offline`).
+`RunSettings` / `OfflineConfig` are the settings every algorithm shares (one name and one doc
+each); `twin_critics` builds the critics from the `critic` spec; `CriticTrainer` is the engine's
+`StackedTrainer` configured from a config; `save_offline_checkpoint` / `load_offline_checkpoint`,
+`run_identity_of` and `train_offline` are the rest of an offline algorithm. An algorithm's own
+file holds its config, networks and update step (`docs/engine.md`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from seemrl.devices import MATMUL_PRECISIONS
-from seemrl.engine import (Checkpoint, LoopSettings, OfflineData, StackedTrainer, TrainResult, read_checkpoint,
-                           train_loop, write_checkpoint)
-from seemrl.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
-from seemrl.resume import ResumeDir
+from seemrl.data.preparation import REWARD_TRANSFORMS
+from seemrl.training.devices import MATMUL_PRECISIONS
+from seemrl.training.loop import Checkpoint, LoopSettings, TrainResult, read_checkpoint, train_loop, write_checkpoint
+from seemrl.training.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.training.resume import ResumeDir
+from seemrl.training.trainer import StackedTrainer
 
 CRITIC_DROPOUT_REASON = "critic dropout draws its masks from CPU generators inside the step"
 
 
-# ------------------------------------------------------------------ config checks
-def coerce_shared_fields(cfg) -> None:
-    """`hidden` as a tuple and `critic` as a dict of their own (a config may be given lists / mappings)."""
-    cfg.hidden = tuple(cfg.hidden)
-    cfg.critic = dict(cfg.critic)
-
-
-def check_optimizer(optimizer: str) -> None:
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-
-
-def check_critic_spec(critic: dict) -> None:
-    """Keys of `nets.CRITIC_SPEC_DEFAULTS` and `weight_decay` (>= 0) only."""
-    unknown = sorted(set(critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
-    if unknown:
-        raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
-                         f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
-    if not critic.get("weight_decay", 0.0) >= 0:
-        raise ValueError(f"critic.weight_decay must be >= 0, got {critic['weight_decay']}")
-
-
-def check_tau(tau: float) -> None:
-    if not 0 < tau <= 1:
-        raise ValueError(f"tau must be in (0, 1], got {tau}")
-
-
-def check_gamma(gamma: float) -> None:
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-
-
+# ------------------------------------------------------------------ settings
 def check_at_least_one(cfg, names: Sequence[str]) -> None:
     """Every field in `names` (step counts, sizes) is >= 1."""
     for name in names:
@@ -76,30 +40,80 @@ def check_one_of(cfg, name: str, allowed) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
 
 
-def check_eval_settings(cfg) -> None:
-    if cfg.eval_every < 0 or cfg.eval_episodes < 1:
-        raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {cfg.eval_every} "
-                         f"and {cfg.eval_episodes}")
+def check_positive(cfg, names: Sequence[str]) -> None:
+    """Every field in `names` (learning rates, ...) is > 0 where it is set (None: not set)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
 
 
-def check_shared_fields(cfg, positive: Sequence[str], *, optimizer: bool = True, gamma: bool = False) -> None:
-    """What a config's `__post_init__` starts with: `hidden` / `critic` coerced, then checked in
-    this order: `optimizer` (if the config has one), the `critic` spec, `tau`, `gamma` (if asked
-    for) and the fields `positive` (each >= 1). `check_run_settings` checks the rest."""
-    coerce_shared_fields(cfg)
-    if optimizer:
-        check_optimizer(cfg.optimizer)
-    check_critic_spec(cfg.critic)
-    check_tau(cfg.tau)
-    if gamma:
-        check_gamma(cfg.gamma)
-    check_at_least_one(cfg, positive)
+def check_critic_spec(critic: dict) -> None:
+    """Keys of `nets.CRITIC_SPEC_DEFAULTS` and `weight_decay` (>= 0) only."""
+    unknown = sorted(set(critic) - set(CRITIC_SPEC_DEFAULTS) - {"weight_decay"})
+    if unknown:
+        raise ValueError(f"critic: unknown normalisation key(s) {unknown}; allowed: "
+                         f"{sorted([*CRITIC_SPEC_DEFAULTS, 'weight_decay'])}")
+    if not critic.get("weight_decay", 0.0) >= 0:
+        raise ValueError(f"critic.weight_decay must be >= 0, got {critic['weight_decay']}")
 
 
-def check_run_settings(cfg) -> None:
-    """What a config's `__post_init__` ends with: `matmul_precision` and the evaluation settings."""
-    check_one_of(cfg, "matmul_precision", MATMUL_PRECISIONS)
-    check_eval_settings(cfg)
+def check_optimizer(optimizer: str) -> None:
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+
+
+@dataclass
+class RunSettings:
+    """What every training run has: its length, what it logs, checkpoints and evaluates, and how
+    its step executes. An algorithm's config extends it (redeclaring a field changes its default)."""
+
+    steps: int = 1_000_000  # gradient steps
+    checkpoint_every: int = 10_000  # steps between checkpoints (step 0 and the last included)
+    log_every: int = 1000  # steps between logged training metrics
+    eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
+    eval_episodes: int = 10  # episodes per seed and evaluation
+    eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
+    cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
+    matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee"; CPU: always ieee
+
+    # a former setting name -> what replaces it; a config naming it is rejected with that message
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self):
+        check_at_least_one(self, ("steps", "checkpoint_every", "log_every"))
+        check_one_of(self, "matmul_precision", MATMUL_PRECISIONS)
+        if self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
+                             f"and {self.eval_episodes}")
+
+
+@dataclass
+class OfflineConfig(RunSettings):
+    """The settings every offline algorithm shares; its own follow."""
+
+    batch_size: int = 256  # transitions per seed per step
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # EMA rate of the target networks; 1.0 = the target is the current network
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths of actor and critics
+    critic: dict = field(default_factory=dict)  # critic normalisation: nets.CRITIC_SPEC_DEFAULTS keys + weight_decay
+    normalize_states: bool = True  # standardise states with the dataset mean/std
+    reward_transform: str = "none"  # data.preparation.REWARD_TRANSFORMS, applied before training
+
+    RENAMED: ClassVar[dict[str, str]] = {"reward_mode": "reward_transform"}
+
+    def __post_init__(self):
+        self.hidden, self.critic = tuple(self.hidden), dict(self.critic)  # given as list / mapping
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive widths, got {self.hidden}")
+        check_critic_spec(self.critic)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_at_least_one(self, ("batch_size",))
+        check_one_of(self, "reward_transform", tuple(REWARD_TRANSFORMS))
+        super().__post_init__()
 
 
 # ------------------------------------------------------------------ networks
@@ -153,24 +167,6 @@ def obs_stats(obs_dim: int, obs_mean=None, obs_std=None) -> tuple[torch.Tensor, 
     mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean, dtype=torch.float32)
     std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std, dtype=torch.float32)
     return mean, std
-
-
-def state_normalizer(obs: np.ndarray, enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of the training states (TD3+BC's normalisation); identity when disabled."""
-    if not enabled:
-        return np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
-    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-3).astype(np.float32)
-
-
-def offline_data(t, reward, normalize_states: bool, device, *, obs=None, action=None,
-                 data_cls: type[OfflineData] = OfflineData) -> tuple[OfflineData, np.ndarray, np.ndarray]:
-    """Training tensors from a transition table with the given (transformed) rewards, and the
-    state statistics they were standardised with (`state_normalizer` of `obs`, by default the
-    table's states). `action` replaces the table's actions (e.g. clipped)."""
-    mean, std = state_normalizer(t.obs if obs is None else obs, normalize_states)
-    data = data_cls.from_arrays(t.obs, t.action if action is None else action, reward, t.next_obs, t.terminal,
-                                mean, std, device)
-    return data, mean, std
 
 
 class OfflineNets:
@@ -276,13 +272,13 @@ def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint
                   log: Callable[[str], None], evaluate: Callable | None, resume: ResumeDir | None,
                   monitor=None) -> TrainResult:
     """Train an offline trainer (with `cfg`, `seeds`, `nets`) for `cfg.steps` steps with
-    `seemrl.engine.train_loop`; the checkpoints, written by save_checkpoint(path, nets, cfg,
+    `seemrl.training.loop.train_loop`; the checkpoints, written by save_checkpoint(path, nets, cfg,
     seeds, step, diverged_step), end up in `checkpoint_dir`. Logged steps add `metric_keys` of
     the step's output and `param_norms(nets)`.
 
-    evaluate(nets) -> one result per seed (`seemrl.evaluation.evaluate_policies` with the
+    evaluate(nets) -> one result per seed (`seemrl.training.evaluation.evaluate_policies` with the
     environment bound) is called every `cfg.eval_every` steps and after the last step. For
-    `resume` and `monitor` see `seemrl.engine.train_loop`.
+    `resume` and `monitor` see `seemrl.training.loop.train_loop`.
     """
     cfg, seeds = trainer.cfg, trainer.seeds
 

@@ -1,63 +1,11 @@
 """AntMaze evaluation environments that match the AntMaze datasets of the registry.
 
-Two kinds of data, two kinds of evaluation environment, both built on Gymnasium-Robotics'
-`AntMaze_*-v5` (MuJoCo 3+/4, no mujoco-py):
-
-**The original D4RL files** (`antmaze-*-v0`, `antmaze-*-v2`, `obs_layout: d4rl`). Their
-observation is the ant's 29-dim state qpos[:15] + qvel[:14], with (x, y) in D4RL's maze frame and
-no goal in it: the goal is fixed per maze. What D4RL's evaluation env (`d4rl.locomotion`,
-`make_ant_maze_env` with the `*_TEST` maps, `eval=True`, `reward_type='sparse'`) does, and what
-`D4RLAntMaze` reproduces:
-- Maze frame: cell (row i, col j) of the map is centred at (4 j - torso_x, 4 i - torso_y), with
-  (torso_x, torso_y) = 4 * (col, row) of the reset cell "r", which is cell (1, 1) in all three
-  mazes: the ant starts at the origin, x grows with the column and **y grows with the row**.
-- Start: qpos = qpos0 + U(-0.1, 0.1) on every coordinate (x, y around the origin), qvel =
-  0.1 * N(0, 1) (`non_zero_reset=False`).
-- Goal: the "g" cell of the `*_TEST` map (umaze (3, 1), medium (6, 6), large (7, 9)): its centre
-  + U(0, 1) + U(0, 0.5) on each axis (`goal_sampler`: `_rowcol_to_xy(add_random_noise=True)` adds
-  U(0, 0.25 * 4), then U(0, 0.5) * 0.25 * 4 more), i.e. centres (0, 8), (20, 20), (32, 24).
-  v0 envs draw it once, when the env is made (one goal per training run); v2 envs
-  (`v2_resets=True`) draw it again at every reset. `goal_noise: per_run | per_episode` in the
-  registry says which; per_run draws it from (eval_seed, training seed), so every evaluation of a
-  run sees the same goal, as a v0 run did.
-- Reward 1.0 when ||xy - goal|| <= 0.5, else 0; the episode **terminates** there (`eval=True`),
-  so an episode's return is 1 (reached) or 0; time limit 700 (umaze) / 1000 (medium, large).
-  D4RL's normalised score is 100 * (return - 0) / (1 - 0): the mean over episodes is 100 x the
-  success rate.
-- The ant: D4RL's own `locomotion/assets/ant.xml`, not Gymnasium's: timestep 0.02 (x frame_skip
-  5 = 0.1 s per step), motors with gear 1 and ctrlrange +-30, contact solref ".02 1" and solimp
-  ".8 .8 .01" on every geom. Actions in [-1, 1] are scaled to +-30 (`NormalizedBoxEnv`) and
-  clipped. `d4rl_ant_xml()` derives that model from Gymnasium's ant.xml (the bodies, joints and
-  geoms are the same) by applying exactly those changes; Gymnasium-Robotics' default ant (gear
-  150, timestep 0.01) would be 5x stronger and twice as fast per step as the data's.
-
-Gymnasium-Robotics centres its maze and puts row i at y = 2 H - 4 (i + 0.5): y *decreases* with
-the row. Built from D4RL's map as is it would be D4RL's maze mirrored (y -> -y), which no change of
-observation can undo. So the env is built from D4RL's map with its rows reversed (D4RL cell
-(i, j) = Gymnasium-Robotics cell (H - 1 - i, j)); that world is D4RL's translated by
-
-    offset = (4 (W - 1) / 2 - torso_x, 4 (H - 1) / 2 - torso_y),   d4rl_xy = gr_xy + offset
-
-umaze (5 x 5): (4, 4); medium (8 x 8): (10, 10); large (9 rows x 12 cols): (18, 12). Orientation,
-joint angles and all velocities are unchanged by a translation, so the policy's observation is
-the simulator's qpos[:15] + qvel[:14] with offset added to x, y. tests/test_antmaze.py checks the
-mapping against the compiled MuJoCo model (wall geoms, free cells, goal and start cells).
-
-**Minari `D4RL/antmaze/*-v1`** (`obs_layout: minari_obs_goal`): regenerated on Gymnasium-Robotics
-itself, so its own frame; the observation is `flatten_observations` of the dict
-(achieved_goal 2 = the torso's x, y + observation 27 + desired_goal 2), exactly as
-`seemrl.data.minari_source` flattens the data. The
-env is the dataset's evaluation env spec (`eval_env_spec` in its metadata) when the dataset is on
-disk; otherwise `MINARI_EVAL_FALLBACK`, the spec Minari's generation script sets
-(Farama-Foundation/minari-dataset-generation-scripts, scripts/D4RL/antmaze) - an assumption,
-logged when used. Success = info["success"] (within 0.45 of the goal) at any step; the task is
-continuing (no termination at the goal, reward accumulates), so the return is the number of steps
-spent at the goal.
-
-`evaluate_antmaze` plays every seed's policy together and returns `SeedEvaluation`s (as
-`seemrl.evaluation.evaluate_policies`) whose normalized_score is 100 x the success rate. With
-`workers` > 1 the physics runs in that many worker processes (the policy stays in the caller), with
-bitwise the same results.
+Both kinds of AntMaze data (the original D4RL files, with D4RL's maze frame and fixed goal, and
+Minari's datasets, with the goal in the observation) are evaluated on Gymnasium-Robotics'
+`AntMaze_*-v5`, set up to reproduce the evaluation the data was made for: the maze, start and
+goal, the goal noise, the success radius and the episode cap, all from the registry entry. The
+normalised score is 100 x the success rate; episodes can be stepped by worker processes.
+`docs/engine.md` explains the frames and what was checked.
 """
 from __future__ import annotations
 
@@ -80,7 +28,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from seemrl.evaluation import SeedEvaluation, episode_seed
+from seemrl.training.evaluation import SeedEvaluation, episode_seed
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +167,7 @@ _NAME = re.compile(r"^(?P<minari>minari-)?antmaze-(?P<maze>umaze|medium|large)(-
 
 
 def default_registry_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "config" / "datasets.yaml"
+    return Path(__file__).resolve().parents[3] / "config" / "datasets.yaml"
 
 
 def _registry_entry(name: str, registry_path: str | os.PathLike | None) -> dict | None:

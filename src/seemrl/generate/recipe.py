@@ -1,34 +1,10 @@
 """D4RL's dataset recipe, reproduced on Gymnasium MuJoCo v5 (the "generate" dataset source).
 
-Two steps, each a function with a CLI-callable wrapper for a Snakemake rule:
-
-1. `run_recipe_training` (`recipe_train_main`): train SAC online for cfg.sac_steps environment
-   steps, taking a policy snapshot every cfg.snapshot_every steps with its deterministic
-   evaluation return (cfg.eval_episodes episodes, the same reset seeds for every snapshot).
-   - expert = the final policy; its evaluation return is the reference.
-   - medium = the snapshot, taken before the final step, whose evaluation return is closest to
-     cfg.medium_fraction (1/3) of the expert's; on a tie, the earliest (`select_medium_snapshot`).
-   - medium-replay = the first `medium step` transitions of the SAC replay buffer: every
-     transition the agent collected until the medium snapshot, warm-up included, episodes
-     intact; the episode in progress at the cut is marked truncated (its next observation is
-     the true one).
-   Writes expert.pt, medium.pt (seemrl.algos.sac.SACAgent checkpoints), medium_replay.npz (the
-   buffer prefix) and, last, recipe.json (the report) into out_dir, each file atomically: a
-   recipe.json therefore means the other three are complete.
-
-2. `build_level_dataset` (`recipe_dataset_main`): write Minari dataset
-   `seemrl/<env>-<level>-v0` (e.g. seemrl/hopper-medium-replay-v0) for one level:
-   - random: uniformly random actions, cfg.n_transitions steps;
-   - medium, expert: rollouts of those policies with *stochastic* SAC actions (the tanh-Gaussian
-     sample, not its mean), cfg.n_transitions steps each, like D4RL's noisy data;
-   - medium-replay: the buffer prefix from step 1;
-   - medium-expert: the episodes of the medium dataset followed by those of the expert dataset,
-     read back from `minari_root` (so build medium and expert first).
-   Every dataset carries reference scores (default: D4RL's constants for the env) so that
-   `minari.get_normalized_score` works.
-
-Each rollout stream has its own seed (cfg.random_seed, medium_seed, expert_seed), distinct from
-the training seed. Datasets are written through write_minari_dataset, atomically.
+Step 1 (`recipe_train_main`) trains SAC online and keeps policy snapshots with their returns:
+expert = the final policy, medium = the snapshot closest to a third of the expert's return,
+medium-replay = the replay buffer up to it. Step 2 (`recipe_dataset_main`) rolls out one level
+(random, medium, expert, medium-expert, medium-replay) into a Minari dataset with D4RL's
+reference scores. `docs/data.md` gives the details.
 """
 from __future__ import annotations
 
@@ -43,8 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from seemrl.data.d4rl import D4RL_REF_SCORES
-from seemrl.devices import resolve_device
 from seemrl.io import atomic_path, sha256_file, write_json_atomic
+from seemrl.training.devices import resolve_device
 
 RECIPE_FORMAT = "seemrl.recipe.v1"
 LEVELS = ("random", "medium", "medium-replay", "expert", "medium-expert")
@@ -85,7 +61,7 @@ class RecipeConfig:
             raise ValueError("eval_episodes and n_transitions must be positive")
 
     def sac_config(self):
-        from seemrl.algos.sac import SACConfig
+        from seemrl.generate.behaviour_sac import SACConfig
 
         return SACConfig(
             total_steps=self.sac_steps,
@@ -173,8 +149,8 @@ def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLi
     """
     import torch
 
-    from seemrl.algos.sac import train_sac_run
-    from seemrl.resume import ResumeDir
+    from seemrl.generate.behaviour_sac import train_sac_run
+    from seemrl.training.resume import ResumeDir
 
     device = resolve_device(device)  # before anything is touched: a wrong device fails here
     out = Path(out_dir)
@@ -255,8 +231,8 @@ def build_level_dataset(level: str, env_id: str, recipe_dir: str | os.PathLike, 
 
     An existing dataset of the same id is replaced (atomically).
     """
-    from seemrl.algos.sac import SACAgent, split_episodes
     from seemrl.data.minari_source import collect_episodes, write_minari_dataset
+    from seemrl.generate.behaviour_sac import SACAgent, split_episodes
 
     dataset_id = level_dataset_id(env_id, level)
     ref_min, ref_max = reference_scores(env_id, ref_min, ref_max)
@@ -363,7 +339,7 @@ def recipe_train_main(env_id: str, out_dir: str | os.PathLike, cfg_json=None,
                       device: str = "auto", resume_dir: str | os.PathLike | None = None,
                       resume_every_s: float = 600.0, monitor_factory: Callable | None = None) -> dict[str, Any]:
     """Step 1 from a rule: cfg_json is a JSON object string, a JSON file path, a dict or None;
-    monitor_factory(cfg) -> a `seemrl.tracking.Monitor` context for the SAC run."""
+    monitor_factory(cfg) -> a `seemrl.training.tracking.Monitor` context for the SAC run."""
     _setup_logging()
     cfg = RecipeConfig.from_json(cfg_json)
     if monitor_factory is None:

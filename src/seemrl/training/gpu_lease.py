@@ -1,22 +1,10 @@
 """One GPU per job: a device lease held for the life of the job process.
 
-Snakemake's `resources: gpu=1` with `--resources gpu=N` caps how many GPU jobs run at once but
-never tells a job which GPU to use, so every job would land on GPU 0. A job therefore leases a
-device slot before it touches CUDA: it takes an exclusive `flock` on one lock file per (GPU,
-slot) under a directory shared by the jobs of one machine, and keeps the file open until it
-exits. The kernel drops the lock on any exit, `kill -9` included, so a crashed job never
-strands a GPU and there is nothing to clean up.
-
-- `slots_per_gpu` > 1 lets small networks share a GPU (then run Snakemake with
-  `--resources gpu=<GPUs x slots>`).
-- Where a scheduler has already isolated the job's devices (SLURM sets CUDA_VISIBLE_DEVICES for
-  `--gpus=1`), leasing is a no-op: the job uses the first visible device.
-- The pool is `SEEMRL_GPU_POOL` (comma-separated indices; tests use it for a fake pool on a CPU
-  machine), else every GPU torch sees.
-- The lock directory belongs to the host, not to a checkout (`DEFAULT_LOCK_DIR` under /tmp, or
-  `resources.lease_dir` / $SEEMRL_LEASE_DIR on a node whose /tmp is private per job): two clones
-  of the project running on one machine then lease distinct GPUs. It is created world-writable
-  with the sticky bit, like /tmp, so every user's jobs share it.
+Snakemake's `resources: gpu=1` caps how many GPU jobs run at once but never tells a job which GPU
+to use. A job therefore takes an exclusive `flock` on one lock file per (GPU, slot) in a
+directory shared by every job of the machine, and keeps it until it exits; the kernel drops the
+lock on any exit, `kill -9` included, so a crashed job never strands a GPU.
+`docs/engine.md` covers slots and CUDA_VISIBLE_DEVICES.
 """
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""`seemrl.workflow.Plan`, what the Snakemake rules call, as plain Python (no Snakemake run)."""
+import copy
+import json
+
+import pytest
+from helpers import DEFAULT_CONFIG, ROOT
+
+from seemrl.config import ConfigError
+from seemrl.workflow import TRAINING_CODE, Plan, percent_label
+
+
+@pytest.fixture
+def config(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the registry path in the config is relative to the project
+    return copy.deepcopy(DEFAULT_CONFIG)
+
+
+def test_cells_seeds_params_and_paths_of_the_default_config(config):
+    plan = Plan(config, ROOT)
+    exp = config["experiment"]
+    assert len(plan.cells()) == len(exp["datasets"]) * len(exp["percents"]) * len(exp["algorithms"]) * len(exp["critic_norms"])
+    cell = plan.cells()[0]
+    assert plan.seeds(**cell) == ",".join(map(str, exp["seeds"]))
+    params = json.loads(plan.train_params(cell["algo"], cell["norm"]))
+    assert params["critic"] == config["critic_norms"][cell["norm"]] and "trainer" not in params
+    assert plan.run_paths("run.json")[0] == "results/runs/{dataset}/{percent}pct/{algo}/{norm}/run.json".format(**cell)
+    assert plan.report_outputs()[0] == "results/report/summary.csv"
+    assert [percent_label(p) for p in (10, 0.5, 100.0)] == ["10", "0.5", "100"]
+
+
+def test_a_training_job_depends_on_its_own_algorithm_and_the_training_stage_only(config):
+    config["algorithms"]["iql_x"] = {"trainer": "iql"}
+    plan = Plan(config, ROOT)
+    code = plan.train_code("iql_x")
+    assert any(p.endswith("algos/iql.py") for p in code) and any(p.endswith("algos/base.py") for p in code)
+    assert not any(p.endswith("algos/td3.py") for p in code)  # no algorithm is another one's base
+    assert len(code) == len(TRAINING_CODE) + 2 and all(not p.startswith("/") for p in code)
+
+
+def test_names_that_do_not_resolve_are_named(config):
+    config["experiment"]["algorithms"] = ["td3_sem"]
+    with pytest.raises(ValueError, match=r"experiment.algorithms: unknown name\(s\) \['td3_sem'\]; .*td3_seem"):
+        Plan(config, ROOT)
+
+
+def test_a_renamed_setting_is_named_with_its_new_name(config):
+    config["algorithms"]["td3_seem"]["lr"] = 1e-3
+    with pytest.raises(ConfigError, match="algorithms.td3_seem.lr: renamed; write actor_lr and critic_lr instead"):
+        Plan(config, ROOT)
+
+
+def test_job_shell_prefix_carries_where_a_job_runs_not_what_it_computes(config):
+    config["resources"].update(device="cuda", gpu_slots=2, lease_dir="/tmp/leases")
+    config["tracking"] = {"tensorboard": True}
+    prefix = Plan(config, ROOT).job_shell_prefix("/opt/venv/bin")
+    assert prefix.startswith("set -euo pipefail; export PATH=/opt/venv/bin:")
+    for export in ("SEEMRL_DEVICE=cuda", "SEEMRL_GPU_SLOTS=2", "SEEMRL_LEASE_DIR=/tmp/leases",
+                   "SEEMRL_TRACKING='{{\"tensorboard\": true}}'"):  # braces doubled for Snakemake's format
+        assert f"export {export};" in prefix
+    assert "export PATH" not in Plan(config, ROOT).job_shell_prefix(None)  # under conda: the env's own python
+
+
+def test_theory_flags_and_online_params(config):
+    config["theory"] = {"toy": {"seem_every": 5, "log_q": True, "hidden": [8, 8]}}
+    config["online"] = {"envs": ["Hopper-v5"], "seeds": [0], "settings": {"steps": 100},
+                        "variants": {"no_ema": {"tau": 1.0}}}
+    plan = Plan(config, ROOT)
+    assert plan.theory_flags("toy") == "--hidden 8 8 --log-q --seem-every 5"
+    assert plan.theory_outputs()[0] == "results/theory/toy/toy_steps.parquet"
+    assert json.loads(plan.online_params("no_ema")) == {"steps": 100, "tau": 1.0}
+    assert plan.online_paths("run.json") == ["results/online/Hopper-v5/no_ema/run.json"]
