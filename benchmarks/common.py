@@ -64,7 +64,8 @@ def mlp(i: int, o: int, hidden: Sequence[int], ln: bool = False,
     return nn.Sequential(*layers, nn.Linear(d, o))
 
 
-def offline_data(n: int, obs_dim: int, act_dim: int, device, *, action_bound: float = 1.0, reward: Callable | None = None) -> OfflineData:
+def offline_data(n: int, obs_dim: int, act_dim: int, device, *, action_bound: float = 1.0,
+                 reward: Callable | None = None) -> OfflineData:
     """n synthetic transitions (normal states, uniform actions in +-action_bound, normal rewards or
     reward(rng, n), 1% terminals), states not normalised."""
     rng = np.random.default_rng(0)

@@ -2,7 +2,8 @@
 online SAC through `seemrl train-online`) on one synthetic Hopper-shaped dataset, on the CPU, and
 a SHA-256 of each output's numbers: checkpoint tensors, logged metrics and evaluations.
 
-A refactoring that must not change behaviour prints the same fingerprints before and after:
+A refactoring that must not change behaviour prints the same fingerprints before and after (on
+the CPU; on a GPU too, where a job repeats bit for bit):
 
     python benchmarks/fingerprint.py --out before.json   # on the old commit
     python benchmarks/fingerprint.py --compare before.json
@@ -63,7 +64,8 @@ def dataset(path: Path) -> None:
     n, ep = 3000, 50
     obs = rng.normal(size=(n, 11)).astype(np.float32)
     t = Transitions(obs=obs, action=rng.uniform(-1, 1, (n, 3)), reward=rng.normal(1, 0.5, n),
-                    next_obs=obs + 0.1 * rng.normal(size=(n, 11)), terminal=(np.arange(n) % ep == ep - 1) & (rng.random(n) < 0.5),
+                    next_obs=obs + 0.1 * rng.normal(size=(n, 11)),
+                    terminal=(np.arange(n) % ep == ep - 1) & (rng.random(n) < 0.5),
                     timeout=np.zeros(n, bool), episode_id=np.arange(n) // ep, step=np.arange(n) % ep,
                     meta={"name": "hopper-fingerprint", "env_id": "Hopper-v5", "source": "generate",
                           "eval_env_id": "Hopper-v5", "ref_min_score": -20.0, "ref_max_score": 3234.3})
@@ -112,13 +114,13 @@ def _frame_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(work: Path) -> dict:
+def fingerprint(work: Path, device: str = "cpu") -> dict:
     data = work / "data.parquet"
     dataset(data)
     out = {}
     for name, (command, what, params) in RUNS.items():
         run = work / name
-        args = [sys.executable, "-m", "seemrl", command, "--seeds", SEEDS, "--device", "cpu",
+        args = [sys.executable, "-m", "seemrl", command, "--seeds", SEEDS, "--device", device,
                 "--checkpoints", str(run / "ckpt"), "--metrics", str(run / "metrics.parquet"),
                 "--run", str(run / "run.json"), "--evaluations", str(run / "evals.parquet")]
         if command == "train":
@@ -145,9 +147,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="write the fingerprints here (JSON)")
     p.add_argument("--compare", help="fingerprints (JSON) these must equal; exit 1 on any difference")
+    p.add_argument("--device", default="cpu", help="cpu (the reference) or cuda (a job repeats bit for bit there too)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        fp = fingerprint(Path(work))
+        fp = fingerprint(Path(work), a.device)
     if a.out:
         Path(a.out).write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
     if a.compare:

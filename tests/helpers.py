@@ -29,7 +29,8 @@ PROJECT_FILES = ("Snakefile", "workflow", "src", "profiles", "envs", "config", "
 
 
 # ------------------------------------------------------------------ projects and Snakemake
-def project_copy(dest: Path, names=("Snakefile", "workflow", "src", "profiles", "envs"), config: dict | None = None) -> Path:
+def project_copy(dest: Path, names=("Snakefile", "workflow", "src", "profiles", "envs"),
+                 config: dict | None = None) -> Path:
     """The project's files `names` copied to `dest` (mtimes kept; tests that edit code or run
     the workflow must not touch ours), with `config` as config/config.yaml if given; returns the
     copy's Snakefile."""

@@ -69,7 +69,8 @@ def test_diffql_clips_actions_and_keeps_the_sparse_rewards_scale():
     t = _table(sparse=True)
     t.action[0] = [1.0, -1.0]
     data, p = checks.prepared(t, diffql.DiffQLConfig())
-    assert data.action.abs().max().item() == pytest.approx(0.999) and data.action[0].tolist() == pytest.approx([0.999, -0.999])
+    assert data.action.abs().max().item() == pytest.approx(0.999)
+    assert data.action[0].tolist() == pytest.approx([0.999, -0.999])
     assert sorted(set(data.reward.flatten().tolist())) == [0.0, 10.0]  # the authors' sparse 0 / 10
     assert (p.obs_mean == 0).all() and (p.obs_std == 1).all() and p.policy_probabilities is None
     assert data.policy_cdf is None

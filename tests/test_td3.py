@@ -102,7 +102,8 @@ def test_critic_grad_norm_is_the_gradient_the_optimiser_applies(tmp_path):
     # with SGD a step moves the parameters by exactly lr * gradient; step 1 has no actor update
     cfg = td3.TD3Config(**SMALL, optimizer="sgd", actor_lr=0.1, critic_lr=0.1)
     trainer = _trainer(cfg)
-    checks.check_grad_norms_are_applied(trainer, {"critic_grad_norm": ((trainer.nets.q1, trainer.nets.q2), cfg.critic_lr)})
+    critics = (trainer.nets.q1, trainer.nets.q2)
+    checks.check_grad_norms_are_applied(trainer, {"critic_grad_norm": (critics, cfg.critic_lr)})
 
 
 def test_logged_metrics_include_critic_grad_norm(tmp_path):

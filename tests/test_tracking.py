@@ -122,7 +122,8 @@ def test_status_shows_a_running_job_then_a_stopped_one_then_a_finished_one(tmp_p
     work = tmp_path / "project"
     work.mkdir()
     # a long job: logs often, no evaluation; killed once it has reported progress
-    job = _train(work, {**TRAIN_PARAMS, "steps": 200_000, "log_every": 10, "eval_every": 0, "checkpoint_every": 100_000},
+    long_job = {**TRAIN_PARAMS, "steps": 200_000, "log_every": 10, "eval_every": 0, "checkpoint_every": 100_000}
+    job = _train(work, long_job,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         progress = work / "results/run/progress.json"

@@ -18,7 +18,8 @@ def config(monkeypatch):
 def test_cells_seeds_params_and_paths_of_the_default_config(config):
     plan = Plan(config, ROOT)
     exp = config["experiment"]
-    assert len(plan.cells()) == len(exp["datasets"]) * len(exp["percents"]) * len(exp["algorithms"]) * len(exp["critic_norms"])
+    sizes = [len(exp[k]) for k in ("datasets", "percents", "algorithms", "critic_norms")]
+    assert len(plan.cells()) == sizes[0] * sizes[1] * sizes[2] * sizes[3]
     cell = plan.cells()[0]
     assert plan.seeds(**cell) == ",".join(map(str, exp["seeds"]))
     params = json.loads(plan.train_params(cell["algo"], cell["norm"]))

@@ -68,7 +68,8 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
                 return nets.policy(nets.normalize(x)).cpu().numpy()
             return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed,
                                     entry=meta.get("registry_entry"), workers=workers)
-        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.antmaze)", "eval_workers": workers, **ref}
+        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.training.antmaze)", "eval_workers": workers,
+                          **ref}
     from seemrl.training.evaluation import evaluate_policies
 
     env_id = meta.get("eval_env_id") or meta.get("env_id")

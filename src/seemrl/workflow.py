@@ -81,7 +81,8 @@ class Plan:
     def check_references(self) -> None:
         """Names in `experiment` and the registry must resolve; say which key is wrong."""
         config = self.config
-        sections = {"algorithms": config["algorithms"], "critic_norms": config["critic_norms"], "datasets": self.registry}
+        sections = {"algorithms": config["algorithms"], "critic_norms": config["critic_norms"],
+                    "datasets": self.registry}
         for section, defined in sections.items():
             unknown = [n for exp in self.grids for n in exp[section] if n not in defined]
             if unknown:

@@ -24,7 +24,7 @@ from seemrl.training.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_c
 from seemrl.training.resume import ResumeDir
 from seemrl.training.trainer import StackedTrainer
 
-CRITIC_DROPOUT_REASON = "critic dropout draws its masks from CPU generators inside the step"
+CRITIC_DROPOUT_REASON = "critic dropout draws its masks from CPU generators inside the step"  # (V counts too)
 
 
 # ------------------------------------------------------------------ settings
@@ -202,12 +202,12 @@ class CriticTrainer(StackedTrainer):
                          cuda_graph=cfg.cuda_graph)
 
     def dropout_modules(self) -> tuple[nn.Module, ...]:
-        """The networks that may draw dropout masks inside the step."""
+        """The networks that may draw dropout masks inside the step (the critics' spec's)."""
         return self.nets.q1, self.nets.q2
 
     @property
     def graphable(self) -> bool:
-        return not self.cfg.critic.get("dropout", 0.0) > 0
+        return not any(m.dropout > 0 for m in self.dropout_modules())
 
     def not_graphable_reason(self) -> str:
         return CRITIC_DROPOUT_REASON

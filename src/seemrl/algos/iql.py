@@ -96,10 +96,6 @@ class IQLActor(nn.Module):
         self.net = net
         self.log_std = nn.Parameter(torch.zeros(net.n_seeds, 1, net.dims[-1])) if gaussian else None
 
-    @property
-    def dims(self) -> list[int]:
-        return self.net.dims
-
     def forward(self, obs_n: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mean) [S, B, act]."""
         return torch.tanh(self.net(obs_n))
@@ -139,7 +135,7 @@ def build_nets(cfg: IQLConfig, seeds: list[int], obs_dim: int, act_dim: int,
 def save_checkpoint(path: Path, nets: IQLNets, cfg: IQLConfig, seeds: list[int], step: int,
                     diverged_step: list[int | None]) -> None:
     save_offline_checkpoint(path, CHECKPOINT_FORMAT, nets, cfg, seeds, step, diverged_step,
-                            obs_dim=nets.value.dims[0], act_dim=nets.actor.dims[-1])
+                            obs_dim=nets.value.dims[0], act_dim=nets.actor.net.dims[-1])
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -186,13 +182,6 @@ class IQLTrainer(CriticTrainer):
 
     def dropout_modules(self) -> tuple[nn.Module, ...]:
         return self.nets.q1, self.nets.q2, self.nets.value
-
-    @property
-    def graphable(self) -> bool:
-        return not any(m.dropout > 0 for m in self.dropout_modules())
-
-    def not_graphable_reason(self) -> str:
-        return "critic / value dropout draws its masks from CPU generators inside the step"
 
     def actor_lr(self, it: int) -> float:
         """The actor learning rate of step it + 1."""

@@ -346,7 +346,8 @@ def load_run(run_dir: str | Path) -> RunOutputs:
     except (OSError, ValueError):
         n_params = None
     return RunOutputs(seem=seem, metrics=metrics, diverged_step=info.get("diverged_step"),
-                      labels={"run": str(run_dir), **info.get("labels", {})}, n_layers=len(hidden) + 1 if hidden else DEFAULT_N_LAYERS,
+                      labels={"run": str(run_dir), **info.get("labels", {})},
+                      n_layers=len(hidden) + 1 if hidden else DEFAULT_N_LAYERS,
                       optimizer=config.get("optimizer", "adam"), lr=config.get("critic_lr"),
                       n_params=n_params)
 

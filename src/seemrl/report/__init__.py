@@ -72,7 +72,8 @@ def merge_mean_std(df: pd.DataFrame, fmt: str = "{:.3g}") -> pd.DataFrame:
     out = df.copy()
     for col in [c[: -len("_mean")] for c in df.columns if c.endswith("_mean") and f"{c[:-5]}_std" in df.columns]:
         mean, std = out.pop(f"{col}_mean"), out.pop(f"{col}_std")
-        out[col] = [format_value(m, fmt) + ("" if pd.isna(s) else " ± " + format_value(s, fmt)) for m, s in zip(mean, std)]
+        out[col] = [format_value(m, fmt) + ("" if pd.isna(s) else " ± " + format_value(s, fmt))
+                    for m, s in zip(mean, std)]
     return out
 
 

@@ -61,7 +61,7 @@ class HomogeneityResult:
 def load_network(cfg: HomogeneityConfig) -> tuple[StackedMLP, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(module, params of one seed [float64], buffers of one seed, info)."""
     if cfg.checkpoint is not None:
-        from seemrl.algos.td3 import load_checkpoint
+        from seemrl.algos import load_checkpoint  # any algorithm's, by its format tag
 
         ckpt = load_checkpoint(cfg.checkpoint)
         net = ckpt.nets.q1
