@@ -96,10 +96,10 @@ def cmd_recipe_train(a: argparse.Namespace) -> None:
     device, _ = _job_device(a)
 
     def monitor(cfg):
-        from seemrl.train import Outputs, monitor
+        from seemrl.train import monitor
 
-        return monitor(Outputs("", "", "", progress=a.progress), [cfg.train_seed], cfg.sac_steps, "recipe_train",
-                       _labels(a), {"env_id": a.env_id, **cfg.to_dict()})
+        return monitor(a.progress, [cfg.train_seed], cfg.sac_steps, "recipe_train", _labels(a),
+                       {"env_id": a.env_id, **cfg.to_dict()})
 
     recipe_train_main(a.env_id, a.out, a.recipe, device=device, resume_dir=a.resume_dir,
                       resume_every_s=a.resume_every_s, monitor_factory=monitor)

@@ -37,13 +37,13 @@ class Outputs:
     progress: str | None = None
 
 
-def monitor(outputs: Outputs, seeds: list[int], total: int, job: str, labels: dict, config: dict):
-    """The job's `seemrl.training.tracking.Monitor`: its progress file and, if the workflow's
+def monitor(progress: str | None, seeds: list[int], total: int, job: str, labels: dict, config: dict):
+    """A job's `seemrl.training.tracking.Monitor`: its progress file and, if the workflow's
     `tracking:` says so, TensorBoard and W&B; named after its labels (dataset/percent/algo/norm)."""
     from seemrl.training.tracking import Monitor
 
     name = "/".join(f"{v}pct" if k == "percent" else v for k, v in labels.items()) or job
-    return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=outputs.progress)
+    return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=progress)
 
 
 def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 1):
@@ -141,7 +141,7 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
     log.info("training %s, %d seeds on %d transitions from %s, device %s, config %s", trainer, len(seeds), len(t),
              data_path, device, json.dumps(params, sort_keys=True))
     config = {"algorithm": trainer, **dataclasses.asdict(cfg)}
-    with monitor(outputs, seeds, cfg.steps, "train", labels, config) as mon:
+    with monitor(outputs.progress, seeds, cfg.steps, "train", labels, config) as mon:
         result = _train_with_outputs(functools.partial(algo.train, cfg, seeds, data, nets), outputs, resume,
                                      device=device, log=log.info, evaluate=evaluate, monitor=mon)
     _write_frames({outputs.metrics: result.metrics, outputs.evaluations: result.evaluations})
@@ -176,7 +176,7 @@ def train_online(cfg, params: dict, seeds: list[int], env_id: str, outputs: Outp
     log.info("online SAC on %s, seeds %s, device %s, config %s", env_id, seeds, device,
              json.dumps(params, sort_keys=True))
     config = {"algorithm": "online_sac", **dataclasses.asdict(cfg)}
-    with monitor(outputs, seeds, cfg.steps, "train_online", labels, config) as mon:
+    with monitor(outputs.progress, seeds, cfg.steps, "train_online", labels, config) as mon:
         result = _train_with_outputs(functools.partial(online_sac.train, cfg, seeds, env_id), outputs, resume,
                                      device=device, log=log.info, ref_min=ref_min, ref_max=ref_max, monitor=mon)
     _write_frames({outputs.metrics: result.metrics, outputs.evaluations: result.evaluations,
