@@ -137,8 +137,20 @@ def check_dataclass_fields(cls: type, values: Mapping, where: str) -> None:
     renamed = getattr(cls, "RENAMED", {})
     for key in values:
         if key in renamed and key not in dataclass_schema(cls)["properties"]:
-            raise ConfigError(f"config key {where}.{key}: renamed; write {renamed[key]} instead")
+            raise ConfigError(f"config key {where}.{key}: renamed; write {' and '.join(renamed[key])} instead")
     check_fields(dataclass_schema(cls), dict(values), where)
+
+
+def migrate(cls: type, values: Mapping) -> dict:
+    """`values` saved under former setting names (`cls.RENAMED`) with each value under the names
+    that replace it (a name given explicitly wins): how a checkpoint written before a rename loads."""
+    out = dict(values)
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old in out and old not in dataclass_schema(cls)["properties"]:
+            value = out.pop(old)
+            for name in new:
+                out.setdefault(name, value)
+    return out
 
 
 def build(cls: type, values: Mapping, where: str):

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from seemrl.config import migrate
 from seemrl.data.preparation import REWARD_TRANSFORMS
 from seemrl.training.devices import MATMUL_PRECISIONS
 from seemrl.training.loop import Checkpoint, LoopSettings, TrainResult, read_checkpoint, train_loop, write_checkpoint
@@ -77,8 +78,9 @@ class RunSettings:
     cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee"; CPU: always ieee
 
-    # a former setting name -> what replaces it; a config naming it is rejected with that message
-    RENAMED: ClassVar[dict[str, str]] = {}
+    # a former setting name -> the fields that replace it: a config naming it is rejected, naming
+    # them; a checkpoint saved with it loads (`seemrl.config.migrate`)
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __post_init__(self):
         check_at_least_one(self, ("steps", "checkpoint_every", "log_every"))
@@ -100,7 +102,7 @@ class OfflineConfig(RunSettings):
     normalize_states: bool = True  # standardise states with the dataset mean/std
     reward_transform: str = "none"  # data.preparation.REWARD_TRANSFORMS, applied before training
 
-    RENAMED: ClassVar[dict[str, str]] = {"reward_mode": "reward_transform"}
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {"reward_mode": ("reward_transform",)}
 
     def __post_init__(self):
         self.hidden, self.critic = tuple(self.hidden), dict(self.critic)  # given as list / mapping
@@ -239,7 +241,7 @@ def load_nets(path: str | Path, fmt: str, config_cls: type, build_nets: Callable
     """A checkpoint's payload, its config and its networks: `build_nets(cfg, seeds, obs_dim,
     act_dim, *payload[stats])` loaded with the saved weights of `modules`."""
     payload = read_checkpoint(path, fmt)
-    cfg = config_cls(**payload["config"])
+    cfg = config_cls(**migrate(config_cls, payload["config"]))  # saved before a rename: still loads
     nets = build_nets(cfg, payload["seeds"], payload["obs_dim"], payload["act_dim"], *(payload[k] for k in stats))
     for name in modules:
         getattr(nets, name).load_state_dict(payload[name])

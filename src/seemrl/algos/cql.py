@@ -76,7 +76,7 @@ class CQLConfig(OfflineConfig):
     cql_clip_diff_max: float | None = None  # upper clip of the same; None = none
     bc_steps: int = 0  # first steps with the BC actor loss alpha log pi - log pi(a_data|s) (CORL MuJoCo 0)
 
-    RENAMED = {**OfflineConfig.RENAMED, "policy_lr": "actor_lr"}
+    RENAMED = {**OfflineConfig.RENAMED, "policy_lr": ("actor_lr",)}
 
     def __post_init__(self):
         check_optimizer(self.optimizer)

@@ -81,7 +81,7 @@ class DiffQLConfig(OfflineConfig):
     eval_episodes: int = 10  # episodes per seed and evaluation (authors' AntMaze: 100 every 50k steps)
     eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
 
-    RENAMED = {**OfflineConfig.RENAMED, "lr": "actor_lr and critic_lr"}
+    RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
 
     def __post_init__(self):
         choices = {"lr_decay": LR_DECAY, "activation": tuple(ACTIVATIONS), "beta_schedule": BETA_SCHEDULES,

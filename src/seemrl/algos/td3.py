@@ -49,7 +49,7 @@ class TD3Config(OfflineConfig):
     alpha: float = 2.5  # actor loss is -(alpha / mean|Q|) * Q
     bc_weight: float = 0.0  # weight of the BC term (pi - a)^2; 0 in the SEEM setting
 
-    RENAMED = {**OfflineConfig.RENAMED, "lr": "actor_lr and critic_lr"}
+    RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
 
     def __post_init__(self):
         check_optimizer(self.optimizer)

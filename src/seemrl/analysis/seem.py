@@ -506,16 +506,17 @@ COSINE_KINDS = ("params", "ntk", "actions")
 
 def training_rewards(transitions, checkpoint_dir: str | Path) -> np.ndarray:
     """The rewards the run in `checkpoint_dir` trained on: its transition table
-    (`seemrl.data.transitions.Transitions`) prepared by the run's own config, as saved in its
-    checkpoints (`seemrl.data.preparation.prepare`: e.g. Diffusion-QL's x10, IQL's scaling).
-    Passed to `analyse_run`, the TD loss has the training's scale."""
+    (`seemrl.data.transitions.Transitions`) prepared by the run's own config, as its first
+    checkpoint holds it (`seemrl.data.preparation.prepare`: e.g. Diffusion-QL's x10, IQL's
+    scaling). Passed to `analyse_run`, the TD loss has the training's scale."""
+    import dataclasses
+
     from seemrl.data.preparation import prepare
-    from seemrl.training.loop import read_checkpoint
 
     paths = checkpoint_paths(checkpoint_dir)
     if not paths:
         raise FileNotFoundError(f"no checkpoints in {checkpoint_dir}")
-    return prepare(transitions, read_checkpoint(paths[0])["config"]).reward
+    return prepare(transitions, dataclasses.asdict(load_checkpoint(paths[0]).config)).reward
 
 
 def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], n_samples: int,
