@@ -541,7 +541,7 @@ def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], 
     the batch (paper Fig. 1); `cos_to_last_finite_*`: the same against the seed's last finite
     checkpoint (`last_finite_step`), which differs from the final one only for a seed that went
     non-finite (its `cos_to_final_*` are NaN); n_unique_samples, the distinct transitions in the
-    batch (see the module docstring).
+    batch (`docs/analysis.md`).
     """
     paths = checkpoint_paths(checkpoint_dir)
     if not paths:

@@ -220,7 +220,7 @@ def _register() -> None:
 
 
 def d4rl_ant_xml_text() -> str:
-    """Gymnasium's ant.xml with D4RL's AntMaze physics (see the module docstring)."""
+    """Gymnasium's ant.xml with D4RL's AntMaze physics (`docs/engine.md`, AntMaze)."""
     import gymnasium.envs.mujoco as mj
 
     tree = ET.parse(Path(mj.__file__).parent / "assets" / "ant.xml")
@@ -262,7 +262,7 @@ def _forget_maze_xml(env: gym.Env) -> None:
 
 
 class D4RLAntMaze(gym.Wrapper):
-    """D4RL's AntMaze evaluation env (module docstring) on a Gymnasium-Robotics maze.
+    """D4RL's AntMaze evaluation env (`docs/engine.md`) on a Gymnasium-Robotics maze.
 
     Observation: float64 [29] = qpos[:15] + qvel[:14] in D4RL's frame. Action: [-1, 1]^8, scaled
     to +-30 and clipped. Reward 1.0 and termination within D4RL_SUCCESS_RADIUS of the goal;
