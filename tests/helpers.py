@@ -53,8 +53,10 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
     """Run the project's Snakefile in `workdir` with `config` as its config/config.yaml."""
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    for name in ("datasets.yaml", "datasets.lock.json"):  # the registry and the checksum lock
+    # the registry, the checksum lock and the paper's numbers
+    for name in ("datasets.yaml", "datasets.lock.json", "paper/paper_results.yaml"):
         if not (workdir / "config" / name).exists():
+            (workdir / "config" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / "config" / name, workdir / "config" / name)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
@@ -71,7 +73,7 @@ def job_counts(output: str) -> dict[str, int]:
     if "Job stats:" not in output:
         assert "Nothing to be done" in output, output[-3000:]
         return {}
-    table = output.split("Job stats:")[1].split("total")[0]
+    table = re.split(r"^total\s+\d+", output.split("Job stats:")[1], maxsplit=1, flags=re.M)[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
@@ -95,10 +97,32 @@ PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, t
     "table1.yaml": ("all", 6 * 4, 6 * 4, 0, 0),
     "xpercent.yaml": ("all", 9 * 4 * 4 * 2, 9 * 4 * 4 * 2, 0, 0),
     "seem_figures.yaml": ("all", 5 * 2 * 2 + 5, 5 * 2 * 2 + 5, 0, 0),
-    "normalizations.yaml": ("all", 2 * 10 + 3 * 9, 2 * 10 + 3 * 9, 0, 0),
+    "normalizations.yaml": ("all", 2 * 10 + 3 * 9 + 4, 2 * 10 + 3 * 9 + 4, 0, 0),
     "ablation.yaml": ("all", 9 * 2 * 4, 9 * 2 * 4, 0, 0),
     "online_sac.yaml": ("all", 0, 0, 2 * 3, 0),
     "theory.yaml": ("all", 0, 0, 0, 4),
+}
+
+
+_OFFLINE = {"report_tables": 1, "predictions": 1, "claims": 1}
+_EVALUATED = {**_OFFLINE, "report_scores": 1}
+# config -> (report jobs, artefacts its dry run must name): what each paper config's report makes
+PAPER_REPORTS = {
+    "table1.yaml": ({**_EVALUATED, "plot_seem_q": 6, "plot_curves": 6, "paper_table": 1},
+                    ["results/report/tables/table1.md", "results/report/tables/table1.tex",
+                     "results/report/curves/antmaze-large-diverse-v0.png", "results/report/claims.md"]),
+    "xpercent.yaml": ({**_EVALUATED, "plot_seem_q": 9, "plot_curves": 9, "report_totals": 1, "plot_totals": 1},
+                      ["results/report/totals/fig8.png", "results/report/totals/fig8_tasks.png",
+                       "results/report/totals/fig8.pdf", "results/report/curves/hopper-medium-v2.png"]),
+    "seem_figures.yaml": ({**_OFFLINE, "plot_seem_q": 5, "plot_seem_vs_gamma": 1},
+                          ["results/report/seem_q/hopper-medium-v2.png", "results/report/seem_vs_gamma.png"]),
+    "normalizations.yaml": ({**_EVALUATED, "plot_seem_q": 7, "plot_curves": 4, "paper_table": 3},
+                            ["results/report/tables/table2.md", "results/report/tables/table4.md",
+                             "results/report/tables/table5.md", "results/report/seem_q/walker2d-medium-v2.png"]),
+    "ablation.yaml": ({**_EVALUATED, "plot_seem_q": 9, "plot_curves": 9, "report_totals": 1, "plot_totals": 1},
+                      ["results/report/totals/fig12.png"]),
+    "online_sac.yaml": ({"report_online": 1, "claims": 1}, ["results/report/online_sac.png", "results/report/claims.md"]),
+    "theory.yaml": ({"claims": 1}, ["results/report/claims.csv"]),
 }
 
 

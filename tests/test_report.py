@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seemrl.report import (merge_mean_std, plot_seem_and_q, seed_table, summary_table, to_markdown, write_table_csv,
-                           write_table_markdown)
+from seemrl.io import to_markdown
+from seemrl.report.plots.seem_q import plot_seem_and_q
+from seemrl.report.tables import merge_mean_std, seed_table, summary_table, write_table_csv, write_table_markdown
 
 torch.set_num_threads(1)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,7 +112,7 @@ def test_plot_failure_leaves_nothing(frames, tmp_path, monkeypatch):
 
 
 def test_evaluation_scores_join_the_seed_and_summary_tables():
-    from seemrl.report import evaluation_rows
+    from seemrl.report.tables import evaluation_rows
 
     frames = [fake_run("none", 1), fake_run("layernorm", 1)]
     labels = {"dataset": "hopper-medium", "percent": 1, "algo": "td3", "critic_norm": "layernorm"}
@@ -128,7 +129,7 @@ def test_evaluation_scores_join_the_seed_and_summary_tables():
 
 
 def test_seem_against_gamma_takes_each_seeds_final_and_maximum(tmp_path):
-    from seemrl.report import plot_seem_vs_gamma, seem_vs_gamma_frame
+    from seemrl.report.plots.seem_q import plot_seem_vs_gamma, seem_vs_gamma_frame
 
     def run(gamma_seem, norm):
         return pd.DataFrame({"step": [0, 10, 20] * 2, "seed": [0] * 3 + [1] * 3,

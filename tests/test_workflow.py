@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from helpers import DEFAULT_CONFIG, PAPER_CONFIGS, ROOT, TINY, job_counts, project_copy, snakemake
+from helpers import DEFAULT_CONFIG, PAPER_CONFIGS, PAPER_REPORTS, ROOT, TINY, job_counts, project_copy, snakemake
 
 def test_dry_run_job_counts_of_default_config(tmp_path):
     out = snakemake(tmp_path, DEFAULT_CONFIG, "-n").stdout
@@ -21,9 +21,13 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
     assert job_counts(out) == {
         "recipe_train": 1, "recipe_dataset": 1, "dataset_table": 1,
         "subset": len(exp["percents"]), "train": n_cells, "seem": n_cells,
-        "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1,
+        "report_tables": 1, "predictions": 1, "all": 1,
         "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1,
+        # the demo's report: scores, learning curves and SEEM/Q per dataset, the X% figure, claims
+        "report_scores": 1, "plot_curves": 1, "plot_seem_q": 1, "report_totals": 1, "plot_totals": 1, "claims": 1,
     }
+    # one gamma: no SEEM-vs-gamma figure; no paper table named
+    assert "seem_vs_gamma" not in out and "results/report/tables/" not in out
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
@@ -33,10 +37,18 @@ def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
     paper = yaml.safe_load((ROOT / "config" / "paper" / name).read_text())
     for key, value in paper.items():  # what Snakemake's --configfile does: a recursive update
         config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
-    counts = job_counts(snakemake(tmp_path, config, "-n", target).stdout)
+    out = snakemake(tmp_path, config, "-n", target).stdout
+    counts = job_counts(out)
     assert counts.get("train", 0) == n_train and counts.get("seem", 0) == n_seem
     assert counts.get("train_online", 0) == n_online
     assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory
+    # the dry run lists the artefacts the config's report makes, and no others
+    report_jobs, artefacts = PAPER_REPORTS[name]
+    report_rules = ("report_tables", "report_scores", "predictions", "claims", "paper_table", "report_totals",
+                    "plot_totals", "plot_curves", "plot_seem_q", "plot_seem_vs_gamma", "report_online")
+    assert {k: v for k, v in counts.items() if k in report_rules} == report_jobs
+    missing = [a for a in artefacts if a not in out]
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -123,12 +135,33 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     assert sorted(seem.seed.unique()) == [0, 1]
     assert seem["seem"].notna().all()
 
-    # report: one summary row per cell, the figure is a PNG
+    # report: one summary row per cell (percents in numeric order), the figures are PNGs
     summary = pd.read_csv(tmp_path / "results/report/summary.csv")
-    assert len(summary) == 4
-    assert (tmp_path / "results/report/seem_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "results/report/seem_vs_gamma.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(summary) == 4 and list(summary.percent) == [50, 50, 100, 100]
+    for figure in ("seem_q/hopper-demo.png", "curves/hopper-demo.png", "totals/xpercent.png",
+                   "totals/xpercent_tasks.png"):
+        assert (tmp_path / "results/report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert (tmp_path / "results/report/totals/xpercent.pdf").read_bytes()[:4] == b"%PDF"
+    assert not (tmp_path / "results/report/seem_vs_gamma.png").exists()  # one gamma: nothing to plot against
     assert (tmp_path / "results/report/summary.md").read_text().startswith("|")
+    # per-seed scores and the X% totals: 2 seeds x 4 cells; a total per (critic option, percent), LN's gain
+    scores = pd.read_csv(tmp_path / "results/report/scores.csv")
+    assert len(scores) == 8 and scores.last10_score.notna().all() and (scores.steps == 30).all()
+    totals = pd.read_csv(tmp_path / "results/report/totals/xpercent.csv")
+    assert sorted(zip(totals[totals.kind == "total"].critic_norm, totals[totals.kind == "total"].percent)) == [
+        ("ln", 50), ("ln", 100), ("none", 50), ("none", 100)]
+    one = scores[(scores.critic_norm == "ln") & (scores.percent == 50)].last10_score
+    assert totals[(totals.kind == "total") & (totals.critic_norm == "ln") & (totals.percent == 50)]["mean"].item() \
+        == pytest.approx(one.mean())
+    assert sorted(totals[totals.kind == "gain"].percent) == [50, 100]
+    # the claims report: every claim with a verdict, honest about the scale
+    claims = pd.read_csv(tmp_path / "results/report/claims.csv")
+    assert set(claims.verdict) <= {"holds", "does not hold", "not run here", "too few runs"}
+    assert claims.set_index("claim").loc["Online SAC without EMA diverges; LayerNorm fixes it", "verdict"] == \
+        "not run here"
+    assert (claims[claims.claim.str.startswith("LN lifts")].verdict == "too few runs").all()  # 2 seeds
+    text = (tmp_path / "results/report/claims.md").read_text()
+    assert "30 gradient steps" in text and "not whether the paper's numbers reproduce" in text
     predictions = pd.read_csv(tmp_path / "results/report/predictions.csv")
     assert len(predictions) == 4 * 2  # one row per (run, seed)
     assert "precision" in (tmp_path / "results/report/predictions.md").read_text()
@@ -153,7 +186,8 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     # a self-contained HTML report with every figure and its caption
     smk(TINY, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "seem_q.png" in html and "toy.png" in html and "Baird" in html
+    assert "hopper-demo.png" in html and "toy.png" in html and "Baird" in html and "claims.csv" in html
+    assert "2 seeds each; 30 gradient steps" in html  # captions say what ran
 
     # idempotent: a second run (tracking off: how jobs run) does nothing
     again = smk(TINY)
@@ -180,7 +214,8 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     changed = copy.deepcopy(TINY)
     changed["algorithms"]["td3_seem"]["critic_lr"] = 1e-3
     assert job_counts(smk(changed, "-n").stdout) == {
-        "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+        "train": 4, "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
 
     # a new dataset size re-collects data and retrains offline, but never reruns the SAC recipe
     resized = copy.deepcopy(TINY)
@@ -203,20 +238,30 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
             path.write_text(text)
             os.utime(path, (before.st_atime, before.st_mtime))
 
-    assert rerun_after_touching("report/__init__.py") == {"report_tables": 1, "report_figure": 1, "all": 1}
-    assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "all": 1}
+    # a plot's edit redraws that plot only; a table's recomputes what reads it
+    assert rerun_after_touching("report/plots/curves.py") == {"plot_curves": 1, "all": 1}
+    assert rerun_after_touching("report/plots/totals.py") == {"plot_totals": 1, "all": 1}
+    assert rerun_after_touching("report/plots/style.py") == {"plot_curves": 1, "plot_totals": 1, "plot_seem_q": 1,
+                                                             "all": 1}
+    assert rerun_after_touching("report/claims.py") == {"claims": 1, "all": 1}
+    assert rerun_after_touching("report/tables.py") == {
+        "report_tables": 1, "report_scores": 1, "report_totals": 1, "claims": 1, "plot_curves": 1, "plot_totals": 1,
+        "all": 1}
+    assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "claims": 1, "all": 1}
     assert rerun_after_touching("training/trainer.py") == {
-        "train": 4, "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+        "train": 4, "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
     assert rerun_after_touching("algos/iql.py") == {}  # another algorithm's file: no td3 job reruns
     assert rerun_after_touching("analysis/seem.py") == {
-        "seem": 4, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+        "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "claims": 1, "all": 1}
     assert "Nothing to be done" in smk(TINY, "-n").stdout  # the mtimes are back
 
     # one normalisation's parameter reruns that normalisation's training jobs and their dependents
     ln_changed = copy.deepcopy(TINY)
     ln_changed["critic_norms"]["ln"] = {**ln_changed["critic_norms"]["ln"], "affine": False}
     assert job_counts(smk(ln_changed, "-n").stdout) == {
-        "train": 2, "seem": 2, "report_tables": 1, "report_figure": 1, "predictions": 1, "all": 1}
+        "train": 2, "seem": 2, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
 
 
 @pytest.mark.slow

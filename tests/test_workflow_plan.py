@@ -70,3 +70,56 @@ def test_theory_flags_and_online_params(config):
     assert plan.theory_outputs()[0] == "results/theory/toy/toy_steps.parquet"
     assert json.loads(plan.online_params("no_ema")) == {"steps": 100, "tau": 1.0}
     assert plan.online_paths("run.json") == ["results/online/Hopper-v5/no_ema/run.json"]
+
+
+def test_report_outputs_follow_the_runs_and_the_report_spec(config):
+    plan = Plan(config, ROOT)
+    out = plan.report_outputs()
+    assert "results/report/curves/hopper-demo.png" in out and "results/report/totals/xpercent.pdf" in out
+    assert "results/report/claims.md" in out and "results/report/seem_vs_gamma.png" not in out  # one gamma
+    # no evaluation: no scores, curves, totals or tables; the SEEM report and the claims stay
+    config["algorithms"]["td3_seem"]["eval_every"] = 0
+    config["report"]["tables"] = {"table1": {"columns": {"IQL": {"algorithms": ["td3_*"]}}}}
+    out = Plan(config, ROOT).report_outputs()
+    assert not [o for o in out if "curves" in o or "totals" in o or "tables" in o or "scores" in o]
+    assert "results/report/seem_q/hopper-demo.png" in out and "results/report/claims.csv" in out
+
+
+def test_a_table_is_made_when_a_column_selects_a_run_and_names_a_paper_table(config):
+    config["report"]["tables"] = {"table1": {"columns": {"IQL": {"algorithms": ["td3_*"], "critic_norms": ["ln"]}}},
+                                  "table4": {"columns": {"LN": {"algorithms": ["nothing_*"]}}}}
+    plan = Plan(config, ROOT)
+    assert plan.report_tables() == ["table1"]  # table4 selects no run
+    assert json.loads(plan.report_artefact("tables", "table1"))["paper"] == "table1"
+    assert plan.caption("tables", "table1") == ("2 runs; 2 seeds each; 5,000 gradient steps; data: hopper-demo "
+                                                "(generated here by D4RL's recipe 'demo' (Hopper-v5, expert))")
+    config["report"]["tables"] = {"tabel1": {"columns": {"IQL": {}}}}
+    with pytest.raises(ValueError, match="report.tables.tabel1.paper: 'tabel1' is not in config/paper/"
+                                         "paper_results.yaml"):
+        Plan(config, ROOT)
+
+
+def test_a_figure_set_to_null_by_a_merged_config_is_not_made(config):
+    config["report"]["totals"] = {"xpercent": None, "mine": {"lines": {"TD3": {"algorithms": ["td3_seem"]}}}}
+    plan = Plan(config, ROOT)
+    assert plan.report_totals() == ["mine"]
+    assert "results/report/totals/mine.png" in plan.report_outputs()
+
+
+def test_seem_against_gamma_only_when_gamma_varies(config):
+    config["algorithms"]["td3_g"] = {**config["algorithms"]["td3_seem"], "gamma": 0.9}
+    config["experiment"]["algorithms"] = ["td3_seem", "td3_g"]
+    plan = Plan(config, ROOT)
+    assert plan.gamma_varies() and "results/report/seem_vs_gamma.png" in plan.report_outputs()
+
+
+def test_the_claims_report_reads_what_the_config_has(config):
+    inputs = Plan(config, ROOT).claims_inputs()
+    assert inputs["scores"] == ["results/report/scores.csv"] and inputs["paper"] == [
+        "config/paper/paper_results.yaml"]
+    assert len(inputs["theory"]) == 4 and inputs["online_metrics"] == []
+    config["experiment"]["algorithms"] = ["td3_seem"]
+    config["theory"], config["experiment"] = None, []
+    config["online"]["envs"] = ["Hopper-v5"]
+    inputs = Plan(config, ROOT).claims_inputs()
+    assert "scores" not in inputs and "seeds" not in inputs and len(inputs["online_metrics"]) == 3

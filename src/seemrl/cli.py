@@ -181,16 +181,21 @@ def cmd_train_online(a: argparse.Namespace) -> None:
 
 
 def cmd_report_online(a: argparse.Namespace) -> None:
-    import pandas as pd
 
-    from seemrl import report
+    from seemrl.report.plots.online import plot_online
 
     _setup()
+    plot_online(_online_metrics(a.metrics, a.runs), a.out)
+
+
+def _online_metrics(metrics_paths, run_paths):
+    import pandas as pd
+
     frames = []
-    for metrics_path, run_path in zip(a.metrics, a.runs, strict=True):
+    for metrics_path, run_path in zip(metrics_paths, run_paths, strict=True):
         labels = json.loads(Path(run_path).read_text())["labels"]
         frames.append(pd.read_parquet(metrics_path).assign(**labels))
-    report.plot_online(pd.concat(frames, ignore_index=True), a.out)
+    return pd.concat(frames, ignore_index=True)
 
 
 # ------------------------------------------------------------------ analysis and report
@@ -226,33 +231,135 @@ def _labelled_frames(seem_paths: list[str], run_paths: list[str]):
 
 
 def cmd_report_tables(a: argparse.Namespace) -> None:
-    from seemrl import report
+    from seemrl.report import tables
 
     _setup()
     import pandas as pd
 
     frames = _labelled_frames(a.seem, a.runs)
     runs = [json.loads(Path(p).read_text()) for p in a.runs]
-    scores = pd.DataFrame([row for run in runs for row in report.evaluation_rows(run["labels"], run.get("evaluation"))])
-    per_seed = report.seed_table(frames, scores=scores)
-    summary = report.summary_table(frames, scores=scores)
-    report.write_table_csv(per_seed, a.seeds)
-    report.write_table_csv(summary, a.summary)
-    report.write_table_markdown(summary, a.markdown)
+    scores = pd.DataFrame([row for run in runs for row in tables.evaluation_rows(run["labels"], run.get("evaluation"))])
+    per_seed = tables.sort_cells(tables.seed_table(frames, scores=scores))
+    summary = tables.summary_table(frames, scores=scores)
+    tables.write_table_csv(per_seed, a.seeds)
+    tables.write_table_csv(summary, a.summary)
+    tables.write_table_markdown(summary, a.markdown)
     log.info("summary:\n%s", summary.to_string())
 
 
-def cmd_report_figure(a: argparse.Namespace) -> None:
+def cmd_report_scores(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from seemrl import report
+    from seemrl.io import atomic_path
+    from seemrl.report import tables
 
     _setup()
-    frames = _labelled_frames(a.seem, a.runs)
-    report.plot_seem_and_q(pd.concat(frames, ignore_index=True), a.out)
-    if a.seem_vs_gamma:  # run.json holds the resolved config: every run names its gamma
-        gammas = [json.loads(Path(path).read_text())["config"]["gamma"] for path in a.runs]
-        report.plot_seem_vs_gamma(report.seem_vs_gamma_frame(frames, gammas), a.seem_vs_gamma)
+    rows, frames = [], []
+    for eval_path, run_path in zip(a.evaluations, a.runs, strict=True):
+        run, evaluations = json.loads(Path(run_path).read_text()), pd.read_parquet(eval_path)
+        rows += tables.score_rows(evaluations, run)
+        frames.append(evaluations.assign(**{k: run["labels"][k] for k in tables.CELL_COLUMNS}))
+    tables.write_table_csv(tables.scores_table(rows), a.scores)
+    with atomic_path(a.all_evaluations) as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+
+
+def _read_yaml(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text()) if path else {}
+
+
+def cmd_paper_table(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.io import write_text_atomic
+    from seemrl.report import tables
+
+    _setup()
+    spec, paper = json.loads(a.spec), _read_yaml(a.paper)
+    key = spec.get("paper") or a.name
+    if key not in (paper.get("tables") or {}):
+        raise SystemExit(f"paper-table: {key!r} is not a table of {a.paper}")
+    known = paper["tables"][key]
+    table = tables.paper_table(pd.read_csv(a.scores), a.name, spec, known)
+    display = tables.paper_table_display(table)
+    caption = tables.paper_table_caption(table, known.get("title", a.name), known.get("where", ""),
+                                         json.loads(a.sources))
+    tables.write_table_csv(table, a.csv)
+    write_text_atomic(a.markdown, f"## {known.get('title', a.name)}\n\n{caption}\n\n{tables.to_markdown(display)}\n")
+    tables.write_latex(display, a.latex, caption)
+    log.info("%s:\n%s", a.name, display.to_string())
+
+
+def cmd_report_totals(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.report import tables
+
+    _setup()
+    spec, paper = json.loads(a.spec), _read_yaml(a.paper)
+    points = ((paper.get("totals") or {}).get(spec.get("paper")) or {}).get("points", []) if spec.get("paper") else []
+    totals = tables.totals_table(pd.read_csv(a.scores), spec, points)
+    tables.write_table_csv(totals, a.out)
+    log.info("totals:\n%s", totals.to_string())
+
+
+def cmd_plot_totals(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.report.plots.totals import plot_task_totals, plot_totals
+
+    _setup()
+    totals = pd.read_csv(a.totals)
+    plot_totals(totals, a.out, title=Path(a.totals).stem)
+    plot_task_totals(totals, a.tasks)
+
+
+def cmd_plot_curves(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.report.plots.curves import plot_curves
+
+    _setup()
+    evaluations = pd.read_parquet(a.evaluations)
+    plot_curves(evaluations[evaluations["dataset"] == a.dataset], a.out, seeds=a.seeds, title=a.dataset)
+
+
+def cmd_plot_seem_q(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.report.plots.seem_q import plot_seem_and_q
+
+    _setup()
+    plot_seem_and_q(pd.concat(_labelled_frames(a.seem, a.runs), ignore_index=True), a.out)
+
+
+def cmd_plot_seem_gamma(a: argparse.Namespace) -> None:
+    from seemrl.report.plots.seem_q import plot_seem_vs_gamma, seem_vs_gamma_frame
+
+    _setup()  # run.json holds the resolved config: every run names its gamma
+    gammas = [json.loads(Path(path).read_text())["config"]["gamma"] for path in a.runs]
+    plot_seem_vs_gamma(seem_vs_gamma_frame(_labelled_frames(a.seem, a.runs), gammas), a.out)
+
+
+def cmd_report_claims(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.io import write_text_atomic
+    from seemrl.report import claims, tables
+
+    _setup()
+    read = lambda paths: pd.read_csv(paths[0]) if paths else None
+    ev = claims.Evidence(scores=read(a.scores), seeds=read(a.seeds), predictions=read(a.predictions),
+                         paper=_read_yaml(a.paper[0] if a.paper else None), spec=json.loads(a.spec),
+                         theory={Path(p).name: pd.read_csv(p) for p in a.theory or ()},
+                         online=_online_metrics(a.online_metrics, a.online_runs) if a.online_metrics else None,
+                         online_variants=json.loads(a.online_variants))
+    table = claims.claims_table(ev)
+    tables.write_table_csv(table, a.csv)
+    write_text_atomic(a.markdown, claims.claims_markdown(table, claims.scale_note(ev)))
+    log.info("claims:\n%s", table[["claim", "verdict"]].to_string())
 
 
 def cmd_predictions(a: argparse.Namespace) -> None:
@@ -262,7 +369,7 @@ def cmd_predictions(a: argparse.Namespace) -> None:
         summary_markdown,
     )
     from seemrl.io import write_text_atomic
-    from seemrl.report import write_table_csv
+    from seemrl.report.tables import write_table_csv
 
     _setup()
     table = predictions_table([load_run(d) for d in a.runs])
@@ -408,15 +515,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="finished jobs too")
     sp.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="refresh every SECONDS")
 
-    for name, fn in (("report-tables", cmd_report_tables), ("report-figure", cmd_report_figure)):
-        sp = add(name, fn, f"{name.split('-')[1]} from SEEM outputs")
+    sp = add("report-tables", cmd_report_tables, "SEEM summary per cell and per seed from SEEM outputs")
+    sp.add_argument("--seem", nargs="+", required=True)
+    sp.add_argument("--runs", nargs="+", required=True)
+    for flag in ("--summary", "--markdown", "--seeds"):
+        sp.add_argument(flag, required=True)
+    sp = add("report-scores", cmd_report_scores, "per-seed scores and all evaluations of the evaluated runs")
+    sp.add_argument("--evaluations", nargs="+", required=True)
+    sp.add_argument("--runs", nargs="+", required=True)
+    sp.add_argument("--scores", required=True)
+    sp.add_argument("--all-evaluations", required=True)
+    sp = add("paper-table", cmd_paper_table, "one of the paper's tables from the runs, its numbers beside ours")
+    for flag in ("--name", "--spec", "--sources", "--scores", "--paper", "--csv", "--markdown", "--latex"):
+        sp.add_argument(flag, required=True)
+    sp = add("report-totals", cmd_report_totals, "totals of the score over datasets per line, critic option, X%")
+    for flag in ("--spec", "--scores", "--out"):
+        sp.add_argument(flag, required=True)
+    sp.add_argument("--paper", help="the paper's numbers (YAML)")
+    sp = add("plot-totals", cmd_plot_totals, "figure of the totals against X% (Fig. 8/9, 12)")
+    sp.add_argument("--totals", required=True)
+    sp.add_argument("--out", nargs="+", required=True, help="one file per format (.png, .pdf)")
+    sp.add_argument("--tasks", required=True, help="per-task panels")
+    sp = add("plot-curves", cmd_plot_curves, "learning curves of one dataset")
+    for flag in ("--evaluations", "--dataset", "--out"):
+        sp.add_argument(flag, required=True)
+    sp.add_argument("--seeds", action="store_true", help="each seed as a thin line too")
+    for name, fn, what in (("plot-seem-q", cmd_plot_seem_q, "SEEM and Q over training (Fig. 1, 4, 6)"),
+                           ("plot-seem-gamma", cmd_plot_seem_gamma, "SEEM against gamma (Fig. 3 left)")):
+        sp = add(name, fn, what)
         sp.add_argument("--seem", nargs="+", required=True)
         sp.add_argument("--runs", nargs="+", required=True)
-    sub.choices["report-tables"].add_argument("--summary", required=True)
-    sub.choices["report-tables"].add_argument("--markdown", required=True)
-    sub.choices["report-tables"].add_argument("--seeds", required=True)
-    sub.choices["report-figure"].add_argument("--out", required=True)
-    sub.choices["report-figure"].add_argument("--seem-vs-gamma", help="also the figure of SEEM against gamma (Fig. 3 left)")
+        sp.add_argument("--out", required=True)
+    sp = add("report-claims", cmd_report_claims, "the paper's claims against the runs (CSV and Markdown)")
+    for flag in ("--scores", "--seeds", "--predictions", "--paper", "--theory", "--online-metrics", "--online-runs"):
+        sp.add_argument(flag, nargs="+", default=[])
+    sp.add_argument("--spec", default="{}", help="the config's report section (JSON)")
+    sp.add_argument("--online-variants", default="{}", help="the config's online variants (JSON)")
+    sp.add_argument("--csv", required=True)
+    sp.add_argument("--markdown", required=True)
     return p
 
 

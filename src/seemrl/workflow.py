@@ -25,8 +25,8 @@ ONLINE_RUN = "results/online/{env}/{variant}"
 # package modules every training job runs (besides its algorithm's file and algos/base.py)
 TRAINING_CODE = (*(f"training/{m}.py" for m in ("draws", "trainer", "loop", "nets", "evaluation", "antmaze", "resume",
                                                 "devices")), "data/preparation.py", "config.py", "train.py")
-REPORT_FILES = ("summary.csv", "summary.md", "seeds.csv", "seem_q.png", "seem_vs_gamma.png", "predictions.csv",
-                "predictions.md")
+# the report of every config with offline runs (results/report/); the rest depends on the runs
+REPORT_FILES = ("summary.csv", "summary.md", "seeds.csv", "predictions.csv", "predictions.md")
 # The theory experiments (seemrl.theory) write these into results/theory/<experiment>/
 THEORY_FILES = {
     "toy": ["toy_steps.parquet", "toy_summary.csv", "toy.png", "toy_meta.json"],
@@ -128,10 +128,12 @@ class Plan:
         check_dataclass_fields(OnlineSACConfig, online.get("settings") or {}, "online.settings")
         for name, variant in (online.get("variants") or {}).items():
             build(OnlineSACConfig, {**(online.get("settings") or {}), **variant}, f"online.variants.{name}")
+        self.resolved = {}  # (algo, norm) -> the Config its jobs train with
         for algo, norm in sorted({(c["algo"], c["norm"]) for c in self.cells()}):
-            build(trainer_module(config["algorithms"][algo]["trainer"]).Config,
-                  {**self.algorithm_fields(algo), "critic": config["critic_norms"][norm]},
-                  f"algorithms.{algo} (with critic_norms.{norm})")
+            self.resolved[algo, norm] = build(trainer_module(config["algorithms"][algo]["trainer"]).Config,
+                                              {**self.algorithm_fields(algo), "critic": config["critic_norms"][norm]},
+                                              f"algorithms.{algo} (with critic_norms.{norm})")
+        self.check_report()
 
     # -------------------------------------------------------------- the grid
     def cells(self) -> list[dict[str, str]]:
@@ -144,9 +146,155 @@ class Plan:
     def run_paths(self, name: str) -> list[str]:
         return [f"{RUN}/{name}".format(**c) for c in self.cells()]
 
+    # -------------------------------------------------------------- the report
+    def report_spec(self) -> dict:
+        """The config's `report` section; an artefact set to null (removed by a merged config) is left out."""
+        spec = dict(self.config.get("report") or {})
+        for kind in ("tables", "totals"):
+            spec[kind] = {k: v for k, v in (spec.get(kind) or {}).items() if v is not None}
+        return spec
+
+    def check_report(self) -> None:
+        """The report's tables name the paper's tables by key; say which key is wrong."""
+        spec = self.report_spec()
+        paper = self.paper_results()
+        for kind, known in (("tables", paper.get("tables") or {}), ("totals", paper.get("totals") or {})):
+            for name, artefact in (spec.get(kind) or {}).items():
+                key = artefact.get("paper", name if kind == "tables" else None)
+                if key is not None and key not in known:
+                    raise ValueError(f"config key report.{kind}.{name}.paper: {key!r} is not in "
+                                     f"{spec.get('paper_results')} (has {sorted(known)})")
+
+    def paper_results(self) -> dict:
+        path = self.report_spec().get("paper_results")
+        if not path:
+            return {}
+        try:
+            return yaml.safe_load(Path(path).read_text()) or {}  # like the registry: from the working directory
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"config key report.paper_results: cannot read {path}: {exc}")
+
+    def evaluated_cells(self) -> list[dict[str, str]]:
+        """Cells whose runs evaluate their policies (eval_every > 0): they have scores."""
+        return [c for c in self.cells() if self.resolved[c["algo"], c["norm"]].eval_every > 0]
+
+    def _matching(self, selector: dict, cells: list[dict]) -> list[dict]:
+        import fnmatch
+
+        def ok(patterns, value):
+            return patterns is None or any(fnmatch.fnmatchcase(value, str(p)) for p in patterns)
+        return [c for c in cells if ok(selector.get("algorithms"), c["algo"])
+                and ok(selector.get("critic_norms"), c["norm"]) and ok(selector.get("datasets"), c["dataset"])
+                and (selector.get("percents") is None or float(c["percent"]) in map(float, selector["percents"]))]
+
+    def report_tables(self) -> list[str]:
+        """The paper's tables the config names that at least one evaluated run fills."""
+        cells = self.evaluated_cells()
+        return [name for name, t in (self.report_spec().get("tables") or {}).items()
+                if any(self._matching(sel, cells) for sel in t["columns"].values())]
+
+    def report_totals(self) -> list[str]:
+        cells = self.evaluated_cells()
+        out = []
+        for name, t in (self.report_spec().get("totals") or {}).items():
+            base = {k: t[k] for k in ("datasets", "percents", "critic_norms") if k in t}
+            lines = t.get("lines") or {"all": {}}
+            if any(self._matching({**base, **sel}, cells) for sel in lines.values()):
+                out.append(name)
+        return out
+
+    def report_artefact(self, kind: str, name: str) -> str:
+        """One table's or figure's spec as JSON (its params: editing it reruns that artefact only)."""
+        spec = dict(self.report_spec()[kind][name])
+        spec.setdefault("paper", name if kind == "tables" else None)
+        return json.dumps(spec, sort_keys=True)
+
+    def dataset_sources(self) -> str:
+        """Where each dataset of the experiment comes from, in words, for the captions (JSON)."""
+        out = {}
+        for name in sorted({c["dataset"] for c in self.cells()}):
+            e = self.registry_entry(name)
+            out[name] = {"d4rl": f"D4RL file ({e.get('env_id', name)})", "minari": f"Minari {e.get('minari_id', name)}",
+                         "generate": f"generated here by D4RL's recipe '{e.get('recipe')}' ({e.get('env_id')}, "
+                                     f"{e.get('level')})"}.get(e["source"], e["source"])
+        return json.dumps(out, sort_keys=True)
+
+    def gamma_varies(self) -> bool:
+        return len({cfg.gamma for cfg in self.resolved.values()}) > 1
+
+    def datasets(self, evaluated: bool = False) -> list[str]:
+        cells = self.evaluated_cells() if evaluated else self.cells()
+        return sorted({c["dataset"] for c in cells})
+
+    def dataset_run_paths(self, dataset: str, name: str) -> list[str]:
+        return [f"{RUN}/{name}".format(**c) for c in self.cells() if c["dataset"] == dataset]
+
+    def evaluated_run_paths(self, name: str) -> list[str]:
+        return [f"{RUN}/{name}".format(**c) for c in self.evaluated_cells()]
+
     def report_outputs(self) -> list[str]:
-        """The report of the offline runs; none without training cells."""
-        return [f"results/report/{name}" for name in REPORT_FILES] if self.cells() else []
+        """Every artefact of the report the config's runs can fill (results/report/)."""
+        out = []
+        if self.cells():
+            out += [f"results/report/{name}" for name in REPORT_FILES]
+            out += [f"results/report/seem_q/{d}.png" for d in self.datasets()]
+            if self.gamma_varies():
+                out.append("results/report/seem_vs_gamma.png")
+        if self.evaluated_cells():
+            out.append("results/report/scores.csv")
+            out += [f"results/report/curves/{d}.png" for d in self.datasets(evaluated=True)]
+            out += [f"results/report/tables/{t}.{ext}" for t in self.report_tables() for ext in ("csv", "md", "tex")]
+            out += [f"results/report/totals/{f}{suffix}" for f in self.report_totals()
+                    for suffix in (".csv", ".png", ".pdf", "_tasks.png")]
+        if self.claims_wanted():
+            out += ["results/report/claims.csv", "results/report/claims.md"]
+        return out
+
+    def what_ran(self, cells: list[dict]) -> str:
+        """What a set of cells ran, in words (seeds, steps, data), for an artefact's caption."""
+        if not cells:
+            return "no runs"
+        seeds = sorted({len(self.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]]) for c in cells})
+        steps = sorted({self.resolved[c["algo"], c["norm"]].steps for c in cells})
+        sources = json.loads(self.dataset_sources())
+        data = sorted({f"{c['dataset']} ({sources[c['dataset']]})" for c in cells})
+        return (f"{len(cells)} runs; {'/'.join(map(str, seeds))} seeds each; "
+                f"{'/'.join(f'{s:,}' for s in steps)} gradient steps; data: {'; '.join(data)}")
+
+    def caption(self, kind: str, name: str) -> str:
+        """`what_ran` for one artefact: a table or totals figure by name, a dataset's figures."""
+        cells = self.evaluated_cells() if kind in ("tables", "totals", "curves") else self.cells()
+        if kind == "tables":
+            spec = self.report_spec()["tables"][name]
+            cells = [c for sel in spec["columns"].values() for c in self._matching(sel, cells)]
+        elif kind == "totals":
+            spec = self.report_spec()["totals"][name]
+            base = {k: spec[k] for k in ("datasets", "percents", "critic_norms") if k in spec}
+            lines = (spec.get("lines") or {"all": {}}).values()
+            cells = [c for sel in lines for c in self._matching({**base, **sel}, cells)]
+        elif kind in ("curves", "seem_q"):
+            cells = [c for c in cells if c["dataset"] == name]
+        unique = list({tuple(c.values()): c for c in cells}.values())
+        return self.what_ran(unique)
+
+    def claims_wanted(self) -> bool:
+        online = (self.config.get("online") or {}).get("envs")
+        return bool(self.cells() or online or self.config.get("theory"))
+
+    def claims_inputs(self) -> dict[str, list[str]]:
+        """What the claims report reads: whatever of the runs, theory and online SAC the config has."""
+        theory = self.config.get("theory") or {}
+        summaries = {"toy": "toy_summary.csv", "ntk_map": "ntk_map_summary.csv", "baird": "baird_summary.csv",
+                     "homogeneity": "homogeneity_table.csv"}
+        inputs = {"theory": [f"results/theory/{e}/{summaries[e]}" for e in theory],
+                  "online_metrics": self.online_paths("metrics.parquet"), "online_runs": self.online_paths("run.json")}
+        if self.cells():
+            inputs.update(seeds=["results/report/seeds.csv"], predictions=["results/report/predictions.csv"])
+        if self.evaluated_cells():
+            inputs["scores"] = ["results/report/scores.csv"]
+        if self.report_spec().get("paper_results"):
+            inputs["paper"] = [self.report_spec()["paper_results"]]
+        return inputs
 
     # -------------------------------------------------------------- params
     def algorithm_fields(self, algo: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 # What the rules share, as one-line wrappers over seemrl.workflow.Plan (unit-tested there): the
 # dataset registry and the experiment grid, the config checked against the code, the package
 # modules each rule runs, and the environment of every job. The rules live in their stage's file.
+import json
 import sys
 from pathlib import Path
 
@@ -68,6 +69,43 @@ def raw_dataset_input(wildcards):
 
 def report_outputs():
     return PLAN.report_outputs()
+
+
+def evaluated_run_paths(name):
+    return PLAN.evaluated_run_paths(name)
+
+
+def dataset_run_paths(dataset, name):
+    return PLAN.dataset_run_paths(dataset, name)
+
+
+def report_artefact(kind, name):
+    return PLAN.report_artefact(kind, name)
+
+
+def caption(kind, name):
+    return PLAN.caption(kind, name)
+
+
+def dataset_sources():
+    return PLAN.dataset_sources()
+
+
+def paper_results_file():
+    return (config.get("report") or {}).get("paper_results") or []
+
+
+def claims_inputs(wildcards):
+    return PLAN.claims_inputs()
+
+
+def claims_args(wildcards, input):
+    """The claims report's inputs as its command-line flags (each kind only when the config has it)."""
+    flags = []
+    for kind, files in PLAN.claims_inputs().items():
+        if files:
+            flags.append(f"--{kind.replace('_', '-')} " + " ".join(files))
+    return " ".join(flags)
 
 
 def online_params(wildcards):

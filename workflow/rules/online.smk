@@ -35,7 +35,7 @@ rule train_online:
 rule report_online:
     """The figure of the online SAC runs: Q and return over environment steps."""
     input:
-        code=code("report/__init__.py"),
+        code=code("report/plots/online.py", "report/plots/style.py"),
         metrics=online_paths("metrics.parquet"),
         runs=online_paths("run.json"),
     output:

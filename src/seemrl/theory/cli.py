@@ -187,7 +187,7 @@ def _write_outputs(out: Path, name: str, cfg, res, headline: dict, plot, tables:
     """An experiment's files: each table (file name -> frame, or (frame, keep_index); Parquet or
     CSV by suffix), the figure `<name>.png` and `<name>_meta.json`; returns the headline."""
     headline["seconds"] = round(res.seconds, 2)
-    from seemrl.report import write_table_csv
+    from seemrl.report.tables import write_table_csv
 
     for file, table in tables.items():
         df, index = table if isinstance(table, tuple) else (table, False)

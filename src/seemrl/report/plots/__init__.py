@@ -1,0 +1,1 @@
+"""One module per figure of the report; `style` gives every figure the same colours and scales."""
