@@ -104,7 +104,7 @@ PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, t
 }
 
 
-_OFFLINE = {"report_tables": 1, "predictions": 1, "claims": 1}
+_OFFLINE = {"report_tables": 1, "predictions": 1, "claims": 1, "plot_growth": 1}
 _EVALUATED = {**_OFFLINE, "report_scores": 1}
 # config -> (report jobs, artefacts its dry run must name): what each paper config's report makes
 PAPER_REPORTS = {

@@ -202,7 +202,7 @@ def test_antmaze_d4rl_file_fetched_trained_evaluated_analysed_and_reported(tmp_p
     dry = job_counts(snakemake(project, config, "-n", snakefile=snakefile).stdout)
     assert dry == {"fetch_d4rl": 1, "dataset_table": 1, "subset": 1, "train": 3, "seem": 3,
                    "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
-                   "paper_table": 1, "claims": 1, "all": 1}
+                   "paper_table": 1, "claims": 1, "plot_growth": 1, "all": 1}
     snakemake(project, config, snakefile=snakefile)
 
     # fetched from the server once, its checksum recorded in the lock

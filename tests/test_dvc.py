@@ -134,7 +134,7 @@ def test_dvc_round_trip_restored_outputs_are_up_to_date(tmp_path, env):
     changed["algorithms"]["td3_seem"]["critic_lr"] = 1e-3
     (clone / "config" / "config.yaml").write_text(yaml.safe_dump(changed))
     stale = {"train": 1, "seem": 1, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1,
-             "plot_curves": 1, "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
+             "plot_curves": 1, "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1, "all": 1}
     assert job_counts(run(clone, "snakemake", "-n", env=env).output) == stale
     # and the restore command refuses to mark outputs up to date for a config dvc.lock never saw
     refused = run(clone, "bash", "-c", RESTORE, env=env, check=False)

@@ -65,7 +65,8 @@ def partitions_of_profile() -> list[str]:
 def write_workdir(workdir: Path, config: dict) -> None:
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    for name in ("datasets.yaml", "datasets.lock.json"):
+    for name in ("datasets.yaml", "datasets.lock.json", "paper/paper_results.yaml"):
+        (workdir / "config" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "config" / name, workdir / "config" / name)
 
 

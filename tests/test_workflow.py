@@ -25,6 +25,7 @@ def test_dry_run_job_counts_of_default_config(tmp_path):
         "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1,
         # the demo's report: scores, learning curves and SEEM/Q per dataset, the X% figure, claims
         "report_scores": 1, "plot_curves": 1, "plot_seem_q": 1, "report_totals": 1, "plot_totals": 1, "claims": 1,
+        "plot_growth": 1,
     }
     # one gamma: no SEEM-vs-gamma figure; no paper table named
     assert "seem_vs_gamma" not in out and "results/report/tables/" not in out
@@ -44,8 +45,8 @@ def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
     assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory
     # the dry run lists the artefacts the config's report makes, and no others
     report_jobs, artefacts = PAPER_REPORTS[name]
-    report_rules = ("report_tables", "report_scores", "predictions", "claims", "paper_table", "report_totals",
-                    "plot_totals", "plot_curves", "plot_seem_q", "plot_seem_vs_gamma", "report_online")
+    report_rules = ("report_tables", "report_scores", "predictions", "claims", "plot_growth", "paper_table",
+                    "report_totals", "plot_totals", "plot_curves", "plot_seem_q", "plot_seem_vs_gamma", "report_online")
     assert {k: v for k, v in counts.items() if k in report_rules} == report_jobs
     missing = [a for a in artefacts if a not in out]
     assert not missing, missing
@@ -138,7 +139,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     # report: one summary row per cell (percents in numeric order), the figures are PNGs
     summary = pd.read_csv(tmp_path / "results/report/summary.csv")
     assert len(summary) == 4 and list(summary.percent) == [50, 50, 100, 100]
-    for figure in ("seem_q/hopper-demo.png", "curves/hopper-demo.png", "totals/xpercent.png",
+    for figure in ("seem_q/hopper-demo.png", "curves/hopper-demo.png", "totals/xpercent.png", "growth.png",
                    "totals/xpercent_tasks.png"):
         assert (tmp_path / "results/report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert (tmp_path / "results/report/totals/xpercent.pdf").read_bytes()[:4] == b"%PDF"
@@ -215,7 +216,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     changed["algorithms"]["td3_seem"]["critic_lr"] = 1e-3
     assert job_counts(smk(changed, "-n").stdout) == {
         "train": 4, "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
-        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1, "all": 1}
 
     # a new dataset size re-collects data and retrains offline, but never reruns the SAC recipe
     resized = copy.deepcopy(TINY)
@@ -242,18 +243,19 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     assert rerun_after_touching("report/plots/curves.py") == {"plot_curves": 1, "all": 1}
     assert rerun_after_touching("report/plots/totals.py") == {"plot_totals": 1, "all": 1}
     assert rerun_after_touching("report/plots/style.py") == {"plot_curves": 1, "plot_totals": 1, "plot_seem_q": 1,
-                                                             "all": 1}
+                                                             "plot_growth": 1, "all": 1}
     assert rerun_after_touching("report/claims.py") == {"claims": 1, "all": 1}
     assert rerun_after_touching("report/tables.py") == {
         "report_tables": 1, "report_scores": 1, "report_totals": 1, "claims": 1, "plot_curves": 1, "plot_totals": 1,
         "all": 1}
-    assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "claims": 1, "all": 1}
+    assert rerun_after_touching("analysis/predictions.py") == {"predictions": 1, "claims": 1, "plot_growth": 1,
+                                                               "all": 1}
     assert rerun_after_touching("training/trainer.py") == {
         "train": 4, "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
-        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1, "all": 1}
     assert rerun_after_touching("algos/iql.py") == {}  # another algorithm's file: no td3 job reruns
     assert rerun_after_touching("analysis/seem.py") == {
-        "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "claims": 1, "all": 1}
+        "seem": 4, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "claims": 1, "plot_growth": 1, "all": 1}
     assert "Nothing to be done" in smk(TINY, "-n").stdout  # the mtimes are back
 
     # one normalisation's parameter reruns that normalisation's training jobs and their dependents
@@ -261,7 +263,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     ln_changed["critic_norms"]["ln"] = {**ln_changed["critic_norms"]["ln"], "affine": False}
     assert job_counts(smk(ln_changed, "-n").stdout) == {
         "train": 2, "seem": 2, "report_tables": 1, "predictions": 1, "plot_seem_q": 1, "report_scores": 1, "plot_curves": 1,
-        "report_totals": 1, "plot_totals": 1, "claims": 1, "all": 1}
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1, "all": 1}
 
 
 @pytest.mark.slow

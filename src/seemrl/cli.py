@@ -243,7 +243,7 @@ def cmd_report_tables(a: argparse.Namespace) -> None:
     summary = tables.summary_table(frames, scores=scores)
     tables.write_table_csv(per_seed, a.seeds)
     tables.write_table_csv(summary, a.summary)
-    tables.write_table_markdown(summary, a.markdown)
+    tables.write_table_markdown(tables.merge_mean_std(summary), a.markdown)  # "mean ± std" per quantity
     log.info("summary:\n%s", summary.to_string())
 
 
@@ -333,6 +333,19 @@ def cmd_plot_seem_q(a: argparse.Namespace) -> None:
 
     _setup()
     plot_seem_and_q(pd.concat(_labelled_frames(a.seem, a.runs), ignore_index=True), a.out)
+
+
+def cmd_plot_growth(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from seemrl.report.plots.growth import plot_growth
+
+    _setup()
+    frames = []
+    for metrics_path, run_path in zip(a.metrics, a.runs, strict=True):
+        labels = json.loads(Path(run_path).read_text())["labels"]
+        frames.append(pd.read_parquet(metrics_path).assign(**labels))
+    plot_growth(pd.concat(frames, ignore_index=True), pd.read_csv(a.predictions), a.out)
 
 
 def cmd_plot_seem_gamma(a: argparse.Namespace) -> None:
@@ -546,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seem", nargs="+", required=True)
         sp.add_argument("--runs", nargs="+", required=True)
         sp.add_argument("--out", required=True)
+    sp = add("plot-growth", cmd_plot_growth, "growth of Q and the parameter norm after divergence (Fig. 4)")
+    sp.add_argument("--metrics", nargs="+", required=True)
+    sp.add_argument("--runs", nargs="+", required=True)
+    for flag in ("--predictions", "--out"):
+        sp.add_argument(flag, required=True)
     sp = add("report-claims", cmd_report_claims, "the paper's claims against the runs (CSV and Markdown)")
     for flag in ("--scores", "--seeds", "--predictions", "--paper", "--theory", "--online-metrics", "--online-runs"):
         sp.add_argument(flag, nargs="+", default=[])

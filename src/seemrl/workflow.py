@@ -237,7 +237,7 @@ class Plan:
         out = []
         if self.cells():
             out += [f"results/report/{name}" for name in REPORT_FILES]
-            out += [f"results/report/seem_q/{d}.png" for d in self.datasets()]
+            out += [f"results/report/seem_q/{d}.png" for d in self.datasets()] + ["results/report/growth.png"]
             if self.gamma_varies():
                 out.append("results/report/seem_vs_gamma.png")
         if self.evaluated_cells():

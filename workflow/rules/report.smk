@@ -142,6 +142,24 @@ rule plot_seem_q:
         "python -m seemrl plot-seem-q --seem {input.seem} --runs {input.runs} --out {output} > {log} 2>&1"
 
 
+rule plot_growth:
+    """Growth of |Q| and the critic's parameter norm after SEEM turns positive, per diverged seed (Fig. 4)."""
+    input:
+        code=code("report/plots/growth.py", "report/plots/style.py"),
+        predictions="results/report/predictions.csv",
+        metrics=run_paths("metrics.parquet"),
+        runs=run_paths("run.json"),
+    output:
+        report("results/report/growth.png", caption="../report/growth.rst", category="SEEM and Q"),
+    log:
+        "results/logs/plot_growth.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m seemrl plot-growth --metrics {input.metrics} --runs {input.runs}"
+        " --predictions {input.predictions} --out {output} > {log} 2>&1"
+
+
 rule plot_seem_vs_gamma:
     """Normalised SEEM against the discount factor (Fig. 3 left); made when the runs' gamma varies."""
     input:
