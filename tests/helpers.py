@@ -113,6 +113,7 @@ PAPER_REPORTS = {
                      "results/report/curves/antmaze-large-diverse-v0.png", "results/report/claims.md"]),
     "xpercent.yaml": ({**_EVALUATED, "plot_seem_q": 9, "plot_curves": 9, "report_totals": 1, "plot_totals": 1},
                       ["results/report/totals/fig8.png", "results/report/totals/fig8_tasks.png",
+                       "results/report/totals/fig8_profiles.png", "results/report/totals/fig8_profile.csv",
                        "results/report/totals/fig8.pdf", "results/report/curves/hopper-medium-v2.png"]),
     "seem_figures.yaml": ({**_OFFLINE, "plot_seem_q": 5, "plot_seem_vs_gamma": 1},
                           ["results/report/seem_q/hopper-medium-v2.png", "results/report/seem_vs_gamma.png"]),

@@ -104,6 +104,24 @@ def test_totals_sum_over_tasks_per_seed_and_pair_gains_by_seed():
     assert again[(again.kind == "total")].n_seeds.unique().tolist() == [4]
 
 
+def test_iqm_over_all_runs_with_a_stratified_interval_and_performance_profiles():
+    cells = {("hopper-medium-v2", 10, "cql", "none"): 10.0, ("walker2d-medium-v2", 10, "cql", "none"): 50.0}
+    scores = scores_frame(cells)  # runs: 10..14 and 50..54
+    totals = tables.totals_table(scores, {"lines": {"CQL": {"algorithms": ["cql"]}}})
+    row = totals[totals.kind == "iqm"].iloc[0]
+    pooled = np.sort(np.r_[np.arange(10, 15), np.arange(50, 55)].astype(float))
+    assert row["mean"] == pytest.approx(pooled[2:8].mean()) and row.n_tasks == 2 and row.n_seeds == 10
+    assert row.lo <= row["mean"] <= row.hi
+    # resampling within each task keeps 5 runs of each: the interval never reaches a task-only IQM
+    assert row.lo > 14.0 and row.hi < 50.0
+    # one run per task: nothing to resample, no interval
+    assert all(math.isnan(v) for v in tables.stratified_bootstrap_iqm([np.array([1.0]), np.array([2.0])]))
+    profile = tables.performance_profile(scores, {"lines": {"CQL": {"algorithms": ["cql"]}}})
+    at = profile.set_index("tau")["fraction"]
+    assert at.iloc[0] == 1.0 and at.iloc[-1] == 0.0 and at.is_monotonic_decreasing
+    assert profile.tau.max() == 54.0 and at[at.index > 14.0].iloc[0] == 0.5  # half the runs score above 14
+
+
 def test_selectors_globs_and_percents():
     scores = scores_frame({("a-v2", 10, "diffql_umaze", "ln"): 0.0, ("b-v2", 1, "td3bc", "none"): 0.0}, seeds=[0])
     assert tables.select(scores, {"algorithms": ["diffql_*"]}).tolist() == [True, False]

@@ -140,7 +140,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     summary = pd.read_csv(tmp_path / "results/report/summary.csv")
     assert len(summary) == 4 and list(summary.percent) == [50, 50, 100, 100]
     for figure in ("seem_q/hopper-demo.png", "curves/hopper-demo.png", "totals/xpercent.png", "growth.png",
-                   "totals/xpercent_tasks.png"):
+                   "totals/xpercent_tasks.png", "totals/xpercent_profiles.png"):
         assert (tmp_path / "results/report" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert (tmp_path / "results/report/totals/xpercent.pdf").read_bytes()[:4] == b"%PDF"
     assert not (tmp_path / "results/report/seem_vs_gamma.png").exists()  # one gamma: nothing to plot against

@@ -300,20 +300,23 @@ def cmd_report_totals(a: argparse.Namespace) -> None:
     _setup()
     spec, paper = json.loads(a.spec), _read_yaml(a.paper)
     points = ((paper.get("totals") or {}).get(spec.get("paper")) or {}).get("points", []) if spec.get("paper") else []
-    totals = tables.totals_table(pd.read_csv(a.scores), spec, points)
+    scores = pd.read_csv(a.scores)
+    totals = tables.totals_table(scores, spec, points)
     tables.write_table_csv(totals, a.out)
+    tables.write_table_csv(tables.performance_profile(scores, spec), a.profile)
     log.info("totals:\n%s", totals.to_string())
 
 
 def cmd_plot_totals(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from seemrl.report.plots.totals import plot_task_totals, plot_totals
+    from seemrl.report.plots.totals import plot_profiles, plot_task_totals, plot_totals
 
     _setup()
     totals = pd.read_csv(a.totals)
     plot_totals(totals, a.out, title=Path(a.totals).stem)
     plot_task_totals(totals, a.tasks)
+    plot_profiles(totals, pd.read_csv(a.profile), a.profiles)
 
 
 def cmd_plot_curves(a: argparse.Namespace) -> None:
@@ -544,11 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report-totals", cmd_report_totals, "totals of the score over datasets per line, critic option, X%")
     for flag in ("--spec", "--scores", "--out"):
         sp.add_argument(flag, required=True)
+    sp.add_argument("--profile", required=True, help="performance profiles (CSV)")
     sp.add_argument("--paper", help="the paper's numbers (YAML)")
     sp = add("plot-totals", cmd_plot_totals, "figure of the totals against X% (Fig. 8/9, 12)")
     sp.add_argument("--totals", required=True)
     sp.add_argument("--out", nargs="+", required=True, help="one file per format (.png, .pdf)")
     sp.add_argument("--tasks", required=True, help="per-task panels")
+    sp.add_argument("--profile", required=True, help="the performance profiles (CSV of report-totals)")
+    sp.add_argument("--profiles", required=True, help="their figure, with the IQM over all runs")
     sp = add("plot-curves", cmd_plot_curves, "learning curves of one dataset")
     for flag in ("--evaluations", "--dataset", "--out"):
         sp.add_argument(flag, required=True)

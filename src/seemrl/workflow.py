@@ -245,7 +245,7 @@ class Plan:
             out += [f"results/report/curves/{d}.png" for d in self.datasets(evaluated=True)]
             out += [f"results/report/tables/{t}.{ext}" for t in self.report_tables() for ext in ("csv", "md", "tex")]
             out += [f"results/report/totals/{f}{suffix}" for f in self.report_totals()
-                    for suffix in (".csv", ".png", ".pdf", "_tasks.png")]
+                    for suffix in (".csv", ".png", ".pdf", "_tasks.png", "_profile.csv", "_profiles.png")]
         if self.claims_wanted():
             out += ["results/report/claims.csv", "results/report/claims.md"]
         return out

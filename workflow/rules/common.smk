@@ -2,6 +2,7 @@
 # dataset registry and the experiment grid, the config checked against the code, the package
 # modules each rule runs, and the environment of every job. The rules live in their stage's file.
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def report_artefact(kind, name):
 
 def caption(kind, name):
     return PLAN.caption(kind, name)
+
+
+def artefact_pattern(kind):
+    """A wildcard constraint matching exactly the configured tables or figures (never empty)."""
+    names = PLAN.report_tables() if kind == "tables" else PLAN.report_totals()
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def dataset_sources():

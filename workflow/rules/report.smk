@@ -3,6 +3,12 @@
 # only its figure (showyourwork style). Plan.report_outputs() says which artefacts a config makes.
 
 
+wildcard_constraints:
+    # the configured names only: "fig8_profile.csv" is an output of figure fig8, never a figure of its own
+    figure=artefact_pattern("totals"),
+    table=artefact_pattern("tables"),
+
+
 rule report_tables:
     """Per-seed and per-cell SEEM summary of every run: divergence, SEEM, Q, norms, scores (CSV and Markdown)."""
     input:
@@ -71,7 +77,8 @@ rule report_totals:
         scores="results/report/scores.csv",
         paper=paper_results_file(),
     output:
-        "results/report/totals/{figure}.csv",
+        totals="results/report/totals/{figure}.csv",
+        profile="results/report/totals/{figure}_profile.csv",
     log:
         "results/logs/report_totals/{figure}.log",
     conda:
@@ -80,7 +87,7 @@ rule report_totals:
         spec=lambda wc: report_artefact("totals", wc.figure),
     shell:
         "python -m seemrl report-totals --spec '{params.spec}' --scores {input.scores} --paper {input.paper}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.totals} --profile {output.profile} > {log} 2>&1"
 
 
 rule plot_totals:
@@ -88,11 +95,15 @@ rule plot_totals:
     input:
         code=code("report/plots/totals.py", "report/plots/style.py"),
         totals="results/report/totals/{figure}.csv",
+        profile="results/report/totals/{figure}_profile.csv",
     output:
         png=report("results/report/totals/{figure}.png", caption="../report/totals.rst", category="Paper figures"),
         pdf="results/report/totals/{figure}.pdf",
         tasks=report(
             "results/report/totals/{figure}_tasks.png", caption="../report/totals.rst", category="Paper figures"
+        ),
+        profiles=report(
+            "results/report/totals/{figure}_profiles.png", caption="../report/profiles.rst", category="Paper figures"
         ),
     log:
         "results/logs/plot_totals/{figure}.log",
@@ -102,7 +113,7 @@ rule plot_totals:
         caption=lambda wc: caption("totals", wc.figure),
     shell:
         "python -m seemrl plot-totals --totals {input.totals} --out {output.png} {output.pdf}"
-        " --tasks {output.tasks} > {log} 2>&1"
+        " --tasks {output.tasks} --profile {input.profile} --profiles {output.profiles} > {log} 2>&1"
 
 
 rule plot_curves:

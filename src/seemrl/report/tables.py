@@ -167,6 +167,37 @@ def bootstrap_ci(values, stat=iqm, n: int = 2000, level: float = 0.95, seed: int
     return float(np.quantile(stats, (1 - level) / 2)), float(np.quantile(stats, (1 + level) / 2))
 
 
+def stratified_bootstrap_iqm(tasks: Sequence[np.ndarray], n: int = 2000, level: float = 0.95,
+                             seed: int = 0) -> tuple[float, float]:
+    """95% interval of the IQM over all runs of several tasks, resampling seeds within each task
+    (the stratified bootstrap of Agarwal et al. 2021); NaN when every task has one run or fewer."""
+    tasks = [np.asarray(t, float) for t in tasks if len(t)]
+    if not tasks or all(len(t) < 2 for t in tasks):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    pooled = np.concatenate([t[rng.integers(0, len(t), size=(n, len(t)))] for t in tasks], axis=1)
+    pooled.sort(axis=1)
+    k = int(0.25 * pooled.shape[1])
+    stats = pooled[:, k:pooled.shape[1] - k].mean(axis=1)
+    return float(np.quantile(stats, (1 - level) / 2)), float(np.quantile(stats, (1 + level) / 2))
+
+
+def performance_profile(scores: pd.DataFrame, spec: dict, points: int = 101) -> pd.DataFrame:
+    """Per line, critic option and percent: the fraction of runs (task x seed) whose last-10 score
+    exceeds tau, for tau from 0 to the largest score (a performance profile, Agarwal et al. 2021)."""
+    lines = spec.get("lines") or {str(a): {"algorithms": [str(a)]} for a in scores["algo"].unique()}
+    base = scores[select(scores, {k: v for k, v in spec.items() if k in ("datasets", "percents", "critic_norms")})]
+    values = base[f"last{LAST}_score"].dropna()
+    taus = np.linspace(0.0, max(float(values.max()), 1.0) if len(values) else 1.0, points)
+    rows = []
+    for label, selector in lines.items():
+        for (norm, percent), g in base[select(base, selector)].groupby(["critic_norm", "percent"], sort=True):
+            x = g[f"last{LAST}_score"].dropna().to_numpy(float)
+            rows += [{"line": label, "critic_norm": norm, "percent": percent, "tau": t,
+                      "fraction": float((x > t).mean()) if len(x) else math.nan} for t in taus]
+    return pd.DataFrame(rows, columns=["line", "critic_norm", "percent", "tau", "fraction"])
+
+
 def aggregate(values, prefix: str) -> dict[str, float]:
     """mean, std (NaN for one seed), IQM and its 95% bootstrap interval of per-seed values."""
     x = pd.to_numeric(pd.Series(values), errors="coerce").astype(float).replace([np.inf, -np.inf], np.nan).dropna()
@@ -307,7 +338,9 @@ def totals_table(scores: pd.DataFrame, spec: dict, paper_points: Sequence[dict] 
 
     - `total`: mean ± std over seeds of the per-seed total (seeds present in every task);
     - `task`: one dataset's mean ± std over seeds (the per-task panels);
-    - `gain`: a critic option minus `none` (paper Fig. 9), per-seed totals paired by seed.
+    - `gain`: a critic option minus `none` (paper Fig. 9), per-seed totals paired by seed;
+    - `iqm`: the interquartile mean over all runs (task x seed) with its stratified-bootstrap 95%
+      interval (`lo`, `hi`), the aggregate rigorous RL reporting uses today.
 
     The paper's total is beside a `total` row where it states one (`paper_points`).
     """
@@ -330,6 +363,14 @@ def totals_table(scores: pd.DataFrame, spec: dict, paper_points: Sequence[dict] 
             rows.append({"kind": "total", "line": label, "critic_norm": norm, "percent": percent, "dataset": "",
                          "n_tasks": wide.shape[1], "n_seeds": len(totals), "mean": totals.mean(),
                          "std": totals.std(), "paper": points.get((label, str(norm), float(percent)), math.nan)})
+    for label, selector in lines.items():  # the field's aggregate (rliable): IQM over all runs, stratified CI
+        sel = base[select(base, selector)]
+        for (norm, percent), g in sel.groupby(["critic_norm", "percent"], sort=False):
+            runs = [d[f"last{LAST}_score"].dropna().to_numpy(float) for _, d in g.groupby("dataset")]
+            lo, hi = stratified_bootstrap_iqm(runs)
+            rows.append({"kind": "iqm", "line": label, "critic_norm": norm, "percent": percent, "dataset": "",
+                         "n_tasks": len(runs), "n_seeds": int(sum(len(r) for r in runs)),
+                         "mean": iqm(np.concatenate(runs)) if runs else math.nan, "lo": lo, "hi": hi})
     for (label, norm, percent), (tasks, totals) in per_seed.items():
         if norm == "none" or (label, "none", percent) not in per_seed:
             continue
@@ -341,6 +382,6 @@ def totals_table(scores: pd.DataFrame, spec: dict, paper_points: Sequence[dict] 
         rows.append({"kind": "gain", "line": label, "critic_norm": norm, "percent": percent, "dataset": "",
                      "n_tasks": len(tasks), "n_seeds": len(diff), "mean": diff.mean(), "std": diff.std()})
     out = pd.DataFrame(rows, columns=["kind", "line", "critic_norm", "percent", "dataset", "n_tasks", "n_seeds",
-                                      "mean", "std", "paper"])
+                                      "mean", "std", "paper", "lo", "hi"])
     out["percent"] = pd.to_numeric(out["percent"])
     return out.sort_values(["kind", "line", "critic_norm", "percent", "dataset"], kind="stable").reset_index(drop=True)

@@ -1,11 +1,13 @@
 """Totals over tasks against X% (paper Fig. 8; Fig. 12 for the ablation chain) and the gain of
-each critic option over none (Fig. 9); per-task panels in a second file. Colour = line
-(algorithm), line style = critic option; the paper's stated totals as crosses."""
+each critic option over none (Fig. 9); per-task panels in a second file; performance profiles
+and the IQM over all runs in a third. Colour = line (algorithm), line style = critic option; the
+paper's stated totals as crosses."""
 from __future__ import annotations
 
 import math
 import os
 
+import numpy as np
 import pandas as pd
 
 from seemrl.report.plots.style import band, colour, figure, linestyle, save
@@ -74,4 +76,34 @@ def plot_task_totals(totals: pd.DataFrame, path: str | os.PathLike) -> None:
                 ax.legend(fontsize=7)
         for j in range(len(datasets), nrows * ncols):
             axes[j // ncols, j % ncols].axis("off")
+        save(fig, path)
+
+
+def plot_profiles(totals: pd.DataFrame, profile: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The field's aggregates (Agarwal et al. 2021): per X%, the performance profile (fraction of
+    runs scoring above tau) of each line and critic option; last panel, the IQM over all runs
+    against X% with its stratified-bootstrap 95% interval."""
+    percents = sorted(profile["percent"].unique(), key=float) if len(profile) else []
+    with figure(1, len(percents) + 1, 4.4, 3.6) as (fig, axes):
+        for c, percent in enumerate(percents):
+            ax = axes[0, c]
+            for (line, norm), g in profile[profile["percent"] == percent].groupby(["line", "critic_norm"], sort=True):
+                ax.plot(g["tau"], g["fraction"], color=colour(line), linestyle=linestyle(norm), label=f"{line}, {norm}")
+            ax.set_xlabel("normalised score tau (x100)")
+            ax.set_ylabel("fraction of runs with score > tau")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"performance profile, {float(percent):g}% of the transitions", fontsize=9)
+            if c == 0:
+                ax.legend(fontsize=7)
+        ax = axes[0, len(percents)]
+        iqm = totals[totals["kind"] == "iqm"]
+        for (line, norm), g in iqm.groupby(["line", "critic_norm"], sort=True):
+            g = g.sort_values("percent")
+            err = np.vstack([(g["mean"] - g["lo"]).fillna(0), (g["hi"] - g["mean"]).fillna(0)])
+            ax.errorbar(g["percent"], g["mean"], yerr=err, color=colour(line), linestyle=linestyle(norm), marker="o",
+                        capsize=3, label=f"{line}, {norm}")
+        if len(iqm):
+            _xscale(ax, iqm["percent"])
+        ax.set_ylabel("IQM of the normalised score (x100)")
+        ax.set_title("IQM over all runs, 95% stratified-bootstrap CI", fontsize=9)
         save(fig, path)
