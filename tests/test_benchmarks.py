@@ -14,6 +14,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
     # the cost table of the README: jobs from the config, GPU-hours from the measured rates, disk measured
     ("estimate_cost.py", ["table1.yaml", "theory.yaml"], "| table1.yaml | 24 | 0 | 15.7 | 0.5 | 11.4 |"),
+    ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--seeds", "1",
+                         "--hidden", "16", "16"], "| stacked online SAC engine (eager (CPU)) | 1 |"),
 ])
 def test_benchmark_runs_at_tiny_size(script, args, needle):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
