@@ -181,21 +181,12 @@ def cmd_train_online(a: argparse.Namespace) -> None:
 
 
 def cmd_report_online(a: argparse.Namespace) -> None:
+    import pandas as pd
 
     from seemrl.report.plots.online import plot_online
 
     _setup()
-    plot_online(_online_metrics(a.metrics, a.runs), a.out)
-
-
-def _online_metrics(metrics_paths, run_paths):
-    import pandas as pd
-
-    frames = []
-    for metrics_path, run_path in zip(metrics_paths, run_paths, strict=True):
-        labels = json.loads(Path(run_path).read_text())["labels"]
-        frames.append(pd.read_parquet(metrics_path).assign(**labels))
-    return pd.concat(frames, ignore_index=True)
+    plot_online(pd.concat(_labelled_frames(a.metrics, a.runs), ignore_index=True), a.out)
 
 
 # ------------------------------------------------------------------ analysis and report
@@ -215,19 +206,14 @@ def cmd_seem(a: argparse.Namespace) -> None:
     log.info("verdict per seed:\n%s", divergence_verdict(df).to_string())
 
 
-def _labelled_frames(seem_paths: list[str], run_paths: list[str]):
+def _labelled_frames(paths: list[str], run_paths: list[str]):
+    """Each run's Parquet table (SEEM, metrics) with the cell labels of its run.json added."""
     import pandas as pd
 
-    if len(seem_paths) != len(run_paths):
-        raise SystemExit("report: --seem and --runs must list the same runs in the same order")
-    frames = []
-    for seem_path, run_path in zip(seem_paths, run_paths):
-        labels = json.loads(Path(run_path).read_text())["labels"]
-        df = pd.read_parquet(seem_path)
-        for key, value in labels.items():
-            df[key] = value
-        frames.append(df)
-    return frames
+    if len(paths) != len(run_paths):
+        raise SystemExit("report: the tables and --runs must list the same runs in the same order")
+    return [pd.read_parquet(path).assign(**json.loads(Path(run_path).read_text())["labels"])
+            for path, run_path in zip(paths, run_paths)]
 
 
 def cmd_report_tables(a: argparse.Namespace) -> None:
@@ -344,11 +330,7 @@ def cmd_plot_growth(a: argparse.Namespace) -> None:
     from seemrl.report.plots.growth import plot_growth
 
     _setup()
-    frames = []
-    for metrics_path, run_path in zip(a.metrics, a.runs, strict=True):
-        labels = json.loads(Path(run_path).read_text())["labels"]
-        frames.append(pd.read_parquet(metrics_path).assign(**labels))
-    plot_growth(pd.concat(frames, ignore_index=True), pd.read_csv(a.predictions), a.out)
+    plot_growth(pd.concat(_labelled_frames(a.metrics, a.runs), ignore_index=True), pd.read_csv(a.predictions), a.out)
 
 
 def cmd_plot_seem_gamma(a: argparse.Namespace) -> None:
@@ -370,7 +352,8 @@ def cmd_report_claims(a: argparse.Namespace) -> None:
     ev = claims.Evidence(scores=read(a.scores), seeds=read(a.seeds), predictions=read(a.predictions),
                          paper=_read_yaml(a.paper[0] if a.paper else None), spec=json.loads(a.spec),
                          theory={Path(p).name: pd.read_csv(p) for p in a.theory or ()},
-                         online=_online_metrics(a.online_metrics, a.online_runs) if a.online_metrics else None,
+                         online=pd.concat(_labelled_frames(a.online_metrics, a.online_runs), ignore_index=True)
+                         if a.online_metrics else None,
                          online_variants=json.loads(a.online_variants))
     table = claims.claims_table(ev)
     tables.write_table_csv(table, a.csv)

@@ -179,13 +179,15 @@ class Plan:
         return [c for c in self.cells() if self.resolved[c["algo"], c["norm"]].eval_every > 0]
 
     def _matching(self, selector: dict, cells: list[dict]) -> list[dict]:
-        import fnmatch
+        """The cells a report selector picks (`seemrl.report.tables.select`, the rule the report applies)."""
+        import pandas as pd
 
-        def ok(patterns, value):
-            return patterns is None or any(fnmatch.fnmatchcase(value, str(p)) for p in patterns)
-        return [c for c in cells if ok(selector.get("algorithms"), c["algo"])
-                and ok(selector.get("critic_norms"), c["norm"]) and ok(selector.get("datasets"), c["dataset"])
-                and (selector.get("percents") is None or float(c["percent"]) in map(float, selector["percents"]))]
+        from seemrl.report.tables import select
+
+        if not cells:
+            return []
+        frame = pd.DataFrame(cells).rename(columns={"norm": "critic_norm"})
+        return [c for c, keep in zip(cells, select(frame, selector)) if keep]
 
     def report_tables(self) -> list[str]:
         """The paper's tables the config names that at least one evaluated run fills."""
