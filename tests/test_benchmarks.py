@@ -14,8 +14,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
     # the cost table of the README: jobs from the config, GPU-hours from the measured rates, disk measured
     ("estimate_cost.py", ["table1.yaml", "theory.yaml"], "| table1.yaml | 24 | 0 | 15.7 | 0.5 | 11.4 |"),
-    ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--seeds", "1",
-                         "--hidden", "16", "16"], "| stacked online SAC engine (eager (CPU)) | 1 |"),
+    ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--hidden", "16", "16",
+                         "--only", "plain", "recipe", "parallel", "--parallel", "Hopper-v5", "HalfCheetah-v5"],
+     "| recipe's SAC, 2 envs at once (threads, one stream each) | HalfCheetah-v5 | 300 |"),
 ])
 def test_benchmark_runs_at_tiny_size(script, args, needle):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,

@@ -79,6 +79,20 @@ def test_seed_among_others_matches_seed_alone(tmp_path, variant):
     assert not together.episodes[together.episodes.seed == 3]["return"].head(3).equals(ep_a["return"].head(3))
 
 
+def test_acting_before_the_update_is_one_update_behind(tmp_path):
+    """act_before_update: the action of step t+1 comes from the policy before update t. The
+    warm-up and the first policy action (before any update) are the same as acting after; the
+    second policy action differs, and the run goes on from there."""
+    runs = {}
+    for before in (False, True):
+        cfg = _cfg(steps=60, learning_starts=20, act_before_update=before)
+        runs[before] = osac.train(cfg, [5], ENV, tmp_path / str(before), log=quiet, record=True).transitions.arrays(0)
+    a, b = runs[False]["action"], runs[True]["action"]
+    np.testing.assert_array_equal(a[:21], b[:21])  # 20 uniform warm-up actions, then pi_0 in both
+    assert not np.array_equal(a[21], b[21])  # pi_1 (after update 1) against pi_0
+    np.testing.assert_array_equal(runs[False]["obs"][:22], runs[True]["obs"][:22])
+
+
 def test_same_seeds_same_result(tmp_path):
     cfg = _cfg(steps=120, learning_starts=20)
     ra = osac.train(cfg, [1, 2], ENV, tmp_path / "a", log=quiet)
@@ -318,22 +332,26 @@ def test_metrics_and_evaluations(tmp_path):
 
 
 # ------------------------------------------------------------------ resuming
-@pytest.mark.parametrize("extra", [dict(tau=0.005), dict(tau=1.0, critic={"norm": "layernorm"}, updates_per_step=2)])
+@pytest.mark.parametrize("extra", [dict(tau=0.005), dict(tau=1.0, critic={"norm": "layernorm"}, updates_per_step=2),
+                                   dict(tau=0.005, act_before_update=True)])
 def test_resume_after_a_checkpoint_continues_bitwise(tmp_path, monkeypatch, extra):
     cfg = _cfg(steps=220, learning_starts=40, checkpoint_every=90, log_every=30, eval_every=110, eval_episodes=1,
                **extra)
-    reference = osac.train(cfg, [0, 1], ENV, tmp_path / "ref", log=quiet)
+    reference = osac.train(cfg, [0, 1], ENV, tmp_path / "ref", log=quiet, record=True)
     resume = osac.ResumeDir(tmp_path / "resume", osac.run_identity(cfg, [0, 1], ENV))
     messages: list[str] = []
 
     def run(resume):  # the second run's messages only
         messages.clear()
-        return osac.train(cfg, [0, 1], ENV, tmp_path / "out", log=messages.append, resume=resume)
+        return osac.train(cfg, [0, 1], ENV, tmp_path / "out", log=messages.append, resume=resume, record=True)
 
     result = checks.killed_then_resumed(monkeypatch, run, resume)  # killed after its first resume state
     assert "resuming from step 90" in " ".join(messages) and result.resumed_from_step == 90
     for name in ("metrics", "episodes", "evaluations"):
         pd.testing.assert_frame_equal(getattr(result, name), getattr(reference, name), check_exact=True)
+    for i in range(2):  # every transition, the resumed part included
+        a, b = result.transitions.arrays(i), reference.transitions.arrays(i)
+        assert len(a["reward"]) == 220 and all(np.array_equal(a[k], b[k]) for k in a)
     assert result.diverged_step == reference.diverged_step
     ref_paths = checkpoint_paths(tmp_path / "ref")
     assert [p.name for p in ref_paths] == [p.name for p in checkpoint_paths(tmp_path / "out")]
@@ -445,7 +463,8 @@ def test_cuda_graph_equals_eager_on_cuda_and_state_round_trips(critic):
             replay.add(data[:, k])
         t = osac.SACTrainer(cfg, [0, 1, 2], osac.build_nets(cfg, [0, 1, 2], 11, 3), replay, "cuda")
         fused = ", LayerNorm + activation compiled into one kernel" if critic else ""
-        assert t.graphed == graph and t.mode == ("CUDA graph" if graph else "eager (cuda_graph=False)") + fused
+        assert t.graphed == graph
+        assert t.mode == ("CUDA graph" if graph else "eager (cuda_graph=False)") + fused + ", update compiled"
         return t
 
     def run(t: osac.SACTrainer, steps: range) -> list:

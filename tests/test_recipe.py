@@ -1,14 +1,16 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-import seemrl.generate.behaviour_sac as sac
+import seemrl.algos.online_sac as osac
 from seemrl.data.minari_source import collect_episodes, minari_to_transitions, use_minari_root
-from seemrl.generate.behaviour_sac import ReplayBuffer, SACAgent, split_episodes
-from seemrl.generate.recipe import (D4RL_REF_SCORES, LEVELS, RecipeConfig, build_level_dataset, level_dataset_id,
-                                    recipe_dataset_main, recipe_train_main, select_medium_snapshot)
+from seemrl.generate.behaviour_sac import ReplayBuffer, SACAgent, split_episodes, transitions_prefix
+from seemrl.generate.recipe import (D4RL_REF_SCORES, LEVELS, RecipeConfig, build_level_dataset, engine_agent,
+                                    evaluate_snapshots, level_dataset_id, recipe_dataset_main, recipe_train_main,
+                                    select_medium_snapshot)
 
 minari = pytest.importorskip("minari")
 
@@ -20,10 +22,10 @@ TINY = RecipeConfig(sac_steps=300, learning_starts=100, batch_size=32, hidden=(3
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    """Train once (capturing the SAC run to compare with), then build every level."""
+    """Train once (capturing the engine's SAC run to compare with), then build every level."""
     base = tmp_path_factory.mktemp("recipe")
     runs = []
-    real_run = sac.train_sac_run
+    real_run = osac.train
 
     def capture(*args, **kwargs):
         runs.append(real_run(*args, **kwargs))
@@ -34,7 +36,7 @@ def recipe(tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MINARI_DATASETS_PATH", str(base / "default-root"))  # keep ~/.minari clean
-            mp.setattr(sac, "train_sac_run", capture)
+            mp.setattr(osac, "train", capture)
             cfg_json = json.dumps(TINY.to_dict())
             report = recipe_train_main(ENV, base / "recipe", cfg_json, device="cpu")
             root = base / "minari"
@@ -135,8 +137,11 @@ def test_report_and_medium_choice(recipe):
     assert sorted(p.name for p in recipe["dir"].iterdir()) == [
         "expert.pt", "medium.pt", "medium_replay.npz", "recipe.json"]  # no temporaries left
     assert [s["step"] for s in report["snapshots"]] == [100, 200, 300]
-    assert report["expert"]["eval_return"] == run.agent.info["eval_return_mean"]
+    assert run.evaluations.empty  # no evaluation in the loop: the snapshots are evaluated afterwards
+    assert report["snapshot_eval"] == {"episodes": 1, "policy": "deterministic (tanh of the mean)", "device": "cpu"}
     assert report["expert"]["eval_return"] == report["snapshots"][-1]["eval_return"]
+    assert report["sac"]["act_before_update"] and report["sac"]["update_mode"] == "eager (CPU)"
+    assert report["sac"]["training_episodes"] == len(run.episodes) > 0
     candidates = report["snapshots"][:-1]
     target = report["expert"]["eval_return"] / 3
     assert report["medium"]["threshold"] == pytest.approx(target)
@@ -146,19 +151,52 @@ def test_report_and_medium_choice(recipe):
     sizes = {k: v["n_transitions"] for k, v in report["levels"].items()}
     assert sizes == {"random": 200, "medium": 200, "expert": 200, "medium-expert": 400,
                      "medium-replay": best["step"]}
-    # the saved policies are the final one and the chosen snapshot
-    medium = SACAgent.load(recipe["dir"] / "medium.pt")
-    assert medium.info["step"] == best["step"]
-    snap = next(s for s in run.snapshots if s.step == best["step"])
+    # the saved policies are the chosen snapshot and the final one, with their evaluations
+    medium, expert = (SACAgent.load(recipe["dir"] / f) for f in ("medium.pt", "expert.pt"))
+    assert medium.info["step"] == best["step"] and medium.info["eval_return_mean"] == best["eval_return"]
+    assert expert.info["step"] == 300 and expert.info["eval_return_mean"] == report["expert"]["eval_return"]
     obs = np.random.default_rng(0).normal(size=(8, 11))
-    np.testing.assert_array_equal(medium.act(obs, True), snap.agent.act(obs, True))
-    expert = SACAgent.load(recipe["dir"] / "expert.pt")
-    np.testing.assert_array_equal(expert.act(obs, True), run.agent.act(obs, True))
+    assert not np.array_equal(medium.act(obs, True), expert.act(obs, True))
+
+
+def test_engine_policy_as_the_recipe_agent(tmp_path):
+    """A checkpoint of the engine, saved as the recipe's agent, acts as the engine's policy:
+    the same deterministic action in the environment's box, the same sampled distribution."""
+    cfg = osac.OnlineSACConfig(steps=10, learning_starts=5, hidden=(16, 16))
+    low, high = np.array([-1.0, -2.0, 0.0]), np.array([1.0, 0.5, 3.0])
+    nets = osac.build_nets(cfg, [7], 11, 3, low, high)
+    osac.save_checkpoint(tmp_path / "c.pt", nets, cfg, [7], 10, [None], "Hopper-v5", torch.zeros(1))
+    agent = engine_agent(osac.load_checkpoint(tmp_path / "c.pt"), {"seed": 7, "step": 10})
+    agent.save(tmp_path / "a.pt")
+    loaded = SACAgent.load(tmp_path / "a.pt")
+    obs = torch.as_tensor(np.random.default_rng(0).normal(size=(64, 11)), dtype=torch.float32)
+    with torch.no_grad():
+        want = nets.env_action(nets.policy(obs[None]))[0].numpy()
+        eps = torch.randn(1, 64, 3, generator=torch.Generator().manual_seed(0))
+        sampled = nets.env_action(nets.sample(obs[None], eps)[0])[0].numpy()
+        got_sampled = loaded.actor(obs, torch.Generator().manual_seed(0))[0].numpy()
+    np.testing.assert_allclose(loaded.act(obs.numpy(), True), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_sampled, sampled, rtol=1e-5, atol=1e-5)
+
+
+def test_snapshot_evaluation_does_not_depend_on_the_worker_count(tmp_path):
+    cfg = osac.OnlineSACConfig(steps=60, learning_starts=20, hidden=(16, 16), batch_size=16, checkpoint_every=20,
+                               eval_every=0)
+    osac.train(cfg, [4], ENV, tmp_path / "checkpoints", log=lambda *_: None)
+    one = evaluate_snapshots(tmp_path / "checkpoints", ENV, 2, eval_seed=4, workers=1)
+    two = evaluate_snapshots(tmp_path / "checkpoints", ENV, 2, eval_seed=4, workers=2)
+    assert one == two and [step for step, _ in one] == [20, 40, 60]  # step 0 is no snapshot
+    assert all(len(r) == 2 for _, r in one) and len({tuple(r) for _, r in one}) == 3
+    # the engine's own evaluation of a checkpoint gives the same returns (same reset seeds)
+    ckpt = osac.load_checkpoint(tmp_path / "checkpoints" / "step_00000040.pt")
+    (direct,) = osac.evaluate(ckpt.nets, [4], ENV, 2, 4)
+    assert direct.returns == one[1][1]
 
 
 def test_medium_replay_is_the_buffer_prefix_in_valid_episodes(recipe):
     k = recipe["report"]["medium"]["step"]
-    buf = recipe["run"].buffer
+    buf = transitions_prefix(recipe["run"].transitions.arrays(0), recipe["run"].transitions.size[0])
+    buf = SimpleNamespace(**buf)
     t = transitions(recipe, "medium-replay")
     assert len(t) == k == recipe["report"]["medium_replay"]["n_transitions"]
     np.testing.assert_array_equal(t.obs, buf.obs[:k].astype(np.float32))

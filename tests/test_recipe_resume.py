@@ -90,7 +90,7 @@ def test_killed_recipe_then_a_failed_device_job_then_a_resume_gives_the_uninterr
     # change reruns nothing afterwards
     snakemake(work, _config("auto"), TARGET)
     log = (work / "results/logs/recipe_train/demo-Hopper-v5.log").read_text()
-    assert f"resumed from step {saved}" in log, log
+    assert f"resuming from step {saved}" in log, log
     assert not resume.exists()  # removed once the recipe is complete
     assert "Nothing to be done" in snakemake(work, _config("cpu"), TARGET, "-n").stdout
 

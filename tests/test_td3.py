@@ -161,3 +161,35 @@ def test_matmul_precision_is_scoped_and_validated():
     assert backend.fp32_precision == before
     with pytest.raises(ValueError, match="matmul_precision"):
         td3.TD3Config(matmul_precision="fp16")
+
+
+def test_matmul_precision_is_shared_by_overlapping_runs_and_never_mixed():
+    """Runs in threads of one process overlap their blocks: the first in sets the switch, the
+    last out restores it (no run flips it under another), and a different precision meanwhile
+    is an error."""
+    import threading
+
+    from seemrl.training.devices import matmul_precision
+
+    backend = torch.backends.cuda.matmul
+    before = backend.fp32_precision
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def other_run():
+        with matmul_precision("tf32"):
+            inside.set()
+            release.wait(10)
+            seen.append(backend.fp32_precision)
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    assert inside.wait(10)
+    with matmul_precision("tf32"):
+        pass  # leaving this block must not switch the other run back
+    assert backend.fp32_precision == "tf32"
+    with pytest.raises(RuntimeError, match="must share it"):
+        with matmul_precision("ieee"):
+            pass
+    release.set()
+    t.join(10)
+    assert seen == ["tf32"] and backend.fp32_precision == before

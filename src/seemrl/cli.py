@@ -102,7 +102,7 @@ def cmd_recipe_train(a: argparse.Namespace) -> None:
                        {"env_id": a.env_id, **cfg.to_dict()})
 
     recipe_train_main(a.env_id, a.out, a.recipe, device=device, resume_dir=a.resume_dir,
-                      resume_every_s=a.resume_every_s, monitor_factory=monitor)
+                      resume_every_s=a.resume_every_s, monitor_factory=monitor, eval_workers=a.eval_workers)
 
 
 def cmd_recipe_dataset(a: argparse.Namespace) -> None:
@@ -436,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "continued if it matches this recipe, deleted when the recipe completes")
     sp.add_argument("--resume-every-s", type=float, default=600.0,
                     help="seconds between saves of the SAC state (at snapshot steps)")
+    sp.add_argument("--eval-workers", type=int, default=1,
+                    help="CPU processes evaluating the snapshots after training (the numbers do not depend on it)")
     _device_args(sp)
     _progress_args(sp)
 

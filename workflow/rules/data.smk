@@ -42,14 +42,14 @@ rule fetch_minari:
 rule recipe_train:
     """D4RL's recipe, step 1: train the behaviour SAC online, with policy snapshots and the replay buffer."""
     input:
-        code=code("generate/recipe.py", "generate/behaviour_sac.py"),
+        code=code("generate/recipe.py", "generate/behaviour_sac.py", "algos/online_sac.py"),
     output:
         directory("resources/generated/{recipe}/{env_id}/training"),
     log:
         "results/logs/recipe_train/{recipe}-{env_id}.log",
     conda:
         CONDA_ENV_GPU
-    threads: 1
+    threads: 4  # the GPU trains; afterwards the snapshots are evaluated in this many CPU processes
     resources:
         gpu=1,
     params:
@@ -58,7 +58,7 @@ rule recipe_train:
         progress="results/logs/recipe_train/{recipe}-{env_id}.progress.json",
     shell:
         "python -m seemrl recipe-train --env-id {wildcards.env_id} --recipe '{params.recipe}'"
-        " --resume-dir {params.resume_dir} --progress {params.progress}"
+        " --resume-dir {params.resume_dir} --progress {params.progress} --eval-workers {threads}"
         " --label recipe={wildcards.recipe} --label env={wildcards.env_id} --out {output} > {log} 2>&1"
 
 

@@ -9,6 +9,7 @@ update runs on the training engine (a CUDA graph on a GPU); the environment loop
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,10 @@ from seemrl.algos.base import (CriticTrainer, RunSettings, check_at_least_one, c
 from seemrl.training import loop
 from seemrl.training.draws import Draw
 from seemrl.training.loop import train_loop, write_checkpoint
-from seemrl.training.nets import StackedMLP, seed_generators
+from seemrl.training.devices import matmul_precision
+from seemrl.training.nets import Compiled, StackedMLP, seed_generators
 from seemrl.training.resume import ResumeDir
-from seemrl.training.trainer import make_optimizer
+from seemrl.training.trainer import capture_graph, make_optimizer, warm_up
 
 if TYPE_CHECKING:  # gymnasium is imported where environments are used: the update runs without it
     import gymnasium as gym
@@ -44,6 +46,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # as seemrl.generate.behaviour_sac (not im
 # on the device: a draw that does not depend on the size (so it can be made ahead, and a captured
 # graph stays valid as the buffer grows), with a bias below size / 2^62.
 INDEX_RANGE = 2**62
+EXPLORE_ROWS = 1000  # environment steps of exploration noise drawn ahead at a time
 
 # The paper's Fig. 11 variants, as config overrides.
 FIG11_VARIANTS: dict[str, dict] = {
@@ -74,6 +77,8 @@ class OnlineSACConfig(RunSettings):
     checkpoint_every: int = 10_000  # environment steps between checkpoints (step 0 and the last included)
     log_every: int = 1_000  # environment steps between logged training metrics
     eval_every: int = 10_000  # environment steps between deterministic evaluations (and at the end); 0 = none
+    act_before_update: bool = False  # act for step t+1 with the policy before update t: the env step overlaps the update
+    compile_update: bool = True  # on CUDA, the update is torch.compile'd (fused pointwise kernels); ignored on CPU
 
     def __post_init__(self):
         self.hidden, self.critic = tuple(self.hidden), dict(self.critic)
@@ -194,14 +199,23 @@ class ReplayBuffers:
         self.data = torch.zeros(n_seeds, capacity, self.width, device=device)
         self.size = self.pos = 0
         self.size_t = torch.zeros((), dtype=torch.int64, device=device)
+        self.pos_t = torch.zeros(1, dtype=torch.int64, device=device)  # the write position, on the device
 
     def add(self, rows: torch.Tensor) -> None:
         """One transition per seed, rows [S, width]."""
-        self.data[:, self.pos] = rows.to(self.data.device)
+        self.store(rows.to(self.data.device))
+        self.count_added()
+
+    def store(self, rows: torch.Tensor) -> None:
+        """Write rows [S, width] (on the device) at the device-side position and advance it: no host
+        value is read, so a CUDA graph can capture it. `count_added()` keeps the host's count."""
+        self.data.index_copy_(1, self.pos_t, rows.unsqueeze(1))
+        self.pos_t.add_(1).remainder_(self.capacity)
+        self.size_t.add_(1).clamp_(max=self.capacity)
+
+    def count_added(self) -> None:
         self.pos = (self.pos + 1) % self.capacity
-        if self.size < self.capacity:
-            self.size += 1
-            self.size_t.fill_(self.size)
+        self.size = min(self.size + 1, self.capacity)
 
     def split(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """obs, action, reward, next_obs, not_done of rows [..., width]."""
@@ -215,6 +229,58 @@ class ReplayBuffers:
         self.size, self.pos = state["size"], state["pos"]
         self.data[:, :self.size].copy_(state["data"])
         self.size_t.fill_(self.size)
+        self.pos_t.fill_(self.pos)
+
+
+class NoiseWindow:
+    """Exploration noise of up to `rows` environment steps, drawn ahead from each seed's own CPU
+    generator into a device buffer [rows, S, act]; `take()` reads the row at a device-side counter,
+    so the acting step can be a CUDA graph. The same numbers on every device; a saved state
+    re-enters a window mid-way by redrawing it from the generators' states at its start."""
+
+    def __init__(self, generators: list[torch.Generator], act_dim: int, rows: int, device):
+        self.gens, self.act_dim, self.rows = generators, act_dim, rows
+        self.buf = torch.zeros(rows, len(generators), act_dim, device=device)
+        self.ptr = torch.zeros(1, dtype=torch.int64, device=device)
+        self.size = self.used = 0
+        self.snapshot: list[torch.Tensor] | None = None  # generator states at the window's start
+
+    def refill(self, rows: int | None = None) -> None:
+        w = self.rows if rows is None else rows
+        self.snapshot = [g.get_state() for g in self.gens]
+        draws = torch.stack([torch.randn(w, self.act_dim, generator=g) for g in self.gens], 1)
+        self.buf[:w].copy_(draws)
+        self.ptr.zero_()
+        self.size, self.used = w, 0
+
+    def ensure(self) -> None:
+        """Host side, before a `take()`: a fresh window once this one is used up."""
+        if self.used == self.size:
+            self.refill()
+
+    def take(self) -> torch.Tensor:
+        """This step's noise [S, act]; advances the device counter (the caller counts `used`)."""
+        out = self.buf.index_select(0, self.ptr)[0]
+        self.ptr.add_(1)
+        return out
+
+    def state_dict(self) -> dict:
+        if self.snapshot is None or self.used == self.size:
+            return {"generators": [g.get_state() for g in self.gens]}
+        return {"snapshot": self.snapshot, "size": self.size, "used": self.used}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generators" in state:
+            for g, g_state in zip(self.gens, state["generators"], strict=True):
+                g.set_state(g_state)
+            self.size = self.used = 0
+            self.snapshot = None
+            return
+        for g, g_state in zip(self.gens, state["snapshot"], strict=True):
+            g.set_state(g_state)
+        self.refill(state["size"])
+        self.used = state["used"]
+        self.ptr.fill_(self.used)
 
 
 # ------------------------------------------------------------------ the update
@@ -261,9 +327,18 @@ class SACTrainer(CriticTrainer):
                                      weight_decay=critic_weight_decay(cfg.critic)),
             "alpha": make_optimizer("adam", [self.temperature.log_alpha], cfg.alpha_lr, self.device),
         }
-        self.explore_gens = seed_generators(self.seeds, STREAM_EXPLORE)
         self.seed_index = torch.arange(self.S, device=self.device)[:, None]
+        # acting: exploration noise drawn ahead, static input and output (a CUDA graph when graphed)
+        self.noise = NoiseWindow(seed_generators(self.seeds, STREAM_EXPLORE), self.act_dim, EXPLORE_ROWS, self.device)
+        self.act_obs = torch.zeros(self.S, 1, nets.actor.dims[0], device=self.device)
+        self.act_out = torch.zeros(self.S, self.act_dim, device=self.device)
+        self._act_graph: torch.cuda.CUDAGraph | None = None
+        compiled = self.device.type == "cuda" and cfg.compile_update
+        if compiled:  # an instance attribute: the engine calls self._update
+            self._update = Compiled(self._update, "the SAC update")
         self.finish_setup()
+        if compiled:
+            self.mode += ", update compiled"
 
     @property
     def log_alpha(self) -> torch.Tensor:
@@ -276,13 +351,32 @@ class SACTrainer(CriticTrainer):
                 Draw("noise", "normal", (2, B, A), STREAM_NOISE)]  # [0]: a' at s', [1]: pi(s) of the actor loss
 
     # ------------------------------------------------------------------ acting
+    def act(self) -> None:
+        """Sampled actions in [-1, 1] for the states in `act_obs` [S, 1, obs], into `act_out` [S, act];
+        one row of each seed's exploration noise. Asynchronous on a GPU (a CUDA graph when graphed)."""
+        self.noise.ensure()
+        with matmul_precision(self.matmul_precision):
+            if self.graphed:
+                if self._act_graph is None:
+                    with torch.no_grad():  # warm-up on a side stream (no state changes), then capture
+                        warm_up(lambda: self.nets.sample(self.act_obs, torch.zeros_like(self.act_out)[:, None]),
+                                self.device)
+                    self._act_graph = capture_graph(self._act)
+                self._act_graph.replay()
+            else:
+                self._act()
+        self.noise.used += 1
+
     @torch.no_grad()
+    def _act(self) -> None:
+        action, _ = self.nets.sample(self.act_obs, self.noise.take()[:, None])
+        self.act_out.copy_(action[:, 0])
+
     def explore(self, obs: np.ndarray) -> np.ndarray:
         """Sampled actions [S, act] in [-1, 1] for states [S, obs] (noise: each seed's own stream)."""
-        eps = torch.stack([torch.randn(1, self.act_dim, generator=g) for g in self.explore_gens])
-        x = torch.as_tensor(obs, dtype=torch.float32).to(self.device).unsqueeze(1)
-        action, _ = self.nets.sample(x, eps.to(self.device))
-        return action[:, 0].cpu().numpy()
+        self.act_obs.copy_(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(1))
+        self.act()
+        return self.act_out.cpu().numpy()
 
     # ------------------------------------------------------------------ the update
     def _update(self, draws: dict[str, torch.Tensor], kind, grad_norm: bool,
@@ -341,11 +435,10 @@ class SACTrainer(CriticTrainer):
 
     # ------------------------------------------------------------------ state beyond the engine's
     def extra_state(self) -> dict:
-        return {"explore_gens": [g.get_state() for g in self.explore_gens], **super().extra_state()}
+        return {"explore_noise": self.noise.state_dict(), **super().extra_state()}
 
     def load_extra_state(self, state: dict) -> None:
-        for g, g_state in zip(self.explore_gens, state["explore_gens"], strict=True):
-            g.set_state(g_state)
+        self.noise.load_state_dict(state["explore_noise"])
         super().load_extra_state(state)
 
 
@@ -416,6 +509,43 @@ def evaluate(nets: SACNets, seeds: list[int], env_id: str, n_episodes: int, eval
     return evaluate_policies(_EnvPolicy(nets), seeds, env_id, n_episodes, eval_seed, ref_min, ref_max)
 
 
+class TransitionRecord:
+    """Every transition of every seed in collection order, on the host: observations in the
+    environment's dtype, actions in its box, terminated and truncated apart (`arrays(i)`)."""
+
+    ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+    def __init__(self, n_seeds: int, capacity: int, obs_dim: int, act_dim: int, obs_dtype):
+        self.obs = np.zeros((n_seeds, capacity, obs_dim), obs_dtype)
+        self.action = np.zeros((n_seeds, capacity, act_dim), np.float32)
+        self.reward = np.zeros((n_seeds, capacity), np.float32)
+        self.next_obs = np.zeros_like(self.obs)
+        self.terminated = np.zeros((n_seeds, capacity), bool)
+        self.truncated = np.zeros((n_seeds, capacity), bool)
+        self.size = np.zeros(n_seeds, np.int64)
+
+    def add(self, i: int, obs, action, reward, next_obs, terminated: bool, truncated: bool) -> None:
+        k = self.size[i]
+        self.obs[i, k], self.action[i, k], self.reward[i, k], self.next_obs[i, k] = obs, action, reward, next_obs
+        self.terminated[i, k], self.truncated[i, k] = terminated, truncated
+        self.size[i] = k + 1
+
+    def arrays(self, i: int) -> dict[str, np.ndarray]:
+        """Seed i's transitions so far (views)."""
+        return {name: getattr(self, name)[i, :self.size[i]] for name in self.ARRAYS}
+
+    def state_dict(self) -> dict:
+        n = int(self.size.max(initial=0))
+        return {"size": torch.from_numpy(self.size.copy()),
+                **{name: torch.from_numpy(getattr(self, name)[:, :n].copy()) for name in self.ARRAYS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size = state["size"].numpy().copy()
+        for name in self.ARRAYS:
+            v = state[name].numpy()
+            getattr(self, name)[:, :v.shape[1]] = v
+
+
 # ------------------------------------------------------------------ training loop
 @dataclass
 class TrainResult:
@@ -428,6 +558,7 @@ class TrainResult:
     wall_seconds: float
     resumed_from_step: int | None = None
     update_mode: str = ""
+    transitions: TransitionRecord | None = None  # every transition, when train(record=True)
 
 
 def run_identity(cfg: OnlineSACConfig, seeds: list[int], env_id: str) -> dict:
@@ -447,18 +578,24 @@ _INT_METRICS = {"updates": "int64", "episodes": "int64", "nonfinite_actions": "i
 class OnlineRun:
     """The online loop's step for `seemrl.training.loop.train_loop`: one environment step of every seed
     (uniform warm-up actions, then the stochastic policy), its transitions stored, then
-    `cfg.updates_per_step` updates of the `SACTrainer`.
+    `cfg.updates_per_step` updates of the `SACTrainer`, then the action of the next step (or, with
+    `cfg.act_before_update`, that action before the updates, so the environment steps on the host
+    while the GPU updates).
 
-    It offers what `train_loop` asks of a trainer (`seeds`, `mode`, `step(grad_norm)`,
+    On a GPU a step costs the host a few launches: the transitions and next states go through one
+    pinned buffer, storing them and acting are CUDA graphs, and the host waits only for the
+    action. It offers what `train_loop` asks of a trainer (`seeds`, `mode`, `step(grad_norm)`,
     `first_nonfinite_steps()` in environment steps, `state_dict()` / `load_state_dict()`, here
-    with the replay buffers, environments, warm-up generators and episode records) and
-    `log_values()`, the per-seed values of a logged step that are not the update's outputs.
+    with the replay buffers, environments, warm-up generators, the next action and episode
+    records) and `log_values()`, the per-seed values of a logged step that are not the update's
+    outputs. With `record` it also keeps every seed's transitions on the host, observations in
+    the environment's dtype (`transitions()`), for exporting them as a dataset.
     """
 
-    def __init__(self, cfg: OnlineSACConfig, envs: list, trainer: SACTrainer):
+    def __init__(self, cfg: OnlineSACConfig, envs: list, trainer: SACTrainer, record: bool = False):
         self.cfg, self.envs, self.trainer = cfg, envs, trainer
         self.seeds, self.mode, self.nets, self.replay = trainer.seeds, trainer.mode, trainer.nets, trainer.replay
-        S = len(self.seeds)
+        S, device = len(self.seeds), trainer.device
         self.scale = (self.nets.action_high - self.nets.action_low).cpu().double().numpy() / 2
         self.low = self.nets.action_low.cpu().double().numpy()
         self.warmup_gens = seed_generators(self.seeds, STREAM_WARMUP)
@@ -469,25 +606,40 @@ class OnlineRun:
         self.last_return, self.n_episodes = np.full(S, math.nan), np.zeros(S, np.int64)
         self.nonfinite = np.zeros(S, np.int64)
         self.episode_rows: list[dict] = []
+        self.next_action: np.ndarray | None = None  # the policy's action for the next step, once past the warm-up
+        # host <-> device: [transition | state to act on] per seed, and the action back
+        cuda = device.type == "cuda"
+        width, obs_dim = self.replay.width, self.obs.shape[1]
+        self.io = torch.zeros(S, width + obs_dim, pin_memory=cuda)
+        self.io_np = self.io.numpy()
+        self.io_dev = torch.zeros_like(self.io, device=device) if cuda else self.io
+        self.action_host = torch.zeros(S, self.nets.act_dim, pin_memory=cuda)
+        self.done_event = torch.cuda.Event() if cuda else None
+        self._stage_graph: torch.cuda.CUDAGraph | None = None
+        self.record = TransitionRecord(S, cfg.steps, obs_dim, self.nets.act_dim, self.obs.dtype) if record else None
 
     def step(self, grad_norm: bool = False) -> dict[str, torch.Tensor]:
-        cfg, trainer, nets, replay = self.cfg, self.trainer, self.nets, self.replay
+        cfg, trainer, replay = self.cfg, self.trainer, self.replay
         self.env_step = step = self.env_step + 1
         # ---- act: uniform in the warm-up, then the stochastic policy; each seed from its own stream
         if step <= cfg.learning_starts:
-            action = torch.stack([torch.rand(nets.act_dim, generator=g) for g in self.warmup_gens]).mul_(2).sub_(1).numpy()
+            action = torch.stack([torch.rand(self.nets.act_dim, generator=g) for g in self.warmup_gens]).mul_(2).sub_(1).numpy()
         else:
-            action = trainer.explore(self.obs)
+            action = self.next_action
         bad = ~np.isfinite(action)
         if bad.any():
             self.nonfinite += bad.any(1)
             action = np.where(bad, np.float32(0.0), action)
-        # ---- step every seed's environment; store the transitions
-        obs, rows_np = self.obs, np.empty((len(self.seeds), replay.width), np.float32)
+        # ---- step every seed's environment; stage the transitions and the states to act on next
+        obs, io, o, a = self.obs, self.io_np, self.obs.shape[1], self.nets.act_dim
         next_obs = np.empty_like(obs)
         for i, env in enumerate(self.envs):
-            o2, reward, terminated, truncated, _ = env.step(self.low + (action[i].astype(np.float64) + 1) * self.scale)
-            rows_np[i] = np.concatenate([obs[i], action[i], [reward], o2, [0.0 if terminated else 1.0]])
+            env_action = self.low + (action[i].astype(np.float64) + 1) * self.scale
+            o2, reward, terminated, truncated, _ = env.step(env_action)
+            io[i, :o], io[i, o:o + a], io[i, o + a] = obs[i], action[i], reward
+            io[i, o + a + 1:2 * o + a + 1], io[i, 2 * o + a + 1] = o2, 0.0 if terminated else 1.0
+            if self.record is not None:
+                self.record.add(i, obs[i], env_action, reward, o2, terminated, truncated)
             self.ep_return[i] += reward
             self.ep_length[i] += 1
             if terminated or truncated:
@@ -497,14 +649,57 @@ class OnlineRun:
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
                 o2, _ = env.reset()
             next_obs[i] = o2
+        io[:, replay.width:] = next_obs
         self.obs = next_obs
-        replay.add(torch.from_numpy(rows_np))
-        # ---- update (the gradient norm, when asked for, of the step's last update)
-        if step <= cfg.learning_starts:
-            return {"alpha": trainer.log_alpha.detach().exp()}
-        for k in range(cfg.updates_per_step):
-            out = trainer.step(grad_norm=grad_norm and k == cfg.updates_per_step - 1)
+        self._stage()
+        # ---- the updates and the next action (the gradient norm, when asked for, of the last update)
+        acts = step < cfg.steps and step >= cfg.learning_starts
+        if acts and cfg.act_before_update:
+            self._act()
+        elif not acts:
+            self._mark()  # nothing to fetch: wait for the staging copy only
+        out = {"alpha": trainer.log_alpha.detach().exp()}
+        if step > cfg.learning_starts:
+            for k in range(cfg.updates_per_step):
+                out = trainer.step(grad_norm=grad_norm and k == cfg.updates_per_step - 1)
+        if acts and not cfg.act_before_update:
+            self._act()
+        self._wait(acts)
         return out
+
+    def _stage(self) -> None:
+        """The staged transitions into the replay buffers and the states into the policy's input."""
+        if self.io_dev is not self.io:
+            self.io_dev.copy_(self.io, non_blocking=True)
+        if self.trainer.graphed:
+            if self._stage_graph is None:
+                self._stage_graph = capture_graph(self._stage_ops)
+            self._stage_graph.replay()
+        else:
+            self._stage_ops()
+        self.replay.count_added()
+
+    def _stage_ops(self) -> None:
+        width = self.replay.width
+        self.replay.store(self.io_dev[:, :width])
+        self.trainer.act_obs.copy_(self.io_dev[:, None, width:])
+
+    def _act(self) -> None:
+        self.trainer.act()
+        self.action_host.copy_(self.trainer.act_out, non_blocking=True)
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.done_event is not None:
+            self.done_event.record()
+
+    def _wait(self, acted: bool) -> None:
+        """Wait for the marked point (the action; the staging buffer is then free again), not for
+        updates queued after it."""
+        if self.done_event is not None:
+            self.done_event.synchronize()
+        if acted:
+            self.next_action = self.action_host.numpy().copy()
 
     def log_values(self) -> dict[str, torch.Tensor]:
         return {"updates": torch.full((len(self.seeds),), self.trainer.it, dtype=torch.int64),
@@ -522,6 +717,8 @@ class OnlineRun:
         return {"trainer": self.trainer.state_dict(), "replay": self.replay.state_dict(),
                 "envs": [env_state(env) for env in self.envs], "env_step": self.env_step,
                 "warmup_gens": [g.get_state() for g in self.warmup_gens], "episodes": list(self.episode_rows),
+                "next_action": None if self.next_action is None else torch.from_numpy(self.next_action.copy()),
+                "record": None if self.record is None else self.record.state_dict(),
                 **{name: torch.from_numpy(getattr(self, name).copy()) for name in arrays}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -532,6 +729,9 @@ class OnlineRun:
         for g, g_state in zip(self.warmup_gens, state["warmup_gens"], strict=True):
             g.set_state(g_state)
         self.env_step, self.episode_rows = state["env_step"], list(state["episodes"])
+        self.next_action = None if state["next_action"] is None else state["next_action"].numpy().copy()
+        if self.record is not None:
+            self.record.load_state_dict(state["record"])
         for name in ("obs", "ep_return", "ep_length", "last_return", "n_episodes", "nonfinite"):
             setattr(self, name, state[name].numpy().copy())
 
@@ -539,14 +739,16 @@ class OnlineRun:
 def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: str | Path, device="cpu",
           log: Callable[[str], None] = print, resume: ResumeDir | None = None, *,
           nets: SACNets | None = None, ref_min: float | None = None, ref_max: float | None = None,
-          monitor=None) -> TrainResult:
+          monitor=None, record: bool = False, resume_every_s: float = 0.0) -> TrainResult:
     """Train SAC with every seed in its own `env_id` environment for `cfg.steps` environment steps.
 
     Checkpoints end up in `checkpoint_dir`. Without `resume` they are written straight there (the
     caller makes that atomic). With it they go to the resume directory, each followed by a resume
     state; training continues from a matching state found there; and at the end `checkpoint_dir`
     is replaced, atomically, by a directory of every checkpoint (`seemrl.training.loop.train_loop`).
-    `nets` replaces the initial networks (tests); `ref_min` / `ref_max` give normalised scores.
+    `nets` replaces the initial networks (tests); `ref_min` / `ref_max` give normalised scores;
+    `record` keeps every transition on the host (`TrainResult.transitions`); with `resume`, a
+    state is saved after a checkpoint once `resume_every_s` seconds passed since the last.
     """
     import gymnasium as gym
 
@@ -565,7 +767,7 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
         if nets is None:
             nets = build_nets(cfg, seeds, obs_dim, act_dim, low, high)
         replay = ReplayBuffers(S, min(cfg.buffer_size, cfg.steps), obs_dim, act_dim, device)
-        run = OnlineRun(cfg, envs, SACTrainer(cfg, seeds, nets, replay, device))
+        run = OnlineRun(cfg, envs, SACTrainer(cfg, seeds, nets, replay, device), record=record)
         log(f"online SAC on {env_id}, {S} seeds, device {device}")
 
         def save(path: Path, step: int, diverged: list) -> None:
@@ -574,7 +776,8 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
         def evaluate_run(r: OnlineRun) -> list:
             return evaluate(r.nets, seeds, env_id, cfg.eval_episodes, cfg.eval_seed, ref_min, ref_max)
 
-        result = train_loop(run, loop_settings(cfg),
+        settings = dataclasses.replace(loop_settings(cfg), resume_every_s=resume_every_s)
+        result = train_loop(run, settings,
                             Path(checkpoint_dir), save, METRIC_COLUMNS[2:], run.log_values, log=log,
                             evaluate=evaluate_run, resume=resume, monitor=monitor)
     finally:
@@ -586,4 +789,4 @@ def train(cfg: OnlineSACConfig, seeds: list[int], env_id: str, checkpoint_dir: s
         episodes=pd.DataFrame(run.episode_rows, columns=["step", "seed", "return", "length"]),
         diverged_step=result.diverged_step, nonfinite_actions=[int(n) for n in run.nonfinite],
         steps_per_second=result.steps_per_second, wall_seconds=result.wall_seconds,
-        resumed_from_step=result.resumed_from_step, update_mode=run.mode)
+        resumed_from_step=result.resumed_from_step, update_mode=run.mode, transitions=run.record)

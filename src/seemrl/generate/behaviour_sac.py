@@ -204,22 +204,30 @@ class ReplayBuffer:
                 f"the ring buffer wrapped ({self.added} added, capacity {self.capacity}): its "
                 "first transitions are gone; use a capacity of at least the steps to export"
             )
-        out = {
-            "obs": self.obs[:k].copy(),
-            "action": self.action[:k].copy(),
-            "reward": self.reward[:k].copy(),
-            "next_obs": self.next_obs[:k].copy(),
-            "terminated": self.terminated[:k].astype(bool),
-            "truncated": self.truncated[:k].copy(),
-            "episode_id": self.episode_id[:k].copy(),
-        }
-        if not (out["terminated"][-1] or out["truncated"][-1]):
-            out["truncated"][-1] = True  # cut mid-episode
-        return out
+        return transitions_prefix({name: getattr(self, name) for name in self.ARRAYS}, k)
 
     def episodes(self, k: int) -> list[dict[str, Any]]:
         """The first k transitions as episode dicts (see `split_episodes`)."""
         return split_episodes(self.prefix(k))
+
+
+def transitions_prefix(arrays: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """The first k of transition arrays in collection order (obs, action, reward, next_obs,
+    terminated, truncated and, if absent, episode_id numbered from the episode ends), as copies.
+    If the k-th transition does not end its episode (in progress at the cut), it is marked
+    truncated: its next_obs is the true next observation, so it ends a valid episode."""
+    if not 0 < k <= len(arrays["reward"]):
+        raise ValueError(f"cannot export the first {k} transitions: {len(arrays['reward'])} recorded")
+    out = {name: np.array(arrays[name][:k]) for name in ("obs", "action", "reward", "next_obs", "truncated")}
+    out["terminated"] = np.asarray(arrays["terminated"][:k]).astype(bool)
+    if "episode_id" in arrays:
+        out["episode_id"] = np.array(arrays["episode_id"][:k])
+    else:
+        ends = out["terminated"] | out["truncated"]
+        out["episode_id"] = np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64)
+    if not (out["terminated"][-1] or out["truncated"][-1]):
+        out["truncated"][-1] = True  # cut mid-episode
+    return {name: out[name] for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode_id")}
 
 
 def split_episodes(t: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +21,7 @@ import numpy as np
 
 from seemrl.data.d4rl import D4RL_REF_SCORES
 from seemrl.io import atomic_path, sha256_file, write_json_atomic
+from seemrl.training.resume import checkpoint_name
 from seemrl.training.devices import resolve_device
 
 RECIPE_FORMAT = "seemrl.recipe.v1"
@@ -61,16 +63,25 @@ class RecipeConfig:
             raise ValueError("eval_episodes and n_transitions must be positive")
 
     def sac_config(self):
-        from seemrl.generate.behaviour_sac import SACConfig
+        """The online SAC engine's settings: a checkpoint (a snapshot) every `snapshot_every` steps;
+        the usual SAC hyperparameters otherwise (learning
+        rates 3e-4, tau 0.005, gamma 0.99, alpha from 1 towards entropy -act_dim); each step's
+        action comes from the policy before that step's update, so the environment steps while
+        the GPU updates."""
+        from seemrl.algos.online_sac import OnlineSACConfig
 
-        return SACConfig(
-            total_steps=self.sac_steps,
+        return OnlineSACConfig(
+            steps=self.sac_steps,
             learning_starts=self.learning_starts,
-            buffer_size=self.sac_steps,  # never wraps: medium-replay is a prefix of it
+            buffer_size=self.sac_steps,  # never wraps
             batch_size=self.batch_size,
             hidden=self.hidden,
+            checkpoint_every=self.snapshot_every,
+            eval_every=0,  # the snapshots are evaluated afterwards, on CPU cores (`evaluate_snapshots`)
             eval_episodes=self.eval_episodes,
-            log_every=max(self.snapshot_every, 1_000),
+            eval_seed=self.train_seed,
+            log_every=min(self.snapshot_every, 1_000),
+            act_before_update=True,
         )
 
     @classmethod
@@ -135,79 +146,145 @@ def run_identity(env_id: str, cfg: RecipeConfig) -> dict[str, Any]:
             "training": {k: v for k, v in cfg.to_dict().items() if k in RecipeConfig.TRAINING_FIELDS}}
 
 
+def evaluate_snapshots(checkpoint_dir: str | os.PathLike, env_id: str, episodes: int, eval_seed: int,
+                       workers: int = 1) -> list[tuple[int, list[float]]]:
+    """(step, returns) of every snapshot after step 0 in `checkpoint_dir`: `episodes` deterministic
+    episodes of its policy on the CPU, episode k reset with a seed of (eval_seed, seed, k), the same
+    for every snapshot. `workers` > 1 evaluates snapshots in that many processes at once; the
+    numbers do not depend on it (one torch thread per evaluation)."""
+    from seemrl.training.resume import checkpoint_paths
+
+    jobs = [(str(p), env_id, episodes, eval_seed) for p in checkpoint_paths(Path(checkpoint_dir))]
+    jobs = [j for j in jobs if not Path(j[0]).name == checkpoint_name(0)]
+    if workers <= 1 or len(jobs) <= 1:
+        return [_evaluate_snapshot(j) for j in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_evaluate_snapshot, jobs))
+
+
+def _evaluate_snapshot(job: tuple[str, str, int, int]) -> tuple[int, list[float]]:
+    import torch
+
+    from seemrl.algos import online_sac as osac
+
+    path, env_id, episodes, eval_seed = job
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ckpt = osac.load_checkpoint(path)
+        (result,) = osac.evaluate(ckpt.nets.to("cpu"), ckpt.seeds, env_id, episodes, eval_seed)
+    finally:
+        torch.set_num_threads(threads)
+    return ckpt.step, [float(r) for r in result.returns]
+
+
 def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLike,
                         device: str = "auto",
                         log: Callable[[str], None] = logger.info,
                         resume_dir: str | os.PathLike | None = None,
-                        resume_every_s: float = 600.0, monitor=None) -> dict[str, Any]:
+                        resume_every_s: float = 600.0, monitor=None, eval_workers: int = 1) -> dict[str, Any]:
     """Train SAC, pick expert and medium, write the policies, the buffer prefix and the report.
 
-    With `resume_dir` (outside the outputs) the SAC run saves its state there every
-    `resume_every_s` seconds (at snapshot steps) and continues from a state of the same env and
-    training settings found there; the directory is removed once the report is written.
-    Returns the report (also written to out_dir/recipe.json, last).
+    SAC runs on the stacked online SAC engine (`seemrl.algos.online_sac`, one seed; the update a
+    CUDA graph on a GPU); its snapshots are evaluated afterwards on the CPU, in `eval_workers`
+    processes (`evaluate_snapshots`). With `resume_dir` (outside the outputs) the run saves its state there
+    at a snapshot step once `resume_every_s` seconds have passed since the last save, and
+    continues from a state of the same env and training settings found there; the directory
+    is removed once the report is written. Returns the report (also written to
+    out_dir/recipe.json, last).
     """
+    import tempfile
+
     import torch
 
-    from seemrl.generate.behaviour_sac import train_sac_run
+    from seemrl.algos import online_sac as osac
+    from seemrl.generate.behaviour_sac import transitions_prefix
     from seemrl.training.resume import ResumeDir
 
     device = resolve_device(device)  # before anything is touched: a wrong device fails here
     out = Path(out_dir)
     (out / REPORT_FILE).unlink(missing_ok=True)  # a stale report must not vouch for new files
     resume = None if resume_dir is None else ResumeDir(resume_dir, run_identity(env_id, cfg))
+    sac_cfg = cfg.sac_config()
     log(f"recipe {env_id}: training SAC for {cfg.sac_steps} steps on {device}, "
         f"snapshot every {cfg.snapshot_every}")
-    run = train_sac_run(env_id, cfg.sac_config(), seed=cfg.train_seed, log=log, device=device,
-                        snapshot_every=cfg.snapshot_every, resume=resume, resume_every_s=resume_every_s,
-                        monitor=monitor)
-
-    expert = run.agent
-    expert_return = expert.info["eval_return_mean"]
-    medium = run.snapshots[select_medium_snapshot(
-        [s.step for s in run.snapshots], [s.eval_return for s in run.snapshots],
-        expert_return, expert_step=cfg.sac_steps, fraction=cfg.medium_fraction)]
-    threshold = cfg.medium_fraction * expert_return
-    log(f"recipe {env_id}: expert return {expert_return:.1f}; medium = snapshot at step "
-        f"{medium.step} with return {medium.eval_return:.1f} (target {threshold:.1f})")
-
-    replay = run.buffer.prefix(medium.step)
+    # the snapshots live outside the outputs: a killed run must not leave a half-made output
+    # directory for Snakemake to take as done
+    with tempfile.TemporaryDirectory(prefix="seemrl-recipe-snapshots-") as tmp:
+        result = osac.train(sac_cfg, [cfg.train_seed], env_id, Path(tmp) / "checkpoints", device, log=log,
+                            resume=resume, monitor=monitor, record=True, resume_every_s=resume_every_s)
+        t0 = time.perf_counter()
+        evaluated = evaluate_snapshots(Path(tmp) / "checkpoints", env_id, cfg.eval_episodes, cfg.train_seed,
+                                       eval_workers)
+        eval_seconds = time.perf_counter() - t0
+        log(f"recipe {env_id}: {len(evaluated)} snapshots evaluated ({cfg.eval_episodes} episodes each) "
+            f"in {eval_seconds:.1f} s on {max(1, eval_workers)} CPU process(es)")
+        steps = np.array([step for step, _ in evaluated])
+        returns = np.array([np.mean(r) for _, r in evaluated], dtype=np.float64)
+        std = np.array([np.std(r) for _, r in evaluated], dtype=np.float64)
+        expert_return = float(returns[steps == cfg.sac_steps][0])
+        m = select_medium_snapshot(steps, returns, expert_return, expert_step=cfg.sac_steps,
+                                   fraction=cfg.medium_fraction)
+        medium_step, medium_return = int(steps[m]), float(returns[m])
+        threshold = cfg.medium_fraction * expert_return
+        log(f"recipe {env_id}: expert return {expert_return:.1f}; medium = snapshot at step "
+            f"{medium_step} with return {medium_return:.1f} (target {threshold:.1f})")
+        policies = {}
+        for name, step, ret in ((EXPERT_FILE, cfg.sac_steps, expert_return), (MEDIUM_FILE, medium_step, medium_return)):
+            ckpt = osac.load_checkpoint(Path(tmp) / "checkpoints" / checkpoint_name(step))
+            policies[name] = engine_agent(ckpt, {"env_id": env_id, "seed": cfg.train_seed, "step": step,
+                                                 "eval_return_mean": ret, "eval_episodes": cfg.eval_episodes})
+    replay = transitions_prefix(result.transitions.arrays(0), medium_step)
     n_replay_episodes = int(len(np.unique(replay["episode_id"])))
+    out.mkdir(parents=True, exist_ok=True)
 
-    expert.save(out / EXPERT_FILE)
-    medium.agent.save(out / MEDIUM_FILE)
+    for name, agent in policies.items():
+        agent.save(out / name)
     with atomic_path(out / REPLAY_FILE) as tmp, open(tmp, "wb") as f:
         np.savez(f, **replay)  # a file object: np.savez would append .npz to a path
 
     refs = D4RL_REF_SCORES.get(env_name(env_id))
+    episodes = result.episodes
     report = {
         "format": RECIPE_FORMAT,
         "env_id": env_id,
         "config": cfg.to_dict(),
         "device": device,
         "torch_version": torch.__version__,
-        "train_seconds": expert.info["train_seconds"],
+        "sac": {"implementation": "seemrl.algos.online_sac (stacked engine, 1 seed)",
+                "update_mode": result.update_mode, "act_before_update": sac_cfg.act_before_update,
+                "train_seconds": result.wall_seconds, "env_steps_per_second": result.steps_per_second,
+                "snapshot_eval_seconds": eval_seconds, "snapshot_eval_workers": max(1, eval_workers),
+                "training_episodes": len(episodes),
+                "last_10_training_returns": [float(r) for r in episodes["return"].to_numpy()[-10:]]},
+        "train_seconds": result.wall_seconds,
         "expert": {
             "step": cfg.sac_steps,
             "eval_return": expert_return,
-            "eval_returns": expert.info["eval_returns"],
+            "eval_return_std": float(std[steps == cfg.sac_steps][0]),
             "d4rl_normalized": _normalized(expert_return, refs),
         },
         "medium": {
             "rule": f"snapshot before the final step whose deterministic eval return is closest "
                     f"to {cfg.medium_fraction:g} x the expert's (earliest on a tie)",
             "threshold": threshold,
-            "step": medium.step,
-            "eval_return": medium.eval_return,
-            "eval_returns": medium.eval_returns,
-            "d4rl_normalized": _normalized(medium.eval_return, refs),
+            "step": medium_step,
+            "eval_return": medium_return,
+            "eval_return_std": float(std[m]),
+            "d4rl_normalized": _normalized(medium_return, refs),
         },
-        "medium_replay": {"n_transitions": medium.step, "n_episodes": n_replay_episodes},
-        "snapshots": [{"step": s.step, "eval_return": s.eval_return} for s in run.snapshots],
+        "medium_replay": {"n_transitions": medium_step, "n_episodes": n_replay_episodes},
+        "snapshots": [{"step": int(s), "eval_return": float(r), "eval_return_std": float(sd)}
+                      for s, r, sd in zip(steps, returns, std)],
+        "snapshot_eval": {"episodes": cfg.eval_episodes, "policy": "deterministic (tanh of the mean)",
+                          "device": "cpu"},
         "levels": {
             level: {"dataset_id": level_dataset_id(env_id, level), "n_transitions": n}
             for level, n in (("random", cfg.n_transitions), ("medium", cfg.n_transitions),
-                             ("medium-replay", medium.step), ("expert", cfg.n_transitions),
+                             ("medium-replay", medium_step), ("expert", cfg.n_transitions),
                              ("medium-expert", 2 * cfg.n_transitions))
         },
         "files": {name: sha256_file(out / name) for name in (EXPERT_FILE, MEDIUM_FILE, REPLAY_FILE)},
@@ -216,6 +293,26 @@ def run_recipe_training(env_id: str, cfg: RecipeConfig, out_dir: str | os.PathLi
     if resume is not None:  # every output is written: nothing left to resume
         resume.clear()
     return report
+
+
+def engine_agent(ckpt, info: dict[str, Any]):
+    """The engine checkpoint's policy (seed 0 of its stack) as the recipe's saved `SACAgent`:
+    the same tanh-squashed Gaussian, rescaled to the action box."""
+    import torch
+
+    from seemrl.generate.behaviour_sac import Actor, SACAgent, SACConfig
+
+    nets = ckpt.nets
+    obs_dim, act_dim = nets.actor.dims[0], nets.act_dim
+    actor = Actor(obs_dim, act_dim, ckpt.config.hidden, nets.action_low.cpu().numpy(), nets.action_high.cpu().numpy())
+    linears = [m for m in actor.trunk if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for lin, w, b in zip(linears, nets.actor.weights, nets.actor.biases, strict=True):
+            lin.weight.copy_(w[0].T)
+            lin.bias.copy_(b[0, 0])
+    cfg = SACConfig(total_steps=ckpt.config.steps, learning_starts=ckpt.config.learning_starts,
+                    batch_size=ckpt.config.batch_size, hidden=ckpt.config.hidden, eval_episodes=ckpt.config.eval_episodes)
+    return SACAgent(actor, cfg, obs_dim, act_dim, info)
 
 
 def _normalized(ret: float, refs: tuple[float, float] | None) -> float | None:
@@ -337,16 +434,17 @@ def _read_episodes(dataset_id: str, minari_root: str | os.PathLike,
 # ------------------------------------------------------------------ entry points for Snakemake
 def recipe_train_main(env_id: str, out_dir: str | os.PathLike, cfg_json=None,
                       device: str = "auto", resume_dir: str | os.PathLike | None = None,
-                      resume_every_s: float = 600.0, monitor_factory: Callable | None = None) -> dict[str, Any]:
+                      resume_every_s: float = 600.0, monitor_factory: Callable | None = None,
+                      eval_workers: int = 1) -> dict[str, Any]:
     """Step 1 from a rule: cfg_json is a JSON object string, a JSON file path, a dict or None;
     monitor_factory(cfg) -> a `seemrl.training.tracking.Monitor` context for the SAC run."""
     _setup_logging()
     cfg = RecipeConfig.from_json(cfg_json)
+    kw = dict(resume_dir=resume_dir, resume_every_s=resume_every_s, eval_workers=eval_workers)
     if monitor_factory is None:
-        return run_recipe_training(env_id, cfg, out_dir, device, resume_dir=resume_dir, resume_every_s=resume_every_s)
+        return run_recipe_training(env_id, cfg, out_dir, device, **kw)
     with monitor_factory(cfg) as monitor:
-        return run_recipe_training(env_id, cfg, out_dir, device, resume_dir=resume_dir,
-                                   resume_every_s=resume_every_s, monitor=monitor)
+        return run_recipe_training(env_id, cfg, out_dir, device, monitor=monitor, **kw)
 
 
 def recipe_dataset_main(level: str, env_id: str, recipe_dir: str | os.PathLike, cfg_json,
@@ -372,6 +470,7 @@ __all__ = [
     "recipe_dataset_main",
     "recipe_train_main",
     "reference_scores",
+    "evaluate_snapshots",
     "run_recipe_training",
     "select_medium_snapshot",
 ]

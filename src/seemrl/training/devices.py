@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 
 def resolve_device(name: str | None) -> str:
@@ -22,26 +23,46 @@ def resolve_device(name: str | None) -> str:
 MATMUL_PRECISIONS = ("tf32", "ieee")
 
 
+_PRECISION_LOCK = threading.Lock()
+_active: dict[str, object] = {"precision": None, "users": 0, "before": None}
+
+
 @contextlib.contextmanager
 def matmul_precision(precision: str):
-    """Run the block with CUDA float32 matmuls in `precision`, then restore the previous setting
-    (a process-wide switch, so it is scoped rather than left set)."""
+    """Run the block with CUDA float32 matmuls in `precision`, then restore the previous setting.
+
+    The switch is process-wide, so it is scoped rather than left set, and counted: blocks that
+    overlap (runs in threads of one process) share it and the last one out restores it. Blocks
+    asking for different precisions at the same time are an error, not a silent mix."""
     import torch
 
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul precision must be one of {list(MATMUL_PRECISIONS)}, got {precision!r}")
     backend = torch.backends.cuda.matmul
-    if hasattr(backend, "fp32_precision"):  # torch >= 2.9
-        before = backend.fp32_precision
-        backend.fp32_precision = precision
-        try:
-            yield
-        finally:
-            backend.fp32_precision = before
-    else:
-        before = backend.allow_tf32
-        backend.allow_tf32 = precision == "tf32"
-        try:
-            yield
-        finally:
-            backend.allow_tf32 = before
+    modern = hasattr(backend, "fp32_precision")  # torch >= 2.9
+
+    def read():
+        return backend.fp32_precision if modern else backend.allow_tf32
+
+    def write(value):
+        if modern:
+            backend.fp32_precision = value
+        else:
+            backend.allow_tf32 = value
+
+    with _PRECISION_LOCK:
+        if _active["users"] and _active["precision"] != precision:
+            raise RuntimeError(f"matmul precision {precision!r} requested while another run in this process "
+                               f"computes in {_active['precision']!r}: runs sharing a process must share it")
+        if not _active["users"]:
+            _active["before"], _active["precision"] = read(), precision
+            write(precision if modern else precision == "tf32")
+        _active["users"] += 1
+    try:
+        yield
+    finally:
+        with _PRECISION_LOCK:
+            _active["users"] -= 1
+            if not _active["users"]:
+                write(_active["before"])
+                _active["precision"] = None

@@ -94,6 +94,7 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     eval_every: int = 0
+    resume_every_s: float = 0.0  # a resume state after a checkpoint once this long since the last (0: every one)
 
 
 def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path,
@@ -109,7 +110,8 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
     evaluate(trainer) -> one result per seed is called every `loop.eval_every` steps and after the
     last step. Without `resume`, checkpoints are written straight into `checkpoint_dir` (the
     caller makes that atomic). With it, they go to the resume directory, each followed by a
-    resume state; training continues from a matching state found there; and at the end
+    resume state (or, with `loop.resume_every_s`, those after that many seconds since the last
+    state, and the last); training continues from a matching state found there; and at the end
     `checkpoint_dir` is replaced, atomically, by a directory of every checkpoint. A `monitor`
     (`seemrl.training.tracking.Monitor`) gets every logged row, evaluation and progress report.
     """
@@ -133,7 +135,7 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
         resume.drop_checkpoints_after(start_step)
         log(f"resuming from step {start_step} ({resume.state_path})")
 
-    start = last_report = time.perf_counter()
+    start = last_report = last_saved = time.perf_counter()
     for step in range(start_step + 1, loop.steps + 1):
         logged = step % loop.log_every == 0 or step == loop.steps
         out = trainer.step(grad_norm=logged)
@@ -164,7 +166,9 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             _record_divergence(trainer, diverged, log)
             save_checkpoint(work_dir / checkpoint_name(step), step, diverged)
-            if resume is not None:  # after the checkpoint: a state never refers to a missing one
+            if resume is not None and (step == loop.steps or time.perf_counter() - last_saved >= loop.resume_every_s):
+                # after the checkpoint: a state never refers to a missing one
+                last_saved = time.perf_counter()
                 resume.save({"step": step, "trainer": trainer.state_dict(), "diverged_step": diverged,
                              "metrics": rows, "evaluations": eval_rows,
                              "last_metrics": {k: v.detach().cpu() for k, v in last.items()}})

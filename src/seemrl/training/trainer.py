@@ -9,7 +9,8 @@ each seed without a host sync, and holds everything a resumed run needs (`state_
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+import threading
+from typing import Callable, Hashable, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,6 +56,30 @@ def clip_grad_norm_per_seed(params: Sequence[torch.Tensor], max_norm: float) -> 
         g.mul_(scale.reshape(-1, *([1] * (g.dim() - 1))))
     return norms
 
+
+
+# ------------------------------------------------------------------ CUDA graphs
+# One capture at a time in a process: runs trained in threads of one process share a GPU
+# (and torch.compile, which may run during a warm-up, is not thread-safe).
+CAPTURE_LOCK = threading.RLock()
+
+
+def warm_up(fn: Callable[[], object], device: torch.device, times: int = 2) -> None:
+    """Run `fn` on a side stream before capturing it (allocations, lazy initialisation)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with CAPTURE_LOCK, torch.cuda.stream(side):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of `fn` (captured, not run). Other threads may use the GPU meanwhile."""
+    graph = torch.cuda.CUDAGraph()
+    with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        fn()
+    return graph
 
 
 # ------------------------------------------------------------------ the trainer
@@ -232,6 +257,10 @@ class StackedTrainer:
     def _capture(self) -> None:
         """Capture one graph per (kind of step, gradient norm or not); the warm-up before it
         changes nothing."""
+        with CAPTURE_LOCK:
+            self._capture_locked()
+
+    def _capture_locked(self) -> None:
         w = self.window
         kinds = [(kind, gn) for kind in self.step_kinds() for gn in (False, True)]
         counters = (w.ptr, self.nonfinite_step, self._step_count)
@@ -257,7 +286,7 @@ class StackedTrainer:
         graphs = {}
         for kind in kinds:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self._update(w.take(), *kind, set_to_none=False)
                 keys = list(out)
                 static = torch.stack([out[k] for k in keys])
