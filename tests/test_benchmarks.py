@@ -23,3 +23,47 @@ def test_benchmark_runs_at_tiny_size(script, args, needle):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert needle in proc.stdout
+
+
+def test_peer_check_plumbing(tmp_path):
+    """benchmarks/peer_check.py on a tiny Hopper-shaped table of whole episodes: seemrl's half runs
+    and is scored by the evaluator; d3rlpy's half runs where d3rlpy is installed (not in the jobs'
+    environment, so not in CI), else it is skipped with the reason. A table that is not whole
+    episodes in order (an X% subset) is refused, naming the file."""
+    import numpy as np
+
+    from helpers import make_transitions
+    from seemrl.data.transitions import write_transitions
+
+    t = make_transitions(episode_lengths=(40, 30, 50, 40), obs_dim=11, act_dim=3)
+    t.meta.update(env_id="Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3)
+    write_transitions(tmp_path / "whole.parquet", t)
+    args = ["--steps", "20", "--seeds", "2", "--eval-episodes", "1", "--q-rows", "50", "--hidden", "16", "16",
+            "--device", "cpu", "--out", str(tmp_path / "peer.json")]
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
+                           *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for algo in ("td3bc", "iql", "cql"):
+        assert f"| {algo} | " in proc.stdout
+    import json
+
+    report = json.loads((tmp_path / "peer.json").read_text())
+    assert set(report["algorithms"]) == {"td3bc", "iql", "cql"}
+    ours = report["algorithms"]["cql"]["seemrl"]
+    assert len(ours["scores"]) == 2 and all(np.isfinite(ours["q_mean"])) and ours["seed_steps_per_second"] > 0
+    if report["d3rlpy"] is None:
+        assert "d3rlpy half skipped: d3rlpy is not importable" in proc.stdout
+    else:
+        assert len(report["algorithms"]["cql"]["d3rlpy"]["scores"]) == 2
+    # rows out of episode order: refused with the file's name
+    shuffled = make_transitions(episode_lengths=(40, 30), obs_dim=11, act_dim=3)
+    order = np.random.default_rng(0).permutation(len(shuffled.obs))
+    for name in ("obs", "next_obs", "action", "reward", "episode_id", "step"):
+        setattr(shuffled, name, np.asarray(getattr(shuffled, name))[order])
+    shuffled.terminal, shuffled.timeout = np.zeros(70, bool), np.zeros(70, bool)
+    shuffled.timeout[-1] = True
+    shuffled.meta.update(env_id="Hopper-v5")
+    write_transitions(tmp_path / "subset.parquet", shuffled)
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "subset.parquet"),
+                           *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "subset.parquet" in proc.stderr and "whole episodes" in proc.stderr

@@ -1,0 +1,277 @@
+"""Peer check: seemrl's TD3+BC, IQL and CQL against d3rlpy's (an independent, maintained
+implementation) on the same dataset, evaluated by the same evaluator.
+
+Both libraries get the same transitions (a Parquet transition table of whole episodes in order),
+the same state normalisation (the table's mean and std + 1e-3), the same prepared rewards (IQL's
+locomotion scaling applied once, before either sees them), the same hyperparameters as far as
+both expose them (the workflow's `td3bc`, `iql` and `cql` settings; the mapping is below, with
+what differs), the same number of gradient steps and the same seeds. Each final policy plays
+`--eval-episodes` deterministic episodes in seemrl's evaluator (`evaluate_policies`: the same
+reset seeds per seed for both). Printed per algorithm: the D4RL-normalised score, mean ± std over
+seeds, for both; Welch's t-test p-value; the mean Q of the final critics on the data's (s, a);
+and both libraries' training speed on the device (seemrl trains the seeds stacked in one process,
+d3rlpy one seed after another; seed-steps/s).
+
+    python -m pip install --no-deps --target .peer -r benchmarks/peer/requirements.txt
+    PYTHONPATH=.peer python benchmarks/peer_check.py --data resources/datasets/gen-hopper-medium/subset-100pct.parquet \\
+        --steps 100000 --seeds 5 --device cuda --out docs/results/peer_check.json
+
+Without d3rlpy installed (as in CI) the d3rlpy half is skipped, and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+ALGOS = ("td3bc", "iql", "cql")
+# The workflow's algorithm entries (config/config.yaml, config/paper/xpercent.yaml) as trainer settings.
+SEEMRL = {
+    "td3bc": ("td3", {"bc_weight": 1.0, "tau": 0.005}),
+    "iql": ("iql", {}),
+    "cql": ("cql", {}),
+}
+# What d3rlpy's configs cannot express the same way (said in the output).
+DIFFERENCES = {
+    "td3bc": "none known",
+    "iql": "none known (actor lr cosine-decayed to 0 over the steps on both sides)",
+    "cql": "d3rlpy's logsumexp term draws actions at s and s' (CQL(H), importance-sampled) as seemrl's; "
+           "its fixed conservative weight is 5 x exp(log_alpha = 0), seemrl's cql_alpha 5",
+}
+
+
+# ------------------------------------------------------------------ the data
+def load(path: str):
+    """The table, checked to be whole episodes in order (what d3rlpy's episodes are built from)."""
+    from seemrl.data.transitions import read_transitions
+
+    t = read_transitions(path)
+    ends = np.asarray(t.terminal, bool) | np.asarray(t.timeout, bool)
+    if not ends[-1]:
+        raise SystemExit(f"{path}: the last transition ends no episode; the peer check needs whole episodes")
+    inside = ~ends[:-1]
+    if not np.array_equal(np.asarray(t.obs)[1:][inside], np.asarray(t.next_obs)[:-1][inside]):
+        raise SystemExit(f"{path}: rows are not whole episodes in order (next_obs[t] != obs[t+1] inside an "
+                         "episode): use a full dataset, not an X% subset")
+    return t
+
+
+# ------------------------------------------------------------------ seemrl
+HIDDEN: list[int] | None = None  # --hidden: both sides' widths (tests); None = the workflow's
+
+
+def seemrl_config(algo: str, steps: int, eval_episodes: int):
+    from seemrl.algos import trainer_module
+
+    trainer, params = SEEMRL[algo]
+    params = {**params, **({"hidden": HIDDEN} if HIDDEN else {})}
+    cfg = trainer_module(trainer).Config(**{**params, "steps": steps, "checkpoint_every": steps,
+                                            "log_every": max(1, steps // 10), "eval_every": steps,
+                                            "eval_episodes": eval_episodes})
+    return trainer, params, cfg
+
+
+def run_seemrl(algo: str, data_path: str, seeds: list[int], steps: int, device: str, eval_episodes: int,
+               q_rows: np.ndarray) -> dict:
+    import torch
+
+    from seemrl.algos import trainer_module
+    from seemrl.train import Outputs, train_offline
+    from seemrl.training.resume import checkpoint_name
+
+    trainer, params, cfg = seemrl_config(algo, steps, eval_episodes)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Outputs(checkpoints=f"{tmp}/checkpoints", metrics=f"{tmp}/metrics.parquet", run=f"{tmp}/run.json",
+                      evaluations=f"{tmp}/evaluations.parquet")
+        t0 = time.perf_counter()
+        run = train_offline(trainer, cfg, params, seeds, data_path, out, device=device, device_info={"device": device},
+                            labels={})
+        wall = time.perf_counter() - t0
+        ckpt = trainer_module(trainer).load_checkpoint(Path(tmp) / "checkpoints" / checkpoint_name(steps))
+    per_seed = run["evaluation"]["per_seed"]
+    nets = ckpt.nets
+    with torch.no_grad():
+        obs, act = (torch.as_tensor(q_rows[k], dtype=torch.float32) for k in ("obs", "action"))
+        x = torch.cat([nets.normalize(obs.expand(len(seeds), *obs.shape)), act.expand(len(seeds), *act.shape)], -1)
+        q = (nets.q1(x) + nets.q2(x)) / 2  # the twin critics' mean, as d3rlpy's predict_value
+    return {"scores": [per_seed[str(s)]["final_score"] for s in seeds],
+            "returns": [per_seed[str(s)]["final_return"] for s in seeds],
+            "q_mean": q.mean((1, 2)).tolist(),
+            "seed_steps_per_second": run["seed_steps_per_second"], "wall_seconds": wall,
+            "config": run["config"], "update_mode": run.get("update_mode")}
+
+
+# ------------------------------------------------------------------ d3rlpy
+def d3rlpy_config(algo: str, steps: int, obs_mean: np.ndarray, obs_std: np.ndarray):
+    """seemrl's settings of `algo` in d3rlpy's terms (defaults equal unless set here)."""
+    import d3rlpy
+
+    _, _, ours = seemrl_config(algo, steps, 1)
+    scaler = d3rlpy.preprocessing.StandardObservationScaler(mean=obs_mean, std=obs_std, eps=1e-3)
+    common = dict(batch_size=ours.batch_size, gamma=ours.gamma, tau=ours.tau, observation_scaler=scaler,
+                  actor_encoder_factory=d3rlpy.models.VectorEncoderFactory(list(ours.hidden)),
+                  critic_encoder_factory=d3rlpy.models.VectorEncoderFactory(list(ours.hidden)))
+    if algo == "td3bc":
+        return d3rlpy.algos.TD3PlusBCConfig(actor_learning_rate=ours.actor_lr, critic_learning_rate=ours.critic_lr,
+                                            target_smoothing_sigma=ours.policy_noise,
+                                            target_smoothing_clip=ours.noise_clip, alpha=ours.alpha,
+                                            update_actor_interval=ours.policy_delay, **common)
+    if algo == "iql":
+        cosine = d3rlpy.optimizers.AdamFactory(lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=steps))
+        return d3rlpy.algos.IQLConfig(actor_learning_rate=ours.actor_lr, critic_learning_rate=ours.critic_lr,
+                                      actor_optim_factory=cosine, expectile=ours.expectile, weight_temp=ours.beta,
+                                      max_weight=ours.exp_adv_max,
+                                      value_encoder_factory=d3rlpy.models.VectorEncoderFactory(list(ours.hidden)),
+                                      **common)
+    if algo == "cql":
+        return d3rlpy.algos.CQLConfig(actor_learning_rate=ours.actor_lr, critic_learning_rate=ours.critic_lr,
+                                      temp_learning_rate=ours.alpha_lr or ours.actor_lr, alpha_learning_rate=0.0,
+                                      initial_alpha=1.0, conservative_weight=ours.cql_alpha,
+                                      n_action_samples=ours.cql_n_actions, soft_q_backup=ours.backup_entropy,
+                                      max_q_backup=ours.max_target_backup, **common)
+    raise ValueError(algo)
+
+
+class D3Policies:
+    """d3rlpy policies (one per seed) in the shape seemrl's evaluator asks for."""
+
+    def __init__(self, algos):
+        import torch
+
+        self.algos, self.obs_mean = algos, torch.zeros(1)  # evaluate_policies reads obs_mean.device
+
+    def normalize(self, obs):
+        return obs  # d3rlpy scales inside predict()
+
+    def policy(self, obs):
+        import torch
+
+        return torch.stack([torch.as_tensor(a.predict(obs[i].cpu().numpy().astype(np.float32)))
+                            for i, a in enumerate(self.algos)])
+
+
+def run_d3rlpy(algo: str, t, prepared, seeds: list[int], steps: int, device: str, eval_episodes: int,
+               q_rows: np.ndarray, ref: tuple) -> dict:
+    import d3rlpy
+
+    from seemrl.training.evaluation import evaluate_policies
+
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=np.asarray(t.obs, np.float32), actions=prepared.action, rewards=prepared.reward,
+        terminals=np.asarray(t.terminal, np.float32), timeouts=np.asarray(t.timeout, np.float32))
+    raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
+    trained, walls = [], []
+    for s in seeds:
+        d3rlpy.seed(s)
+        model = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std).create(device=_d3_device(device))
+        t0 = time.perf_counter()
+        model.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9,
+                  logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+        walls.append(time.perf_counter() - t0)
+        trained.append(model)
+    env_id = t.meta.get("eval_env_id") or t.meta["env_id"]
+    results = evaluate_policies(D3Policies(trained), seeds, env_id, eval_episodes, 0, *ref)
+    q = [float(np.mean(m.predict_value(q_rows["obs"].astype(np.float32), q_rows["action"]))) for m in trained]
+    return {"scores": [r.normalized_score for r in results], "returns": [r.return_mean for r in results],
+            "q_mean": q, "seed_steps_per_second": steps * len(seeds) / sum(walls), "wall_seconds": sum(walls)}
+
+
+def _d3_device(device: str):
+    return "cuda:0" if device == "cuda" else (device if device.startswith("cuda:") else False)
+
+
+# ------------------------------------------------------------------ the table
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def mean_std(v: list[float]) -> str:
+    return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v and all(x is not None for x in v) else "-"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="a Parquet transition table of whole episodes")
+    p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--q-rows", type=int, default=10_000, help="data rows the mean Q is taken over")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--hidden", type=int, nargs="+", help="hidden widths of both sides (default: the workflow's)")
+    p.add_argument("--out", help="write every number as JSON here")
+    a = p.parse_args()
+    global HIDDEN
+    HIDDEN = a.hidden
+
+    import torch
+
+    from seemrl.data.preparation import prepare
+
+    torch.set_num_threads(1)
+    t = load(a.data)
+    seeds = list(range(a.seeds))
+    rows = np.random.default_rng(0).choice(len(t), size=min(a.q_rows, len(t)), replace=False)
+    q_rows = {"obs": np.asarray(t.obs, np.float32)[rows], "action": np.asarray(t.action, np.float32)[rows]}
+    ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
+    try:
+        import logging
+
+        import d3rlpy
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        peer, why = d3rlpy.__version__, None
+    except ImportError as exc:
+        peer, why = None, f"d3rlpy is not importable ({exc}); install benchmarks/peer/requirements.txt (see the doc)"
+    device = a.device if a.device != "cuda" or torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+    print(f"{a.data}: {len(t):,} transitions of {t.meta.get('env_id')}; {a.steps:,} steps, seeds {seeds}, "
+          f"{a.eval_episodes} evaluation episodes; {name}, torch {torch.__version__}; d3rlpy {peer or '-'}", flush=True)
+    if why:
+        print(f"d3rlpy half skipped: {why}", flush=True)
+    report = {"data": a.data, "steps": a.steps, "seeds": seeds, "device": name, "torch": torch.__version__,
+              "d3rlpy": peer, "algorithms": {}}
+    for algo in a.algos:
+        _, _, cfg = seemrl_config(algo, a.steps, a.eval_episodes)
+        ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
+        theirs = None
+        if peer:
+            prepared = prepare(t, dataclasses.asdict(cfg))
+            theirs = run_d3rlpy(algo, t, prepared, seeds, a.steps, device, a.eval_episodes, q_rows, ref)
+        report["algorithms"][algo] = {"seemrl": ours, "d3rlpy": theirs, "differences": DIFFERENCES[algo],
+                                      "welch_p": None if theirs is None else welch_p(ours["scores"], theirs["scores"])}
+        print(f"{algo}: seemrl {mean_std(ours['scores'])}"
+              + ("" if theirs is None else f", d3rlpy {mean_std(theirs['scores'])}"), flush=True)
+    print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
+          "| seemrl seed-steps/s (seeds stacked) | d3rlpy seed-steps/s (one at a time) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for algo, r in report["algorithms"].items():
+        o, d = r["seemrl"], r["d3rlpy"] or {}
+        p_value = "-" if r["welch_p"] is None or math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}"
+        print(f"| {algo} | {mean_std(o['scores'])} | {mean_std(d.get('scores', []))} | {p_value} "
+              f"| {np.mean(o['q_mean']):.1f} | {np.mean(d['q_mean']):.1f} | {o['seed_steps_per_second']:,.0f} "
+              f"| {d['seed_steps_per_second']:,.0f} |" if d else
+              f"| {algo} | {mean_std(o['scores'])} | - | - | {np.mean(o['q_mean']):.1f} | - "
+              f"| {o['seed_steps_per_second']:,.0f} | - |")
+    print("\nWhat differs between the two configurations: "
+          + "; ".join(f"{k}: {v}" for k, v in DIFFERENCES.items() if k in a.algos))
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
