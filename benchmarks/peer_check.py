@@ -9,8 +9,8 @@ what differs), the same number of gradient steps and the same seeds. Each final 
 `--eval-episodes` deterministic episodes in seemrl's evaluator (`evaluate_policies`: the same
 reset seeds per seed for both). Printed per algorithm: the D4RL-normalised score, mean ± std over
 seeds, for both; Welch's t-test p-value; the mean Q of the final critics on the data's (s, a);
-and both libraries' training speed on the device (seemrl trains the seeds stacked in one process,
-d3rlpy one seed after another; seed-steps/s).
+and both libraries' training speed on the device (seemrl trains the seeds stacked in one process:
+seed-steps/s; d3rlpy one seed per process, `--jobs` of them at once: steps/s of one seed).
 
     python -m pip install --no-deps --target .peer -r benchmarks/peer/requirements.txt
     PYTHONPATH=.peer python benchmarks/peer_check.py --data resources/datasets/gen-hopper-medium/subset-100pct.parquet \\
@@ -117,9 +117,9 @@ def d3rlpy_config(algo: str, steps: int, obs_mean: np.ndarray, obs_std: np.ndarr
 
     _, _, ours = seemrl_config(algo, steps, 1)
     scaler = d3rlpy.preprocessing.StandardObservationScaler(mean=obs_mean, std=obs_std, eps=1e-3)
-    common = dict(batch_size=ours.batch_size, gamma=ours.gamma, tau=ours.tau, observation_scaler=scaler,
-                  actor_encoder_factory=d3rlpy.models.VectorEncoderFactory(list(ours.hidden)),
-                  critic_encoder_factory=d3rlpy.models.VectorEncoderFactory(list(ours.hidden)))
+    common = {"batch_size": ours.batch_size, "gamma": ours.gamma, "tau": ours.tau, "observation_scaler": scaler,
+              "actor_encoder_factory": d3rlpy.models.VectorEncoderFactory(list(ours.hidden)),
+              "critic_encoder_factory": d3rlpy.models.VectorEncoderFactory(list(ours.hidden))}
     if algo == "td3bc":
         return d3rlpy.algos.TD3PlusBCConfig(actor_learning_rate=ours.actor_lr, critic_learning_rate=ours.critic_lr,
                                             target_smoothing_sigma=ours.policy_noise,
@@ -159,30 +159,58 @@ class D3Policies:
                             for i, a in enumerate(self.algos)])
 
 
-def run_d3rlpy(algo: str, t, prepared, seeds: list[int], steps: int, device: str, eval_episodes: int,
-               q_rows: np.ndarray, ref: tuple) -> dict:
-    import d3rlpy
+def run_d3rlpy(algo: str, data_path: str, seeds: list[int], steps: int, device: str, eval_episodes: int,
+               q_rows: dict, jobs: int = 1) -> dict:
+    """d3rlpy's runs, one per seed, in `jobs` processes at once (d3rlpy trains one seed per process;
+    its update is bound by the host, so processes share a GPU well)."""
+    tasks = [(algo, data_path, s, steps, device, eval_episodes, q_rows, HIDDEN) for s in seeds]
+    if jobs <= 1:
+        results = [_d3rlpy_seed(task) for task in tasks]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_d3rlpy_seed, tasks))
+    walls = [r["wall"] for r in results]
+    return {"scores": [r["score"] for r in results], "returns": [r["return"] for r in results],
+            "q_mean": [r["q_mean"] for r in results], "wall_seconds": walls, "processes": max(1, jobs),
+            "steps_per_second_per_seed": steps / float(np.mean(walls))}
+
+
+def _d3rlpy_seed(task) -> dict:
+    """One seed of d3rlpy: train, evaluate in seemrl's evaluator, mean Q on the rows."""
+    global HIDDEN
+    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN = task
+    import logging
+
+    import d3rlpy
+    import structlog
+    import torch
+
+    from seemrl.data.preparation import prepare
     from seemrl.training.evaluation import evaluate_policies
 
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    torch.set_num_threads(1)
+    t = load(data_path)
+    _, _, cfg = seemrl_config(algo, steps, eval_episodes)
+    prepared = prepare(t, dataclasses.asdict(cfg))
     dataset = d3rlpy.dataset.MDPDataset(
         observations=np.asarray(t.obs, np.float32), actions=prepared.action, rewards=prepared.reward,
         terminals=np.asarray(t.terminal, np.float32), timeouts=np.asarray(t.timeout, np.float32))
     raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
-    trained, walls = [], []
-    for s in seeds:
-        d3rlpy.seed(s)
-        model = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std).create(device=_d3_device(device))
-        t0 = time.perf_counter()
-        model.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9,
-                  logger_adapter=d3rlpy.logging.NoopAdapterFactory())
-        walls.append(time.perf_counter() - t0)
-        trained.append(model)
+    d3rlpy.seed(seed)
+    model = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std).create(device=_d3_device(device))
+    t0 = time.perf_counter()
+    model.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9,
+              logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    wall = time.perf_counter() - t0
     env_id = t.meta.get("eval_env_id") or t.meta["env_id"]
-    results = evaluate_policies(D3Policies(trained), seeds, env_id, eval_episodes, 0, *ref)
-    q = [float(np.mean(m.predict_value(q_rows["obs"].astype(np.float32), q_rows["action"]))) for m in trained]
-    return {"scores": [r.normalized_score for r in results], "returns": [r.return_mean for r in results],
-            "q_mean": q, "seed_steps_per_second": steps * len(seeds) / sum(walls), "wall_seconds": sum(walls)}
+    ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
+    (result,) = evaluate_policies(D3Policies([model]), [seed], env_id, eval_episodes, 0, *ref)
+    q = float(np.mean(model.predict_value(q_rows["obs"], q_rows["action"])))
+    return {"score": result.normalized_score, "return": result.return_mean, "q_mean": q, "wall": wall}
 
 
 def _d3_device(device: str):
@@ -212,6 +240,7 @@ def main() -> None:
     p.add_argument("--q-rows", type=int, default=10_000, help="data rows the mean Q is taken over")
     p.add_argument("--device", default="cuda")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths of both sides (default: the workflow's)")
+    p.add_argument("--jobs", type=int, default=1, help="d3rlpy seeds trained at once, one process each")
     p.add_argument("--out", help="write every number as JSON here")
     a = p.parse_args()
     global HIDDEN
@@ -219,14 +248,11 @@ def main() -> None:
 
     import torch
 
-    from seemrl.data.preparation import prepare
-
     torch.set_num_threads(1)
     t = load(a.data)
     seeds = list(range(a.seeds))
     rows = np.random.default_rng(0).choice(len(t), size=min(a.q_rows, len(t)), replace=False)
     q_rows = {"obs": np.asarray(t.obs, np.float32)[rows], "action": np.asarray(t.action, np.float32)[rows]}
-    ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
     try:
         import logging
 
@@ -246,25 +272,23 @@ def main() -> None:
     report = {"data": a.data, "steps": a.steps, "seeds": seeds, "device": name, "torch": torch.__version__,
               "d3rlpy": peer, "algorithms": {}}
     for algo in a.algos:
-        _, _, cfg = seemrl_config(algo, a.steps, a.eval_episodes)
         ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
         theirs = None
         if peer:
-            prepared = prepare(t, dataclasses.asdict(cfg))
-            theirs = run_d3rlpy(algo, t, prepared, seeds, a.steps, device, a.eval_episodes, q_rows, ref)
+            theirs = run_d3rlpy(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows, a.jobs)
         report["algorithms"][algo] = {"seemrl": ours, "d3rlpy": theirs, "differences": DIFFERENCES[algo],
                                       "welch_p": None if theirs is None else welch_p(ours["scores"], theirs["scores"])}
         print(f"{algo}: seemrl {mean_std(ours['scores'])}"
               + ("" if theirs is None else f", d3rlpy {mean_std(theirs['scores'])}"), flush=True)
     print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
-          "| seemrl seed-steps/s (seeds stacked) | d3rlpy seed-steps/s (one at a time) |")
+          "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed (one seed per process) |")
     print("|---|---|---|---|---|---|---|---|")
     for algo, r in report["algorithms"].items():
         o, d = r["seemrl"], r["d3rlpy"] or {}
         p_value = "-" if r["welch_p"] is None or math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}"
         print(f"| {algo} | {mean_std(o['scores'])} | {mean_std(d.get('scores', []))} | {p_value} "
               f"| {np.mean(o['q_mean']):.1f} | {np.mean(d['q_mean']):.1f} | {o['seed_steps_per_second']:,.0f} "
-              f"| {d['seed_steps_per_second']:,.0f} |" if d else
+              f"| {d['steps_per_second_per_seed']:,.0f} |" if d else
               f"| {algo} | {mean_std(o['scores'])} | - | - | {np.mean(o['q_mean']):.1f} | - "
               f"| {o['seed_steps_per_second']:,.0f} | - |")
     print("\nWhat differs between the two configurations: "

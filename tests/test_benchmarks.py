@@ -38,7 +38,7 @@ def test_peer_check_plumbing(tmp_path):
     t = make_transitions(episode_lengths=(40, 30, 50, 40), obs_dim=11, act_dim=3)
     t.meta.update(env_id="Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3)
     write_transitions(tmp_path / "whole.parquet", t)
-    args = ["--steps", "20", "--seeds", "2", "--eval-episodes", "1", "--q-rows", "50", "--hidden", "16", "16",
+    args = ["--steps", "20", "--seeds", "2", "--eval-episodes", "1", "--q-rows", "50", "--hidden", "16", "16", "--jobs", "2",
             "--device", "cpu", "--out", str(tmp_path / "peer.json")]
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
                            *args], capture_output=True, text=True, timeout=600)

@@ -440,7 +440,7 @@ def recipe_train_main(env_id: str, out_dir: str | os.PathLike, cfg_json=None,
     monitor_factory(cfg) -> a `seemrl.training.tracking.Monitor` context for the SAC run."""
     _setup_logging()
     cfg = RecipeConfig.from_json(cfg_json)
-    kw = dict(resume_dir=resume_dir, resume_every_s=resume_every_s, eval_workers=eval_workers)
+    kw = {"resume_dir": resume_dir, "resume_every_s": resume_every_s, "eval_workers": eval_workers}
     if monitor_factory is None:
         return run_recipe_training(env_id, cfg, out_dir, device, **kw)
     with monitor_factory(cfg) as monitor:
