@@ -78,3 +78,32 @@ def test_fused_layer_norm_matches_the_plain_ops_on_cuda(affine, activation):
     out_f.square().sum().backward()
     for p, q in zip(plain.parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_falls_back_to_plain_ops_and_puts_back_what_a_failed_piece_changed(monkeypatch):
+    """Where the compiled function fails part-way (here: after switching a flag), the plain one
+    runs instead, with a warning, once `on_fallback` has put the flag back; and from then on."""
+    import warnings
+
+    from seemrl.training import nets as nets_mod
+
+    w = torch.nn.Parameter(torch.ones(2))
+    calls = []
+
+    def fn(x):
+        calls.append("plain")
+        return (x * w).sum()
+
+    def broken(x):  # a compiled piece ran, then a later one failed
+        w.requires_grad_(False)
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: broken)
+    c = nets_mod.Compiled(fn, "test function", on_fallback=lambda: w.requires_grad_(True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = c(torch.ones(2))
+    assert out.requires_grad and calls == ["plain"] and w.requires_grad
+    assert any("compiled test function unavailable (RuntimeError: no compiler)" in str(m.message) for m in caught)
+    c(torch.ones(2))
+    assert calls == ["plain", "plain"]  # the compiled function is not tried again

@@ -334,8 +334,11 @@ class SACTrainer(CriticTrainer):
         self.act_out = torch.zeros(self.S, self.act_dim, device=self.device)
         self._act_graph: torch.cuda.CUDAGraph | None = None
         compiled = self.device.type == "cuda" and cfg.compile_update
-        if compiled:  # an instance attribute: the engine calls self._update
-            self._update = Compiled(self._update, "the SAC update")
+        if compiled:  # an instance attribute: the engine calls self._update. A compiled update that
+            # fails part-way (first call only: the engine's warm-up when graphed) may leave the
+            # critics without gradients; the plain update then starts from them as they were
+            self._update = Compiled(self._update, "the SAC update",
+                                    on_fallback=lambda: [p.requires_grad_(True) for p in critic_params(nets)])
         self.finish_setup()
         if compiled:
             self.mode += ", update compiled"

@@ -327,10 +327,13 @@ FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kern
 
 class Compiled:
     """`fn` compiled by torch.compile (static shapes) on first call; where compilation or the
-    compiled code fails (no Triton, no compiler), `fn` itself from then on, with a warning."""
+    compiled code fails (no Triton, no compiler), `fn` itself from then on, with a warning.
+    A function that compiles in pieces may have run some of them before one fails:
+    `on_fallback()` (optional) puts back what they changed outside their results (flags such
+    as requires_grad) before `fn` runs."""
 
-    def __init__(self, fn: Callable, what: str, fullgraph: bool = False):
-        self.fn, self.what, self.fullgraph = fn, what, fullgraph
+    def __init__(self, fn: Callable, what: str, fullgraph: bool = False, on_fallback: Callable | None = None):
+        self.fn, self.what, self.fullgraph, self.on_fallback = fn, what, fullgraph, on_fallback
         self._compiled: Callable | None | bool = None  # None: not yet; False: failed
 
     def __call__(self, *args, **kwargs):
@@ -346,6 +349,8 @@ class Compiled:
         except Exception as exc:  # same math, unfused
             warnings.warn(f"compiled {self.what} unavailable ({type(exc).__name__}: {exc}); using plain ops")
             self._compiled = False
+            if self.on_fallback is not None:
+                self.on_fallback()
             return self.fn(*args, **kwargs)
 
 
