@@ -101,6 +101,7 @@ PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, t
     "ablation.yaml": ("all", 9 * 2 * 4, 9 * 2 * 4, 0, 0),
     "online_sac.yaml": ("all", 0, 0, 2 * 3, 0),
     "theory.yaml": ("all", 0, 0, 0, 4),
+    "evidence.yaml": ("all", 3 * 3 * 2 * 2 + 2 * 2, 3 * 3 * 2 * 2 + 2 * 2, 0, 0),
 }
 
 
@@ -124,6 +125,9 @@ PAPER_REPORTS = {
                       ["results/report/totals/fig12.png"]),
     "online_sac.yaml": ({"report_online": 1, "claims": 1}, ["results/report/online_sac.png", "results/report/claims.md"]),
     "theory.yaml": ({"claims": 1}, ["results/report/claims.csv"]),
+    "evidence.yaml": ({**_EVALUATED, "plot_seem_q": 3, "plot_curves": 3, "report_totals": 1, "plot_totals": 1},
+                      ["results/report/totals/evidence.png", "results/report/curves/ev-walker2d-medium.png",
+                       "results/report/seem_q/ev-hopper-medium.png", "results/report/claims.md"]),
 }
 
 

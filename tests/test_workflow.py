@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
+from seemrl.report.run_metadata import write_run_metadata
 from helpers import DEFAULT_CONFIG, PAPER_CONFIGS, PAPER_REPORTS, ROOT, TINY, job_counts, project_copy, snakemake
 
 def test_dry_run_job_counts_of_default_config(tmp_path):
@@ -166,6 +167,17 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
     predictions = pd.read_csv(tmp_path / "results/report/predictions.csv")
     assert len(predictions) == 4 * 2  # one row per (run, seed)
     assert "precision" in (tmp_path / "results/report/predictions.md").read_text()
+
+    # every job left its Snakemake benchmark file; run-metadata sums them per rule
+    meta = write_run_metadata(tmp_path / "results/benchmarks", tmp_path / "meta.json", tmp_path / "meta.md",
+                              commit="abc", command="snakemake", config="tiny")
+    assert {r["rule"]: r["jobs"] for r in meta["rules"]} == {
+        "recipe_train": 1, "recipe_dataset": 1, "dataset_table": 1, "subset": 2, "train": 4, "seem": 4,
+        "report_tables": 1, "predictions": 1, "report_scores": 1, "plot_curves": 1, "plot_seem_q": 1,
+        "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1,
+        "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1}
+    assert all(r["total_s"] > 0 for r in meta["rules"]) and meta["environment"]["gpus"] == []
+    assert "| train |" in (tmp_path / "meta.md").read_text()
 
     # theory experiments: their tables and figures
     toy = pd.read_csv(tmp_path / "results/theory/toy/toy_summary.csv")

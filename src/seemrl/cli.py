@@ -377,6 +377,15 @@ def cmd_predictions(a: argparse.Namespace) -> None:
     log.info("predictions for %d seeds of %d runs written to %s", len(table), len(a.runs), a.csv)
 
 
+def cmd_run_metadata(a: argparse.Namespace) -> None:
+    from seemrl.report.run_metadata import write_run_metadata
+
+    _setup()
+    meta = write_run_metadata(a.benchmarks, a.json, a.markdown, commit=a.commit, command=a.run_command,
+                              config=a.config, wall_seconds=a.wall_seconds, jobs_csv=a.jobs_csv)
+    log.info("metadata of %d jobs (%d rules) written to %s", meta["jobs"], len(meta["rules"]), a.json)
+
+
 def cmd_status(a: argparse.Namespace) -> None:
     from seemrl.status import main as status
 
@@ -555,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", nargs="+", required=True)
     for flag in ("--predictions", "--out"):
         sp.add_argument(flag, required=True)
+    sp = add("run-metadata", cmd_run_metadata, "commit, GPU, versions and wall time per rule of a workflow run")
+    sp.add_argument("--benchmarks", default="results/benchmarks", help="the rules' Snakemake benchmark files")
+    for flag, what in (("--commit", "the commit that ran"), ("--run-command", "the command that ran"),
+                       ("--config", "its config file(s)"), ("--json", "output"), ("--markdown", "output")):
+        sp.add_argument(flag, required=True, help=what)
+    sp.add_argument("--wall-seconds", type=float, help="the whole run's wall time")
+    sp.add_argument("--jobs-csv", help="every job's row (CSV)")
     sp = add("report-claims", cmd_report_claims, "the paper's claims against the runs (CSV and Markdown)")
     for flag in ("--scores", "--seeds", "--predictions", "--paper", "--theory", "--online-metrics", "--online-runs"):
         sp.add_argument(flag, nargs="+", default=[])

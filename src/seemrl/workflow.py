@@ -22,6 +22,10 @@ from seemrl.config import build, check_dataclass_fields, check_fields, critic_sp
 
 RUN = "results/runs/{dataset}/{percent}pct/{algo}/{norm}"
 ONLINE_RUN = "results/online/{env}/{variant}"
+# Snakemake's `benchmark:` files (wall time, memory, CPU time of each job); `seemrl run-metadata` sums them per rule
+BENCHMARKS = "results/benchmarks"
+RUN_BENCHMARK = RUN.replace("results/runs", f"{BENCHMARKS}/runs")
+ONLINE_BENCHMARK = ONLINE_RUN.replace("results/online", f"{BENCHMARKS}/online")
 # package modules every training job runs (besides its algorithm's file and algos/base.py)
 TRAINING_CODE = (*(f"training/{m}.py" for m in ("draws", "trainer", "loop", "nets", "evaluation", "antmaze", "resume",
                                                 "devices")), "data/preparation.py", "config.py", "train.py")

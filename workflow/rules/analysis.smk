@@ -11,6 +11,8 @@ rule seem:
         f"{RUN}/seem.parquet",
     log:
         f"{RUN}/seem.log",
+    benchmark:
+        f"{RUN_BENCHMARK}/seem.tsv"
     conda:
         CONDA_ENV_GPU
     threads: 1
@@ -38,6 +40,8 @@ rule predictions:
         markdown="results/report/predictions.md",
     log:
         "results/logs/predictions.log",
+    benchmark:
+        "results/benchmarks/predictions.tsv"
     conda:
         CONDA_ENV
     params:

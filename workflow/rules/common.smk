@@ -13,7 +13,16 @@ sys.path.insert(0, str(PROJECT.joinpath("src")))
 # job temp files (the profile's tmpdir resource) stay in the project
 Path(".cache/tmp").mkdir(parents=True, exist_ok=True)
 
-from seemrl.workflow import ONLINE_RUN, RUN, THEORY_FILES, TRAINING_CODE, Plan, percent_label  # noqa: E402
+from seemrl.workflow import (  # noqa: E402
+    ONLINE_BENCHMARK,
+    ONLINE_RUN,
+    RUN,
+    RUN_BENCHMARK,
+    THEORY_FILES,
+    TRAINING_CODE,
+    Plan,
+    percent_label,
+)
 
 CONDA_ENV = "../../envs/jobs-cpu.yaml"  # rules that compute on the CPU
 CONDA_ENV_GPU = "../../envs/jobs-gpu.yaml"  # rules that may use a GPU (resources: gpu=1)

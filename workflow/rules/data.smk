@@ -11,6 +11,8 @@ rule fetch_d4rl:
         "resources/d4rl/{dataset}.hdf5",
     log:
         "results/logs/fetch_d4rl/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_d4rl/{dataset}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -29,6 +31,8 @@ rule fetch_minari:
         "resources/minari-fetched/{dataset}.json",
     log:
         "results/logs/fetch_minari/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_minari/{dataset}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -47,6 +51,8 @@ rule recipe_train:
         directory("resources/generated/{recipe}/{env_id}/training"),
     log:
         "results/logs/recipe_train/{recipe}-{env_id}.log",
+    benchmark:
+        "results/benchmarks/recipe_train/{recipe}-{env_id}.tsv"
     conda:
         CONDA_ENV_GPU
     threads: 4  # the GPU trains; afterwards the snapshots are evaluated in this many CPU processes
@@ -76,6 +82,8 @@ rule recipe_dataset:
         "resources/generated/{recipe}/{env_id}/{level}.json",
     log:
         "results/logs/recipe_dataset/{recipe}-{env_id}-{level}.log",
+    benchmark:
+        "results/benchmarks/recipe_dataset/{recipe}-{env_id}-{level}.tsv"
     wildcard_constraints:
         level="random|medium|medium-replay|expert|medium-expert",
     conda:
@@ -99,6 +107,8 @@ rule dataset_table:
         card="resources/datasets/{dataset}/card.json",
     log:
         "results/logs/dataset_table/{dataset}.log",
+    benchmark:
+        "results/benchmarks/dataset_table/{dataset}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -117,6 +127,8 @@ rule subset:
         "resources/datasets/{dataset}/subset-{percent}pct.parquet",
     log:
         "results/logs/subset/{dataset}-{percent}pct.log",
+    benchmark:
+        "results/benchmarks/subset/{dataset}-{percent}pct.tsv"
     conda:
         CONDA_ENV
     params:

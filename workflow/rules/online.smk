@@ -14,6 +14,8 @@ rule train_online:
         run=f"{ONLINE_RUN}/run.json",
     log:
         f"{ONLINE_RUN}/train.log",
+    benchmark:
+        f"{ONLINE_BENCHMARK}/train.tsv"
     conda:
         CONDA_ENV_GPU
     threads: 1
@@ -42,6 +44,8 @@ rule report_online:
         report("results/report/online_sac.png", caption="../report/online_sac.rst", category="Online SAC"),
     log:
         "results/logs/report_online.log",
+    benchmark:
+        "results/benchmarks/report_online.tsv"
     conda:
         CONDA_ENV
     shell:

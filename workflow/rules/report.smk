@@ -21,6 +21,8 @@ rule report_tables:
         seeds="results/report/seeds.csv",
     log:
         "results/logs/report_tables.log",
+    benchmark:
+        "results/benchmarks/report_tables.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -39,6 +41,8 @@ rule report_scores:
         evaluations="results/report/evaluations.parquet",
     log:
         "results/logs/report_scores.log",
+    benchmark:
+        "results/benchmarks/report_scores.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -58,6 +62,8 @@ rule paper_table:
         latex="results/report/tables/{table}.tex",
     log:
         "results/logs/paper_table/{table}.log",
+    benchmark:
+        "results/benchmarks/paper_table/{table}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -81,6 +87,8 @@ rule report_totals:
         profile="results/report/totals/{figure}_profile.csv",
     log:
         "results/logs/report_totals/{figure}.log",
+    benchmark:
+        "results/benchmarks/report_totals/{figure}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -107,6 +115,8 @@ rule plot_totals:
         ),
     log:
         "results/logs/plot_totals/{figure}.log",
+    benchmark:
+        "results/benchmarks/plot_totals/{figure}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -125,6 +135,8 @@ rule plot_curves:
         report("results/report/curves/{dataset}.png", caption="../report/curves.rst", category="Learning curves"),
     log:
         "results/logs/plot_curves/{dataset}.log",
+    benchmark:
+        "results/benchmarks/plot_curves/{dataset}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -145,6 +157,8 @@ rule plot_seem_q:
         report("results/report/seem_q/{dataset}.png", caption="../report/seem_q.rst", category="SEEM and Q"),
     log:
         "results/logs/plot_seem_q/{dataset}.log",
+    benchmark:
+        "results/benchmarks/plot_seem_q/{dataset}.tsv"
     conda:
         CONDA_ENV
     params:
@@ -164,6 +178,8 @@ rule plot_growth:
         report("results/report/growth.png", caption="../report/growth.rst", category="SEEM and Q"),
     log:
         "results/logs/plot_growth.log",
+    benchmark:
+        "results/benchmarks/plot_growth.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -181,6 +197,8 @@ rule plot_seem_vs_gamma:
         report("results/report/seem_vs_gamma.png", caption="../report/seem_vs_gamma.rst", category="SEEM and Q"),
     log:
         "results/logs/plot_seem_vs_gamma.log",
+    benchmark:
+        "results/benchmarks/plot_seem_vs_gamma.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -197,6 +215,8 @@ rule claims:
         markdown="results/report/claims.md",
     log:
         "results/logs/claims.log",
+    benchmark:
+        "results/benchmarks/claims.tsv"
     conda:
         CONDA_ENV
     params:

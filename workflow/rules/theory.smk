@@ -12,6 +12,8 @@ for _experiment, _files in THEORY_FILES.items():
             [theory_output(_experiment, f) for f in _files],
         log:
             f"results/logs/theory_{_experiment}.log",
+        benchmark:
+            f"results/benchmarks/theory_{_experiment}.tsv"
         conda:
             CONDA_ENV
         threads: 1

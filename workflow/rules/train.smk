@@ -13,6 +13,8 @@ rule train:
         run=f"{RUN}/run.json",
     log:
         f"{RUN}/train.log",
+    benchmark:
+        f"{RUN_BENCHMARK}/train.tsv"
     conda:
         CONDA_ENV_GPU
     threads: config["resources"].get("train_threads", 1)
