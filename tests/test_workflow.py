@@ -177,7 +177,7 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
         "report_totals": 1, "plot_totals": 1, "claims": 1, "plot_growth": 1,
         "theory_toy": 1, "theory_ntk_map": 1, "theory_baird": 1, "theory_homogeneity": 1}
     assert all(r["total_s"] > 0 for r in meta["rules"]) and meta["environment"]["gpus"] == []
-    assert "| train |" in (tmp_path / "meta.md").read_text()
+    assert "| train " in (tmp_path / "meta.md").read_text()
 
     # theory experiments: their tables and figures
     toy = pd.read_csv(tmp_path / "results/theory/toy/toy_summary.csv")
