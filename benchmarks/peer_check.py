@@ -203,8 +203,15 @@ def _d3rlpy_seed(task) -> dict:
     d3rlpy.seed(seed)
     model = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std).create(device=_d3_device(device))
     t0 = time.perf_counter()
+    every = max(1, steps // 10)
+
+    def progress(_algo, _epoch, step):
+        if step % every == 0:
+            print(f"d3rlpy {algo} seed {seed}: step {step:,}, {step / (time.perf_counter() - t0):,.0f} steps/s",
+                  file=sys.stderr, flush=True)
+
     model.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9,
-              logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+              logger_adapter=d3rlpy.logging.NoopAdapterFactory(), callback=progress)
     wall = time.perf_counter() - t0
     env_id = t.meta.get("eval_env_id") or t.meta["env_id"]
     ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
@@ -230,9 +237,44 @@ def mean_std(v: list[float]) -> str:
     return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v and all(x is not None for x in v) else "-"
 
 
+def print_table(report: dict) -> None:
+    print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
+          "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed (one seed per process) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for algo, r in report["algorithms"].items():
+        o, d = r["seemrl"], r["d3rlpy"] or {}
+        p_value = "-" if r["welch_p"] is None or math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}"
+        print(f"| {algo} | {mean_std(o['scores'])} | {mean_std(d.get('scores', []))} | {p_value} "
+              f"| {np.mean(o['q_mean']):.1f} | {np.mean(d['q_mean']):.1f} | {o['seed_steps_per_second']:,.0f} "
+              f"| {d['steps_per_second_per_seed']:,.0f} |" if d else
+              f"| {algo} | {mean_std(o['scores'])} | - | - | {np.mean(o['q_mean']):.1f} | - "
+              f"| {o['seed_steps_per_second']:,.0f} | - |")
+    print("\nWhat differs between the two configurations: "
+          + "; ".join(f"{k}: {DIFFERENCES[k]}" for k in report["algorithms"]))
+
+
+def merge(paths: list[str]) -> dict:
+    """Several runs' JSON (one algorithm each, run at once) as one report; they must share the
+    data, steps, seeds, device and versions."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {**reports[0], "algorithms": {}, "runs": []}
+    for path, r in zip(paths, reports):
+        for key in ("data", "steps", "seeds", "device", "torch", "d3rlpy"):
+            if r.get(key) != reports[0].get(key):
+                raise SystemExit(f"{path}: {key} {r.get(key)!r} differs from {paths[0]}'s {reports[0].get(key)!r}")
+        clash = set(r["algorithms"]) & set(merged["algorithms"])
+        if clash:
+            raise SystemExit(f"{path}: algorithm(s) {sorted(clash)} already in another file")
+        merged["algorithms"].update(r["algorithms"])
+        merged["runs"].append({"file": path, "command": r.get("command")})
+    return merged
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="a Parquet transition table of whole episodes")
+    p.add_argument("--data", help="a Parquet transition table of whole episodes")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="print one table from earlier runs' --out files (e.g. one algorithm each, run at once)")
     p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=100_000)
@@ -243,6 +285,16 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="d3rlpy seeds trained at once, one process each")
     p.add_argument("--out", help="write every number as JSON here")
     a = p.parse_args()
+    if a.merge:
+        report = merge(a.merge)
+        print(f"{report['data']}: {report['steps']:,} steps, seeds {report['seeds']}; {report['device']}, "
+              f"torch {report['torch']}; d3rlpy {report['d3rlpy'] or '-'}")
+        print_table(report)
+        if a.out:
+            Path(a.out).write_text(json.dumps(report, indent=1, default=float))
+        return
+    if not a.data:
+        p.error("--data is required (or --merge)")
     global HIDDEN
     HIDDEN = a.hidden
 
@@ -269,7 +321,7 @@ def main() -> None:
           f"{a.eval_episodes} evaluation episodes; {name}, torch {torch.__version__}; d3rlpy {peer or '-'}", flush=True)
     if why:
         print(f"d3rlpy half skipped: {why}", flush=True)
-    report = {"data": a.data, "steps": a.steps, "seeds": seeds, "device": name, "torch": torch.__version__,
+    report = {"command": " ".join(sys.argv), "data": a.data, "steps": a.steps, "jobs": a.jobs, "seeds": seeds, "device": name, "torch": torch.__version__,
               "d3rlpy": peer, "algorithms": {}}
     for algo in a.algos:
         ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
@@ -280,19 +332,7 @@ def main() -> None:
                                       "welch_p": None if theirs is None else welch_p(ours["scores"], theirs["scores"])}
         print(f"{algo}: seemrl {mean_std(ours['scores'])}"
               + ("" if theirs is None else f", d3rlpy {mean_std(theirs['scores'])}"), flush=True)
-    print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
-          "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed (one seed per process) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for algo, r in report["algorithms"].items():
-        o, d = r["seemrl"], r["d3rlpy"] or {}
-        p_value = "-" if r["welch_p"] is None or math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}"
-        print(f"| {algo} | {mean_std(o['scores'])} | {mean_std(d.get('scores', []))} | {p_value} "
-              f"| {np.mean(o['q_mean']):.1f} | {np.mean(d['q_mean']):.1f} | {o['seed_steps_per_second']:,.0f} "
-              f"| {d['steps_per_second_per_seed']:,.0f} |" if d else
-              f"| {algo} | {mean_std(o['scores'])} | - | - | {np.mean(o['q_mean']):.1f} | - "
-              f"| {o['seed_steps_per_second']:,.0f} | - |")
-    print("\nWhat differs between the two configurations: "
-          + "; ".join(f"{k}: {v}" for k, v in DIFFERENCES.items() if k in a.algos))
+    print_table(report)
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=1, default=float))
 

@@ -39,9 +39,20 @@ def test_peer_check_plumbing(tmp_path):
     t.meta.update(env_id="Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3)
     write_transitions(tmp_path / "whole.parquet", t)
     args = ["--steps", "20", "--seeds", "2", "--eval-episodes", "1", "--q-rows", "50", "--hidden", "16", "16", "--jobs", "2",
-            "--device", "cpu", "--out", str(tmp_path / "peer.json")]
-    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
-                           *args], capture_output=True, text=True, timeout=600)
+            "--device", "cpu"]
+    # the algorithms in two runs (as on a GPU, at once), then one table from both files
+    outs = []
+    for algos, out in ((["td3bc"], "a.json"), (["iql", "cql"], "b.json")):
+        proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
+                               *args, "--algos", *algos, "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for algo in algos:
+            assert f"| {algo} | " in proc.stdout
+        outs.append(proc.stdout)
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "b.json"), "--out", str(tmp_path / "peer.json")],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for algo in ("td3bc", "iql", "cql"):
         assert f"| {algo} | " in proc.stdout
@@ -49,12 +60,24 @@ def test_peer_check_plumbing(tmp_path):
 
     report = json.loads((tmp_path / "peer.json").read_text())
     assert set(report["algorithms"]) == {"td3bc", "iql", "cql"}
+    assert [r["file"] for r in report["runs"]] == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     ours = report["algorithms"]["cql"]["seemrl"]
     assert len(ours["scores"]) == 2 and all(np.isfinite(ours["q_mean"])) and ours["seed_steps_per_second"] > 0
     if report["d3rlpy"] is None:
-        assert "d3rlpy half skipped: d3rlpy is not importable" in proc.stdout
+        assert all("d3rlpy half skipped: d3rlpy is not importable" in out for out in outs)
+        assert report["algorithms"]["cql"]["d3rlpy"] is None
     else:
         assert len(report["algorithms"]["cql"]["d3rlpy"]["scores"]) == 2
+    # the same algorithm in two files, or files of different runs, are refused, naming the file
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "a.json" in proc.stderr and "td3bc" in proc.stderr
+    other = json.loads((tmp_path / "b.json").read_text())
+    other["steps"] = 40
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "c.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "c.json" in proc.stderr and "steps" in proc.stderr
     # rows out of episode order: refused with the file's name
     shuffled = make_transitions(episode_lengths=(40, 30), obs_dim=11, act_dim=3)
     order = np.random.default_rng(0).permutation(len(shuffled.obs))
@@ -65,5 +88,5 @@ def test_peer_check_plumbing(tmp_path):
     shuffled.meta.update(env_id="Hopper-v5")
     write_transitions(tmp_path / "subset.parquet", shuffled)
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "subset.parquet"),
-                           *args], capture_output=True, text=True, timeout=300)
+                           *args, "--algos", "td3bc"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "subset.parquet" in proc.stderr and "whole episodes" in proc.stderr
