@@ -68,3 +68,48 @@ def test_summarize_final_last10_best():
     assert summary["best_return"] == 11.0
     assert summary["final_score"] is None and summary["best_score"] is None
     assert summary["evaluations"] == 12 and summary["final_step"] == 1200
+
+
+@pytest.mark.parametrize("algo", ["td3", "iql", "cql"])
+def test_policy_copy_acts_the_same_and_shares_nothing(algo):
+    """Evaluation acts with a CPU copy of the policy's networks (`OfflineNets.host_policy`): the
+    copy's actions are the policy's, the copy holds its own storage, the rest is shared."""
+    from seemrl.algos import trainer_module
+
+    module = trainer_module(algo)
+    nets = module.build_nets(module.Config(hidden=(8, 8)), [0, 1], HOPPER_OBS, HOPPER_ACT,
+                             obs_mean=torch.randn(HOPPER_OBS).numpy(), obs_std=torch.rand(HOPPER_OBS).numpy() + 0.5)
+    copy = nets.policy_copy("cpu")
+    obs = torch.randn(2, 5, HOPPER_OBS)
+    with torch.no_grad():
+        assert torch.equal(copy.policy(copy.normalize(obs)), nets.policy(nets.normalize(obs)))
+        for p in nets.actor.parameters():
+            p.add_(1.0)
+        nets.obs_mean.add_(1.0)
+        assert not torch.equal(copy.policy(copy.normalize(obs)), nets.policy(nets.normalize(obs)))
+    assert copy.q1 is nets.q1 and copy.actor is not nets.actor
+    assert nets.host_policy() is nets  # already on the CPU: no copy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_policy_of_cuda_nets_is_on_the_cpu_and_acts_alike():
+    from seemrl.algos import trainer_module
+
+    for algo in ("td3", "iql", "cql"):
+        module = trainer_module(algo)
+        nets = module.build_nets(module.Config(hidden=(64, 64)), [0, 1], HOPPER_OBS, HOPPER_ACT).to("cuda")
+        host = nets.host_policy()
+        assert host.obs_mean.device.type == "cpu" and next(host.actor.parameters()).device.type == "cpu"
+        obs = torch.randn(2, 5, HOPPER_OBS)
+        with torch.no_grad():
+            torch.testing.assert_close(host.policy(host.normalize(obs)),
+                                       nets.policy(nets.normalize(obs.cuda())).cpu(), atol=1e-3, rtol=1e-3)
+
+
+def test_diffql_acts_on_its_own_device():
+    """Diffusion-QL's policy samples from its own generators and reads the target critics: it is
+    not copied to the host (POLICY_MODULES is empty), so its evaluation is unchanged."""
+    from seemrl.algos import diffql
+
+    nets = diffql.build_nets(diffql.DiffQLConfig(hidden=(8, 8)), [0], HOPPER_OBS, HOPPER_ACT)
+    assert diffql.DiffQLNets.POLICY_MODULES == () and nets.host_policy() is nets

@@ -62,6 +62,8 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
         from seemrl.training.antmaze import evaluate_antmaze
 
         def evaluate(nets):
+            nets = nets.host_policy()
+
             @torch.no_grad()
             def policy_fn(obs: np.ndarray) -> np.ndarray:
                 x = torch.as_tensor(obs, dtype=torch.float32, device=nets.obs_mean.device)
@@ -75,8 +77,11 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
     env_id = meta.get("eval_env_id") or meta.get("env_id")
     if not env_id:
         raise SystemExit(f"eval_every={cfg.eval_every} but {data_path} names no eval_env_id or env_id")
-    evaluate = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
-                                 eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
+    play = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
+                             eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
+
+    def evaluate(nets):
+        return play(nets.host_policy())
     return evaluate, {"env_id": env_id, **ref}
 
 

@@ -373,6 +373,7 @@ class DiffQLNets(OfflineNets):
     times_on: dict = field(default_factory=dict, repr=False, compare=False)
 
     MODULES = ("actor", "actor_ema", "q1", "q2", "q1_target", "q2_target")
+    POLICY_MODULES = ()  # the sampler draws from its own generators and reads the target critics
 
     def to(self, device) -> "DiffQLNets":
         super().to(device)
