@@ -248,10 +248,11 @@ def test_end_to_end_on_a_tiny_sgd_run_that_crashes(tmp_path):
     result.metrics.to_parquet(run / "metrics.parquet")
     (run / "run.json").write_text(json.dumps({
         "labels": {"dataset": "toy", "percent": "100", "algo": "td3_sgd", "critic_norm": "none"},
-        "config": {"optimizer": "sgd", "critic_lr": 0.3, "hidden": [16, 16]},
+        "algorithm": "td3", "config": {"optimizer": "sgd", "critic_lr": 0.3, "hidden": [16, 16], "tau": 1.0,
+                                       "bc_weight": 0.0},
         "diverged_step": dict(zip(["0", "1"], result.diverged_step))}))
     loaded = load_run(run)
-    assert loaded.n_layers == 3 and loaded.optimizer == "sgd"
+    assert loaded.n_layers == 3 and loaded.optimizer == "sgd" and loaded.seem_setting
     assert loaded.n_params == 2 * (7 * 16 + 16 + 16 * 16 + 16 + 16 + 1)
     table = predictions_table([loaded]).set_index("seed")
     assert len(table) == 2
@@ -265,7 +266,7 @@ def test_end_to_end_on_a_tiny_sgd_run_that_crashes(tmp_path):
         assert row.sgd_obs_crash_step == min(first_nan, result.diverged_step[i])
         assert row.q_diverged_step <= row.sgd_obs_crash_step
         assert row.seem_positive and row.lead_time == row.q_diverged_step - row.first_positive_seem_step
-        assert row.q_source == "metrics" and row.n_checkpoints == 9
+        assert row.q_source == "metrics" and row.n_checkpoints == 9 and row.seem_setting
     md = summary_markdown(table.reset_index())
     assert "td3_sgd" in md
 
@@ -276,6 +277,16 @@ def test_load_run_with_only_a_seem_frame(tmp_path):
     run = load_run(tmp_path)
     # no run.json: the module's documented default depth (no algorithm's defaults are looked up)
     assert run.metrics is None and run.diverged_step is None and run.n_params is None and run.n_layers == 3
+    assert run.seem_setting is None  # unknown without run.json
     table = predictions_table([run], q_bound=1e4).set_index("seed")
     assert table.loc[0, "q_source"] == "checkpoints" and table.loc[0, "lead_time"] == 200
     assert not table.loc[1, "q_diverged"]
+
+
+def test_seem_setting_is_td3_without_bc_and_with_copied_targets():
+    from seemrl.analysis.predictions import in_seem_setting
+
+    assert in_seem_setting("td3", {"tau": 1.0, "bc_weight": 0.0})
+    assert not in_seem_setting("td3", {"tau": 0.005, "bc_weight": 0.0})  # EMA targets
+    assert not in_seem_setting("td3", {"tau": 1.0, "bc_weight": 1.0})  # TD3+BC
+    assert not in_seem_setting("cql", {"tau": 1.0})

@@ -178,6 +178,15 @@ def test_claims_seem_predictions_each_verdict():
     assert verdicts(claims.Evidence(predictions=calm))["SEEM > 0 precedes Q divergence"] == "too few runs"
     # no SEEM analysis at all
     assert verdicts(claims.Evidence())["SEEM > 0 precedes Q divergence"] == "not run here"
+    # only the SEEM setting counts: false alarms in runs with BC or EMA targets are left out, and
+    # without any run in the setting the claim is not run
+    marked = pd.concat([good.assign(seem_setting=True),
+                        good.assign(seem_setting=False, seem_positive=True, q_diverged=False, algo="td3bc")])
+    table = claims.claims_table(claims.Evidence(predictions=marked)).set_index("claim")
+    assert table.loc["SEEM > 0 precedes Q divergence", "verdict"] == "holds"
+    assert "8 seeds outside the setting left out" in table.loc["SEEM > 0 precedes Q divergence", "measured"]
+    outside = verdicts(claims.Evidence(predictions=good.assign(seem_setting=False)))
+    assert outside["SEEM > 0 precedes Q divergence"] == "not run here"
 
 
 def test_claims_sgd_crash_prediction():

@@ -321,6 +321,14 @@ class RunOutputs:
     optimizer: str | None = None  # "adam" or "sgd"
     lr: float | None = None
     n_params: int | None = None  # parameters of Q1 and Q2 of one seed (for lr * sqrt(P))
+    seem_setting: bool | None = None  # the paper's SEEM setting: TD3, no BC, target copied every update
+
+
+def in_seem_setting(algorithm: str | None, config: dict) -> bool:
+    """The setting the paper's SEEM predictions are made for (Sec. 3): offline TD3 without a
+    behaviour term and with the target copied every update (tau 1). EMA targets, BC or CQL's
+    penalty change the dynamics the prediction is about."""
+    return algorithm == "td3" and float(config.get("tau", 0.005)) == 1.0 and float(config.get("bc_weight", 0.0)) == 0.0
 
 
 def load_run(run_dir: str | Path) -> RunOutputs:
@@ -349,7 +357,7 @@ def load_run(run_dir: str | Path) -> RunOutputs:
                       labels={"run": str(run_dir), **info.get("labels", {})},
                       n_layers=len(hidden) + 1 if hidden else DEFAULT_N_LAYERS,
                       optimizer=config.get("optimizer", "adam"), lr=config.get("critic_lr"),
-                      n_params=n_params)
+                      n_params=n_params, seem_setting=in_seem_setting(info.get("algorithm"), config) if info else None)
 
 
 def _labelled(frame: pd.DataFrame | None, labels: dict) -> pd.DataFrame | None:
@@ -399,7 +407,7 @@ def predictions_table(runs: Sequence[RunOutputs], q_bound: float = DEFAULT_Q_BOU
             observed = min([s for s in (crash, trainer_step) if not math.isnan(s)], default=math.nan)
             sgd1 = sgd_crash(t, q, t0=t0, exponent=1.0, observed_crash=observed)
             sgd_l = sgd_crash(t, q, t0=t0, exponent=sgd_exponent(run.n_layers), observed_crash=observed)
-            extra.append({"optimizer": run.optimizer, "q_source": "metrics" if use_metrics else "checkpoints",
+            extra.append({"optimizer": run.optimizer, "seem_setting": run.seem_setting, "q_source": "metrics" if use_metrics else "checkpoints",
                           **adam_growth(t, norm, q, t0, run.n_layers, run.lr, run.n_params),
                           **sgd1, **{"sgd_L_" + k_[4:]: v for k_, v in sgd_l.items()}})
         tables.append(pd.concat([lead.reset_index(drop=True), pd.DataFrame(extra)], axis=1))

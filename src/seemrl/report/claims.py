@@ -60,15 +60,23 @@ def seem_precedes_divergence(ev: Evidence) -> list[dict]:
 
     claim = "SEEM > 0 precedes Q divergence"
     paper = "SEEM turns positive before Q diverges and predicts it at an early stage (Fig. 1, Sec. 3)"
-    rule = "holds if, over all seeds, precision and recall of 'SEEM positive no later than divergence' are >= 0.8"
+    rule = ("holds if, over the seeds in the SEEM setting (TD3, no BC, tau 1), precision and recall of "
+            "'SEEM positive no later than divergence' are >= 0.8")
     p = ev.predictions
     if not _has(p):
         return [_row(claim, paper, "no SEEM analysis", NOT_RUN, rule)]
+    left_out = ""
+    if "seem_setting" in p:  # runs with EMA targets, BC or CQL's penalty are not what the claim is about
+        inside = p["seem_setting"].fillna(False).astype(bool)
+        left_out = f"; {int((~inside).sum())} seeds outside the setting left out"
+        p = p[inside]
+        if not len(p):
+            return [_row(claim, paper, "no run in the SEEM setting" + left_out, NOT_RUN, rule)]
     pr = precision_recall(p, require_lead=True)
     diverged = p[p["q_diverged"].astype(bool)]
     lead = pd.to_numeric(diverged["lead_time"], errors="coerce")
     measured = (f"{len(diverged)} of {len(p)} seeds diverged; precision {_fmt(pr['precision'], '{:.2f}')}, recall "
-                f"{_fmt(pr['recall'], '{:.2f}')}; median lead {_fmt(lead.median(), '{:,.0f}')} steps")
+                f"{_fmt(pr['recall'], '{:.2f}')}; median lead {_fmt(lead.median(), '{:,.0f}')} steps{left_out}")
     if len(diverged) < MIN_SEEDS:
         verdict = TOO_FEW
         measured += f" (fewer than {MIN_SEEDS} diverged seeds: nothing to predict)"
