@@ -10,11 +10,16 @@ what differs), the same number of gradient steps and the same seeds. Each final 
 reset seeds per seed for both). Printed per algorithm: the D4RL-normalised score, mean ± std over
 seeds, for both; Welch's t-test p-value; the mean Q of the final critics on the data's (s, a);
 and both libraries' training speed on the device (seemrl trains the seeds stacked in one process:
-seed-steps/s; d3rlpy one seed per process, `--jobs` of them at once: steps/s of one seed).
+seed-steps/s; d3rlpy one seed per process: steps/s of one seed, with `--jobs` processes at once).
+
+seemrl's runs go first, each algorithm alone on the device; then every d3rlpy (algorithm, seed),
+`--jobs` at a time, slowest first. Never both at once on one GPU: time-sliced against a dozen
+d3rlpy processes, seemrl's CUDA-graph CQL and d3rlpy alike ran 5-10x slower (benchmarks/README.md).
+The JSON is rewritten after every run that ends, so a run cut short keeps what it finished.
 
     python -m pip install --no-deps --target .peer -r benchmarks/peer/requirements.txt
-    PYTHONPATH=.peer python benchmarks/peer_check.py --data resources/datasets/gen-hopper-medium/subset-100pct.parquet \\
-        --steps 100000 --seeds 5 --device cuda --out docs/results/peer_check.json
+    PYTHONPATH=.peer python benchmarks/peer_check.py --data resources/datasets/ev-halfcheetah-medium/transitions.parquet \\
+        --steps 100000 --seeds 5 --device cuda --jobs 15 --d3rlpy-compile --out peer_check.json
 
 Without d3rlpy installed (as in CI) the d3rlpy half is skipped, and says so.
 """
@@ -40,6 +45,9 @@ SEEMRL = {
     "iql": ("iql", {}),
     "cql": ("cql", {}),
 }
+# Relative cost of a d3rlpy step (measured on one H100: TD3+BC 155, IQL 107, CQL 69 steps/s): the
+# slowest runs start first.
+COST = {"td3bc": 1.0, "iql": 1.45, "cql": 2.25}
 # What d3rlpy's configs cannot express the same way (said in the output).
 DIFFERENCES = {
     "td3bc": "none known",
@@ -159,29 +167,39 @@ class D3Policies:
                             for i, a in enumerate(self.algos)])
 
 
-def run_d3rlpy(algo: str, data_path: str, seeds: list[int], steps: int, device: str, eval_episodes: int,
-               q_rows: dict, jobs: int = 1) -> dict:
-    """d3rlpy's runs, one per seed, in `jobs` processes at once (d3rlpy trains one seed per process;
-    its update is bound by the host, so processes share a GPU well)."""
-    tasks = [(algo, data_path, s, steps, device, eval_episodes, q_rows, HIDDEN) for s in seeds]
+def run_d3rlpy(tasks: list[tuple], jobs: int = 1):
+    """d3rlpy's runs, one (algorithm, seed) per process, `jobs` processes at once; yields
+    (algo, seed, result) as each ends. d3rlpy trains one seed per process and its update is bound
+    by the host, so its processes run side by side; seemrl's runs must not share the GPU with them
+    (a CUDA-graph trainer time-sliced against many processes slows both by 5-10x)."""
     if jobs <= 1:
-        results = [_d3rlpy_seed(task) for task in tasks]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        for task in tasks:
+            yield task[0], task[2], _d3rlpy_seed(task)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_d3rlpy_seed, tasks))
-    walls = [r["wall"] for r in results]
-    return {"scores": [r["score"] for r in results], "returns": [r["return"] for r in results],
-            "q_mean": [r["q_mean"] for r in results], "wall_seconds": walls, "processes": max(1, jobs),
-            "steps_per_second_per_seed": steps / float(np.mean(walls))}
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_d3rlpy_seed, task): task for task in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            yield task[0], task[2], future.result()
+
+
+def d3rlpy_summary(results: dict[int, dict], seeds: list[int], steps: int, processes: int) -> dict:
+    """One algorithm's d3rlpy seeds that have ended, in seed order."""
+    done = [s for s in seeds if s in results]
+    walls = [results[s]["wall"] for s in done]
+    return {"seeds": done, "scores": [results[s]["score"] for s in done],
+            "returns": [results[s]["return"] for s in done], "q_mean": [results[s]["q_mean"] for s in done],
+            "wall_seconds": walls, "processes": processes,
+            "steps_per_second_per_seed": steps / float(np.mean(walls)) if walls else None}
 
 
 def _d3rlpy_seed(task) -> dict:
     """One seed of d3rlpy: train, evaluate in seemrl's evaluator, mean Q on the rows."""
     global HIDDEN
-    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN = task
+    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN, compile_graph = task
     import logging
 
     import d3rlpy
@@ -201,7 +219,9 @@ def _d3rlpy_seed(task) -> dict:
         terminals=np.asarray(t.terminal, np.float32), timeouts=np.asarray(t.timeout, np.float32))
     raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
     d3rlpy.seed(seed)
-    model = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std).create(device=_d3_device(device))
+    config = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std)
+    config.compile_graph = compile_graph  # d3rlpy's CUDA graphs + torch.compile (CUDA only; ignored elsewhere)
+    model = config.create(device=_d3_device(device))
     t0 = time.perf_counter()
     every = max(1, steps // 10)
 
@@ -282,7 +302,9 @@ def main() -> None:
     p.add_argument("--q-rows", type=int, default=10_000, help="data rows the mean Q is taken over")
     p.add_argument("--device", default="cuda")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths of both sides (default: the workflow's)")
-    p.add_argument("--jobs", type=int, default=1, help="d3rlpy seeds trained at once, one process each")
+    p.add_argument("--jobs", type=int, default=1, help="d3rlpy runs (algorithm, seed) trained at once, one process each")
+    p.add_argument("--d3rlpy-compile", action="store_true",
+                   help="d3rlpy's compile_graph (CUDA graphs + torch.compile; CUDA only): its fastest update")
     p.add_argument("--out", help="write every number as JSON here")
     a = p.parse_args()
     if a.merge:
@@ -321,20 +343,39 @@ def main() -> None:
           f"{a.eval_episodes} evaluation episodes; {name}, torch {torch.__version__}; d3rlpy {peer or '-'}", flush=True)
     if why:
         print(f"d3rlpy half skipped: {why}", flush=True)
-    report = {"command": " ".join(sys.argv), "data": a.data, "steps": a.steps, "jobs": a.jobs, "seeds": seeds, "device": name, "torch": torch.__version__,
-              "d3rlpy": peer, "algorithms": {}}
+    report = {"command": " ".join(sys.argv), "data": a.data, "steps": a.steps, "jobs": a.jobs, "seeds": seeds,
+              "device": name, "torch": torch.__version__, "d3rlpy": peer, "d3rlpy_compile_graph": a.d3rlpy_compile,
+              "algorithms": {}}
+
+    def save() -> None:  # after every run that ends, so a run cut short keeps what it finished
+        if a.out:
+            tmp = Path(a.out + ".tmp")
+            tmp.write_text(json.dumps(report, indent=1, default=float))
+            tmp.replace(a.out)
+
+    # seemrl first, each algorithm alone on the device; then every d3rlpy seed, `jobs` at a time
     for algo in a.algos:
         ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
-        theirs = None
-        if peer:
-            theirs = run_d3rlpy(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows, a.jobs)
-        report["algorithms"][algo] = {"seemrl": ours, "d3rlpy": theirs, "differences": DIFFERENCES[algo],
-                                      "welch_p": None if theirs is None else welch_p(ours["scores"], theirs["scores"])}
-        print(f"{algo}: seemrl {mean_std(ours['scores'])}"
-              + ("" if theirs is None else f", d3rlpy {mean_std(theirs['scores'])}"), flush=True)
+        report["algorithms"][algo] = {"seemrl": ours, "d3rlpy": None, "differences": DIFFERENCES[algo], "welch_p": None}
+        print(f"{algo}: seemrl {mean_std(ours['scores'])} ({ours['seed_steps_per_second']:,.0f} seed-steps/s, "
+              f"{ours['wall_seconds']:.0f} s)", flush=True)
+        save()
+    if peer:
+        slowest_first = sorted(a.algos, key=lambda algo: -COST[algo])
+        tasks = [(algo, a.data, s, a.steps, device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile)
+                 for algo in slowest_first for s in seeds]
+        results = {algo: {} for algo in a.algos}
+        processes = max(1, min(a.jobs, len(tasks)))
+        for algo, seed, result in run_d3rlpy(tasks, a.jobs):
+            results[algo][seed] = result
+            entry = report["algorithms"][algo]
+            entry["d3rlpy"] = d3rlpy_summary(results[algo], seeds, a.steps, processes)
+            entry["welch_p"] = welch_p(entry["seemrl"]["scores"], entry["d3rlpy"]["scores"])
+            print(f"d3rlpy {algo} seed {seed}: score {result['score']:.1f}, {a.steps / result['wall']:,.0f} steps/s",
+                  flush=True)
+            save()
     print_table(report)
-    if a.out:
-        Path(a.out).write_text(json.dumps(report, indent=1, default=float))
+    save()
 
 
 if __name__ == "__main__":

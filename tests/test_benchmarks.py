@@ -42,9 +42,9 @@ def test_peer_check_plumbing(tmp_path):
             "--device", "cpu"]
     # the algorithms in two runs (as on a GPU, at once), then one table from both files
     outs = []
-    for algos, out in ((["td3bc"], "a.json"), (["iql", "cql"], "b.json")):
+    for algos, out, extra in ((["td3bc"], "a.json", []), (["iql", "cql"], "b.json", ["--d3rlpy-compile"])):
         proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
-                               *args, "--algos", *algos, "--out", str(tmp_path / out)],
+                               *args, *extra, "--algos", *algos, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         for algo in algos:
@@ -68,6 +68,9 @@ def test_peer_check_plumbing(tmp_path):
         assert report["algorithms"]["cql"]["d3rlpy"] is None
     else:
         assert len(report["algorithms"]["cql"]["d3rlpy"]["scores"]) == 2
+        assert report["algorithms"]["cql"]["d3rlpy"]["seeds"] == [0, 1]
+    assert json.loads((tmp_path / "b.json").read_text())["d3rlpy_compile_graph"] is True
+    assert not (tmp_path / "b.json.tmp").exists()
     # the same algorithm in two files, or files of different runs, are refused, naming the file
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
                            str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
