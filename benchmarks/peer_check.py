@@ -196,6 +196,41 @@ def d3rlpy_summary(results: dict[int, dict], seeds: list[int], steps: int, proce
             "steps_per_second_per_seed": steps / float(np.mean(walls)) if walls else None}
 
 
+def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, compile_graph: bool):
+    """d3rlpy's model of `algo` (seeded) and its dataset from the table `t`, prepared as seemrl's."""
+    import d3rlpy
+
+    from seemrl.data.preparation import prepare
+
+    _, _, cfg = seemrl_config(algo, steps, 1)
+    prepared = prepare(t, dataclasses.asdict(cfg))
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=np.asarray(t.obs, np.float32), actions=prepared.action, rewards=prepared.reward,
+        terminals=np.asarray(t.terminal, np.float32), timeouts=np.asarray(t.timeout, np.float32))
+    raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
+    d3rlpy.seed(seed)
+    config = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std)
+    config.compile_graph = compile_graph  # d3rlpy's CUDA graphs + torch.compile (CUDA only; ignored elsewhere)
+    return config.create(device=_d3_device(device)), dataset
+
+
+def probe(algos: list[str], t, steps: int, device: str, compile_graph: bool) -> dict[str, float]:
+    """d3rlpy's steps/s per algorithm, one seed alone in this process: `steps` timed after 50 of
+    warm-up (graph capture and compilation fall in those)."""
+    import d3rlpy
+
+    rates = {}
+    for algo in algos:
+        model, dataset = d3rlpy_model(algo, t, 0, steps, device, compile_graph)
+        for n in (50, steps):
+            t0 = time.perf_counter()
+            model.fit(dataset, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=10**9,
+                      logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+        rates[algo] = steps / (time.perf_counter() - t0)
+        print(f"d3rlpy {algo}: {rates[algo]:,.0f} steps/s (one seed alone, compile_graph={compile_graph})", flush=True)
+    return rates
+
+
 def _d3rlpy_seed(task) -> dict:
     """One seed of d3rlpy: train, evaluate in seemrl's evaluator, mean Q on the rows."""
     global HIDDEN
@@ -206,22 +241,12 @@ def _d3rlpy_seed(task) -> dict:
     import structlog
     import torch
 
-    from seemrl.data.preparation import prepare
     from seemrl.training.evaluation import evaluate_policies
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     torch.set_num_threads(1)
     t = load(data_path)
-    _, _, cfg = seemrl_config(algo, steps, eval_episodes)
-    prepared = prepare(t, dataclasses.asdict(cfg))
-    dataset = d3rlpy.dataset.MDPDataset(
-        observations=np.asarray(t.obs, np.float32), actions=prepared.action, rewards=prepared.reward,
-        terminals=np.asarray(t.terminal, np.float32), timeouts=np.asarray(t.timeout, np.float32))
-    raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
-    d3rlpy.seed(seed)
-    config = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std)
-    config.compile_graph = compile_graph  # d3rlpy's CUDA graphs + torch.compile (CUDA only; ignored elsewhere)
-    model = config.create(device=_d3_device(device))
+    model, dataset = d3rlpy_model(algo, t, seed, steps, device, compile_graph)
     t0 = time.perf_counter()
     every = max(1, steps // 10)
 
@@ -305,6 +330,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="d3rlpy runs (algorithm, seed) trained at once, one process each")
     p.add_argument("--d3rlpy-compile", action="store_true",
                    help="d3rlpy's compile_graph (CUDA graphs + torch.compile; CUDA only): its fastest update")
+    p.add_argument("--probe", type=int, metavar="STEPS",
+                   help="only time d3rlpy: STEPS steps of one seed per algorithm, alone (after 50 of warm-up)")
     p.add_argument("--out", help="write every number as JSON here")
     a = p.parse_args()
     if a.merge:
@@ -343,6 +370,11 @@ def main() -> None:
           f"{a.eval_episodes} evaluation episodes; {name}, torch {torch.__version__}; d3rlpy {peer or '-'}", flush=True)
     if why:
         print(f"d3rlpy half skipped: {why}", flush=True)
+    if a.probe:
+        if not peer:
+            raise SystemExit(f"--probe times d3rlpy, which is not importable: {why}")
+        probe(a.algos, t, a.probe, device, a.d3rlpy_compile)
+        return
     report = {"command": " ".join(sys.argv), "data": a.data, "steps": a.steps, "jobs": a.jobs, "seeds": seeds,
               "device": name, "torch": torch.__version__, "d3rlpy": peer, "d3rlpy_compile_graph": a.d3rlpy_compile,
               "algorithms": {}}

@@ -71,6 +71,14 @@ def test_peer_check_plumbing(tmp_path):
         assert report["algorithms"]["cql"]["d3rlpy"]["seeds"] == [0, 1]
     assert json.loads((tmp_path / "b.json").read_text())["d3rlpy_compile_graph"] is True
     assert not (tmp_path / "b.json.tmp").exists()
+    # --probe times d3rlpy alone, or says why it cannot
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
+                           "--hidden", "16", "16", "--device", "cpu", "--algos", "td3bc", "--probe", "5"],
+                          capture_output=True, text=True, timeout=300)
+    if report["d3rlpy"] is None:
+        assert proc.returncode != 0 and "--probe times d3rlpy, which is not importable" in proc.stderr
+    else:
+        assert proc.returncode == 0 and "d3rlpy td3bc: " in proc.stdout and "steps/s (one seed alone" in proc.stdout
     # the same algorithm in two files, or files of different runs, are refused, naming the file
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
                            str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
