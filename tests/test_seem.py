@@ -107,7 +107,8 @@ def test_seem_of_network_and_nonfinite_input():
     assert out["ntk_diag_mean"] == pytest.approx(torch.diagonal(phi_x @ phi_x.T).mean().item(), rel=1e-5)
     bad = phi_x.clone()
     bad[0, 0] = math.nan
-    assert all(math.isnan(v) for v in seem_from_jacobians(bad, phi_xs, 0.99).values())
+    nan = seem_from_jacobians(bad, phi_xs, 0.99)
+    assert nan.pop("seem_solver") is None and all(math.isnan(v) for v in nan.values())
 
 
 def test_homogeneity_of_relu_net_without_layernorm():
@@ -537,3 +538,73 @@ def test_training_rewards_are_the_algorithms_own(run_dir, tmp_path):
     out.mkdir()
     diffql.save_checkpoint(out / checkpoint_name(0), diffql.build_nets(cfg, [0], OBS, ACT), cfg, [0], 0, [None])
     np.testing.assert_array_equal(training_rewards(t, out), 10 * reward)
+
+
+# ------------------------------------------------------------------ the rightmost eigenvalue (Krylov-Schur)
+def _ntk_a(hidden, n, noise, seed=0, scale=1.0):
+    """A of a random StackedMLP critic on random X and X* = X + noise (noise 0: A = -(1 - gamma) G,
+    every eigenvalue <= 0, the rightmost inside a cluster at 0: the hard case for Krylov)."""
+    from seemrl.analysis.seem import seem_matrices
+
+    torch.manual_seed(seed)
+    net = StackedMLP(seed_generators([seed], 1), 23, 1, hidden)
+    with torch.no_grad():
+        for w in net.weights:
+            w.mul_(scale)
+    x = torch.randn(n, 23)
+    a, _, _ = seem_matrices(net, 0, x, x + noise * torch.randn(n, 23), 0.99)
+    return a
+
+
+@pytest.mark.parametrize("hidden,n,noise,scale", [
+    ((32, 32), 400, 0.1, 1.0),    # positive SEEM, as at initialisation
+    ((64, 64), 600, 0.1, 3.0),    # larger weights: a larger positive SEEM
+    ((64, 64), 512, 0.0, 1.0),    # X* = X: SEEM < 0, the rightmost at the edge of a cluster near 0
+    ((32, 32), 600, 1e-3, 1.0),   # X* ~ X: SEEM ~ -1e-5 ||A||
+])
+def test_krylov_matches_the_full_solve(hidden, n, noise, scale):
+    from seemrl.analysis.seem import rightmost_eigenvalue, seem_from_matrix
+
+    a = _ntk_a(hidden, n, noise, scale=scale)
+    full = torch.linalg.eigvals(a).real.max().item()
+    fro = torch.linalg.matrix_norm(a).item()
+    value, info = rightmost_eigenvalue(a)
+    assert value is not None, info
+    assert abs(value - full) <= 1e-9 * fro, (value, full, info)
+    assert info["residual"] <= 1e-9
+    by_krylov, by_full = seem_from_matrix(a, solver="krylov"), seem_from_matrix(a, solver="full")
+    assert by_krylov["seem_solver"] == "krylov" and by_full["seem_solver"] == "full"
+    assert abs(by_krylov["seem_normalized"] - by_full["seem_normalized"]) <= 1e-9
+    assert (by_krylov["seem_normalized"] > 1e-6) == (by_full["seem_normalized"] > 1e-6)  # the same verdict
+
+
+def test_krylov_finds_a_rightmost_complex_pair():
+    """A real matrix whose rightmost eigenvalues are a conjugate pair 0.5 +- 2i (a rotation block)
+    among real ones down to -10: the pair is kept whole and its real part returned."""
+    from seemrl.analysis.seem import rightmost_eigenvalue
+
+    rng = np.random.default_rng(0)
+    d = np.diag(np.concatenate([[0.0, 0.0], -np.linspace(0.01, 10, 298)]))
+    d[:2, :2] = [[0.5, 2.0], [-2.0, 0.5]]
+    q, _ = np.linalg.qr(rng.normal(size=(300, 300)))
+    a = torch.as_tensor(q @ d @ q.T)
+    value, info = rightmost_eigenvalue(a)
+    assert value == pytest.approx(0.5, abs=1e-8), info
+
+
+def test_krylov_falls_back_to_the_full_solve(monkeypatch):
+    """No convergence (no restart allowed) or a small A: the full solve gives the value, and the
+    row says so; a bad solver name is refused."""
+    import seemrl.analysis.seem as S
+
+    a = _ntk_a((64, 64), 512, 0.0)
+    full = torch.linalg.eigvals(a).real.max().item()
+    assert S.rightmost_eigenvalue(a, max_restarts=0)[0] is None
+    with monkeypatch.context() as m:
+        m.setattr(S, "KRYLOV_RESTARTS", 0)
+        result = S.seem_from_matrix(a)
+    assert result["seem_solver"] == "full (krylov did not converge)" and result["seem"] == full
+    small = _ntk_a((16, 16), 2 * S.KRYLOV_DIM, 0.1)
+    assert S.seem_from_matrix(small)["seem_solver"] == "full"
+    with pytest.raises(ValueError, match="solver must be one of"):
+        S.seem_from_matrix(small, solver="lanczos")

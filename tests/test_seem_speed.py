@@ -13,7 +13,7 @@ def test_seem_speed_tiny_prints_the_tables():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "| N | implementation | Jacobians + Gram (s) | eigvals (s) | total (s) |" in out
+    assert "| N | implementation | Jacobians + Gram (s) | eigen-solve (s) | total (s) |" in out
     for n in (32, 48):
         for label in ("authors' per-sample loop", "seemrl structured NTK (default)", "seemrl vmap Jacobians",
                       "seemrl vmap Jacobians, chunked (0.5 MiB)"):
@@ -25,4 +25,5 @@ def test_seem_speed_tiny_prints_the_tables():
     for r in rows:
         assert float(r[6]) < 1e-5, r
     assert "| cpu float64 |" in out and "| cpu float32 |" in out
+    assert re.search(r"^\| cpu float64, rightmost alone \(Krylov-Schur, \d+ products with A\) \| [0-9.]+ \| \S+ \|$", out, re.M)
     assert "targets at N = 48, seemrl structured NTK (default)" in out

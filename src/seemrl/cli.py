@@ -200,7 +200,7 @@ def cmd_seem(a: argparse.Namespace) -> None:
     arrays = {"obs": t.obs, "action": t.action, "next_obs": t.next_obs,
               "reward": training_rewards(t, a.checkpoints), "terminal": t.terminal}
     df = analyse_run(a.checkpoints, arrays, n_samples=a.samples, sample_seed=a.sample_seed,
-                     device=_job_device(a)[0], replace=not a.without_replacement)
+                     device=_job_device(a)[0], replace=not a.without_replacement, solver=a.solver)
     with atomic_path(a.out) as tmp:
         df.to_parquet(tmp, index=False)
     log.info("verdict per seed:\n%s", divergence_verdict(df).to_string())
@@ -512,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample-seed", type=int, default=0)
     sp.add_argument("--without-replacement", action="store_true",
                     help="draw the SEEM batch without replacement (default: with, as the authors)")
+    sp.add_argument("--solver", choices=("krylov", "full"), default="krylov",
+                    help="the rightmost eigenvalue alone (Krylov-Schur; default) or all of them, as the authors")
     sp.add_argument("--out", required=True)
     _device_args(sp)
 

@@ -38,7 +38,8 @@ DEFAULT_Q_BOUND = 1e4
 # method's full rows in the paper's setting (N = 2560, P = 138k, fp32: 2 x 1.4 GB plus one chunk)
 # fit, so it runs in one pass.
 DEFAULT_MAX_JACOBIAN_BYTES = 4 * 2**30
-NAN_SEEM = {"seem": math.nan, "seem_normalized": math.nan, "a_fro_norm": math.nan, "ntk_diag_mean": math.nan}
+NAN_SEEM = {"seem": math.nan, "seem_normalized": math.nan, "a_fro_norm": math.nan, "ntk_diag_mean": math.nan,
+            "seem_solver": None}
 
 
 # ------------------------------------------------------------------ per-sample gradients
@@ -343,22 +344,117 @@ def seem_eigenvalues(phi_x: torch.Tensor, phi_xstar: torch.Tensor, gamma: float)
     return torch.linalg.eigvals(seem_matrix(phi_x, phi_xstar, gamma))
 
 
-def seem_from_matrix(a: torch.Tensor, ntk_diag_mean: float = math.nan) -> dict[str, float]:
+# ------------------------------------------------------------------ the rightmost eigenvalue
+SOLVERS = ("krylov", "full")
+# Krylov-Schur settings: a 64-vector subspace, the 20 rightmost Ritz vectors kept at a restart, a
+# Ritz pair accepted when its residual is below 1e-10 ||A||_F (the positive-SEEM tolerance is 1e-6)
+KRYLOV_DIM, KRYLOV_KEEP, KRYLOV_TOL, KRYLOV_RESTARTS = 64, 20, 1e-10, 60
+
+
+def _wanted_basis(h: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Ritz values and vectors of the small matrix h, the index of the rightmost, and an orthonormal
+    real basis of the invariant subspace of the `keep` rightmost (a conjugate pair kept whole)."""
+    theta, y = np.linalg.eig(h)
+    theta, y = theta.astype(complex), y.astype(complex)
+    order = np.argsort(-theta.real, kind="stable")
+    chosen, cols = set(), []
+    for i in order:
+        if len(chosen) >= keep:
+            break
+        if i in chosen:
+            continue
+        chosen.add(i)
+        if theta[i].imag != 0:
+            rest = [j for j in range(len(theta)) if j not in chosen]
+            if rest:
+                chosen.add(min(rest, key=lambda j: abs(theta[j] - np.conj(theta[i]))))
+            cols += [y[:, i].real, y[:, i].imag]
+        else:
+            cols.append(y[:, i].real)
+    q, _ = np.linalg.qr(np.stack(cols, 1))
+    return theta, y, int(order[0]), q
+
+
+def rightmost_eigenvalue(a: torch.Tensor, dim: int = KRYLOV_DIM, keep: int = KRYLOV_KEEP, tol: float = KRYLOV_TOL,
+                         max_restarts: int | None = None, seed: int = 0) -> tuple[float | None, dict]:
+    """The largest real part of A's eigenvalues by restarted Arnoldi (Krylov-Schur, with the kept
+    Ritz vectors' real invariant subspace in place of a Schur basis), on A's device.
+
+    Each cycle extends an orthonormal Krylov basis to `dim` vectors (one product with A each,
+    classical Gram-Schmidt twice), takes the Ritz values of the projected matrix on the host, and
+    keeps the `keep` rightmost. It stops when the rightmost Ritz pair's residual is below
+    `tol` * ||A||_F, and checks that residual once more with A itself. Returns (value, info), or
+    (None, info) when it did not converge in `max_restarts` cycles or the basis broke down (an
+    invariant subspace, which may miss the rightmost eigenvalue): the caller then solves fully."""
+    max_restarts = KRYLOV_RESTARTS if max_restarts is None else max_restarts
+    n = a.shape[0]
+    device, dtype = a.device, a.dtype
+    a_norm = torch.linalg.matrix_norm(a).item()
+    m = min(dim, n - 1)
+    v = torch.zeros(n, m + 1, dtype=dtype, device=device)
+    h = torch.zeros(m + 1, m, dtype=dtype, device=device)
+    start = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+    v[:, 0] = start / start.norm()
+    k, products = 0, 0
+    for restart in range(max_restarts):
+        for j in range(k, m):
+            w = a @ v[:, j]
+            products += 1
+            c = v[:, :j + 1].T @ w
+            w = w - v[:, :j + 1] @ c
+            c2 = v[:, :j + 1].T @ w
+            w = w - v[:, :j + 1] @ c2
+            h[:j + 1, j] = c + c2
+            beta = w.norm()
+            if beta.item() <= 1e-14 * a_norm:
+                return None, {"restarts": restart, "products": products, "breakdown": True}
+            h[j + 1, j] = beta
+            v[:, j + 1] = w / beta
+        hb = h.cpu().numpy().copy()  # on the CPU, h.numpy() would share h's memory, zeroed below
+        theta, y, top, q = _wanted_basis(hb[:m, :m], keep)
+        estimate = abs(hb[m, :] @ y[:, top]) / np.linalg.norm(y[:, top])
+        if estimate <= tol * a_norm:
+            x = v[:, :m].to(torch.complex128) @ torch.as_tensor(y[:, top], device=device)
+            residual = (a.to(torch.complex128) @ x - complex(theta[top]) * x).norm().item() / x.norm().item()
+            if residual <= 10 * tol * a_norm:
+                return float(theta[top].real), {"restarts": restart, "products": products,
+                                                "residual": residual / a_norm if a_norm else 0.0}
+        # restart from the kept Ritz vectors: A W = W (Q^T H Q) + v_m (h_m Q), W = V Q
+        kept = q.shape[1]
+        qt = torch.as_tensor(q, device=device)
+        v[:, :kept] = v[:, :m] @ qt
+        v[:, kept] = v[:, m]
+        h.zero_()
+        h[:kept, :kept] = torch.as_tensor(q.T @ hb[:m, :m] @ q, device=device)
+        h[kept, :kept] = torch.as_tensor(hb[m, :] @ q, device=device)
+        k = kept
+    return None, {"restarts": max_restarts, "products": products}
+
+
+def seem_from_matrix(a: torch.Tensor, ntk_diag_mean: float = math.nan, solver: str = "krylov") -> dict:
     """SEEM and extras from A (float64, on any device); NaN everywhere if A is not finite.
 
-    The eigenvalues are computed on A's device (the GPU when on CUDA; see the module doc).
+    `solver` "full": all eigenvalues (`torch.linalg.eigvals`, on A's device, as the authors);
+    "krylov" (the default): the rightmost one alone (`rightmost_eigenvalue`), with the full solve
+    where it does not converge or A is small. `seem_solver` says which one gave the value.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if not torch.isfinite(a).all():  # eigvals raises or hangs on non-finite input
         return dict(NAN_SEEM)
-    try:
-        eig = torch.linalg.eigvals(a)
-    except (torch.linalg.LinAlgError, RuntimeError) as exc:  # did not converge: report, don't crash
-        warnings.warn(f"eigvals failed: {exc}; SEEM set to NaN")
-        return dict(NAN_SEEM)
-    seem = eig.real.max().item()
     fro = torch.linalg.matrix_norm(a).item()
+    seem, used = None, "full"
+    if solver == "krylov" and a.shape[0] > 2 * KRYLOV_DIM:
+        seem, _ = rightmost_eigenvalue(a)
+        used = "krylov" if seem is not None else "full (krylov did not converge)"
+    if seem is None:
+        try:
+            seem = torch.linalg.eigvals(a).real.max().item()
+        except (torch.linalg.LinAlgError, RuntimeError) as exc:  # did not converge: report, don't crash
+            warnings.warn(f"eigvals failed: {exc}; SEEM set to NaN")
+            return dict(NAN_SEEM)
     return {"seem": seem, "seem_normalized": seem / fro if fro > 0 else math.nan,
-            "a_fro_norm": fro, "ntk_diag_mean": ntk_diag_mean}
+            "a_fro_norm": fro, "ntk_diag_mean": ntk_diag_mean, "seem_solver": used}
 
 
 def seem_from_jacobians(phi_x: torch.Tensor, phi_xstar: torch.Tensor, gamma: float) -> dict[str, float]:
@@ -371,14 +467,14 @@ def seem_from_jacobians(phi_x: torch.Tensor, phi_xstar: torch.Tensor, gamma: flo
 
 def seem(q1: StackedMLP, seed_index: int, x: torch.Tensor, x_star: torch.Tensor, gamma: float,
          chunk_size: int = 512, max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES,
-         method: str = "auto") -> dict[str, float]:
+         method: str = "auto", solver: str = "krylov") -> dict[str, float]:
     """SEEM of seed `seed_index`'s Q1 on inputs X [N, in] and bootstrap inputs X* [N, in].
 
     At most `max_jacobian_bytes` of Jacobian are held at once (None: no bound); `method` as in
-    `seem_matrices`.
+    `seem_matrices`, `solver` as in `seem_from_matrix`.
     """
     a, _, ntk_diag = seem_matrices(q1, seed_index, x, x_star, gamma, chunk_size, max_jacobian_bytes, method=method)
-    return seem_from_matrix(a, ntk_diag)
+    return seem_from_matrix(a, ntk_diag, solver)
 
 
 # ------------------------------------------------------------------ TD loss and its gradient
@@ -447,7 +543,8 @@ def _q1_vector(q1: StackedMLP, seed_index: int) -> torch.Tensor:
 
 @plain_affine()  # the critics' layers as z = x W, as the structured NTK traces them
 def _analyse_checkpoint(ckpt: Checkpoint, batch: dict[str, torch.Tensor], chunk_size: int,
-                        max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES, method: str = "auto") -> list[dict]:
+                        max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES, method: str = "auto",
+                        solver: str = "krylov") -> list[dict]:
     """Rows (one per seed) with SEEM and the paper's side metrics; keeps tensors for Fig. 1."""
     nets, n_seeds, cfg = ckpt.nets, len(ckpt.seeds), ckpt.config
     expand = lambda t: t.unsqueeze(0).expand(n_seeds, *t.shape)
@@ -479,7 +576,7 @@ def _analyse_checkpoint(ckpt: Checkpoint, batch: dict[str, torch.Tensor], chunk_
         if finite:
             a, gram, ntk_diag = seem_matrices(nets.q1, i, x[i], x_star[i], cfg.gamma, chunk_size, max_jacobian_bytes,
                                               method=method)
-            result = seem_from_matrix(a, ntk_diag)
+            result = seem_from_matrix(a, ntk_diag, solver)
             del a
             # Overflowing gradients of a finite-but-huge net are divergence too.
             finite = math.isfinite(result["seem"])
@@ -522,7 +619,7 @@ def training_rewards(transitions, checkpoint_dir: str | Path) -> np.ndarray:
 def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], n_samples: int,
                 sample_seed: int, device: str | torch.device = "cpu", chunk_size: int = 512,
                 replace: bool = True, max_jacobian_bytes: int | None = DEFAULT_MAX_JACOBIAN_BYTES,
-                method: str = "auto") -> pd.DataFrame:
+                method: str = "auto", solver: str = "krylov") -> pd.DataFrame:
     """SEEM and side metrics of every checkpoint and seed of one run; one row per (step, seed).
 
     `transitions` holds raw (unnormalised) obs, action, next_obs, and optionally reward (needed for
@@ -530,9 +627,11 @@ def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], 
     of SEEM never masks terminals); each checkpoint normalises with its own state statistics. The
     same batch is used at every checkpoint, as in the paper. At most `max_jacobian_bytes` of
     Jacobian are held at once (None: no bound); `method` as in `seem_matrices` (default: the
-    structured NTK where it applies).
+    structured NTK where it applies); `solver` as in `seem_from_matrix` (default: the rightmost
+    eigenvalue by Krylov-Schur, the full solve where that does not converge).
 
-    Columns: step, seed; seem, seem_normalized, a_fro_norm, ntk_diag_mean (NaN where diverged);
+    Columns: step, seed; seem, seem_normalized, a_fro_norm, ntk_diag_mean (NaN where diverged),
+    seem_solver (the eigen-solver that gave the value);
     q_data_mean, q_data_abs_mean (Q1 on X), q_policy_mean (Q1 on (s, pi(s))); critic_param_norm
     (Q1 and Q2), q1_param_norm; td_loss, critic_grad_norm, q1_grad_norm (`td_gradient_norms`);
     policy_action_norm_mean, data_action_norm_mean (mean L2 norm of pi(s) and of a, Fig. 15);
@@ -559,7 +658,7 @@ def analyse_run(checkpoint_dir: str | Path, transitions: dict[str, np.ndarray], 
     for path in reversed(paths):
         ckpt = load_checkpoint(path)
         ckpt.nets.to(device)
-        ckpt_rows = _analyse_checkpoint(ckpt, batch, chunk_size, max_jacobian_bytes, method)
+        ckpt_rows = _analyse_checkpoint(ckpt, batch, chunk_size, max_jacobian_bytes, method, solver)
         current = [tuple(row.pop(k) for k in ("_q1", "_gram", "_actions")) for row in ckpt_rows]
         final = final or current
         last_finite = last_finite or [None] * len(current)
