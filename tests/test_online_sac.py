@@ -103,6 +103,31 @@ def test_same_seeds_same_result(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_run_in_a_thread_beside_another_equals_the_run_alone(tmp_path):
+    """Runs of different environments trained in threads of one process (the recipe's SAC on
+    three environments at once) share nothing: each equals the same run alone, bit for bit (CPU;
+    on CUDA the compiled update and graph capture are serialised by trainer.CAPTURE_LOCK)."""
+    import threading
+
+    cfg = _cfg(steps=160, learning_starts=40, act_before_update=True)
+    alone = osac.train(cfg, [0], ENV, tmp_path / "alone", log=quiet)
+    results = {}
+
+    def work(env_id):
+        results[env_id] = osac.train(cfg, [0], env_id, tmp_path / env_id, log=quiet)
+
+    threads = [threading.Thread(target=work, args=(env_id,)) for env_id in (ENV, "Walker2d-v5")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results) == {ENV, "Walker2d-v5"}  # neither thread failed
+    pd.testing.assert_frame_equal(results[ENV].metrics, alone.metrics, check_exact=True)
+    pd.testing.assert_frame_equal(results[ENV].episodes, alone.episodes, check_exact=True)
+    wa, wt = _weights(_final(tmp_path / "alone"), 0), _weights(_final(tmp_path / ENV), 0)
+    assert all(torch.equal(wa[k], wt[k]) for k in wa)
+
+
 # ------------------------------------------------------------------ divergence
 def test_nan_in_one_seed_is_recorded_at_its_step_and_isolated(tmp_path):
     cfg = _cfg(steps=200, learning_starts=30)
