@@ -101,3 +101,24 @@ def test_peer_check_plumbing(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "subset.parquet"),
                            *args, "--algos", "td3bc"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "subset.parquet" in proc.stderr and "whole episodes" in proc.stderr
+
+
+def test_jax_peer_tiny_or_says_it_is_skipped():
+    """benchmarks/jax_peer.py: where JAX is importable (not in the jobs' environment, so not in CI)
+    its tiny run prints a row per (algorithm, critic, seeds) with both rates and the precision each
+    side measured; without JAX it says so and exits 0."""
+    import importlib.util
+
+    proc = subprocess.run([sys.executable, str(BENCH / "jax_peer.py"), "--tiny", "--seeds", "1", "--norms", "none",
+                           "layernorm"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if importlib.util.find_spec("jax") is None:
+        assert "JAX is not importable" in proc.stdout and "the JAX peer is skipped" in proc.stdout
+        return
+    assert "measured: seemrl IEEE-like" in proc.stdout and "JAX IEEE-like" in proc.stdout  # the CPU is full fp32
+    import re
+
+    for algo in ("td3bc", "iql"):
+        for norm in ("none", "layernorm"):
+            assert re.search(rf"^\| {algo} \| {norm} \| 1 \| [0-9,]+ \| [0-9,]+ \| [0-9.]+x \|$", proc.stdout, re.M), \
+                (algo, norm, proc.stdout)
