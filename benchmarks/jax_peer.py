@@ -27,8 +27,8 @@ import argparse
 import math
 import sys
 import time
-from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -105,11 +105,12 @@ def jax_side(hidden: tuple[int, ...], layer_norm: bool, batch: int):
     return jax, jnp, init_mlp, mlp, adam_init, adam, twin, q_twin, sample, polyak
 
 
-def td3bc_program(hidden, layer_norm, batch, steps_per_call):
+def td3bc_program(hidden, layer_norm, batch, steps_per_call, policy_noise: float = 0.2):
     """init(key) -> state of one seed; run(states, data) -> states after `steps_per_call` updates of
-    every seed (vmapped, jitted, state donated)."""
+    every seed (vmapped, jitted, state donated); critic_step(state, batch, eps) and
+    actor_step(state, batch), one seed's parts (the tests compare them with plain PyTorch)."""
     jax, jnp, init_mlp, mlp, adam_init, adam, twin, q_twin, sample, polyak = jax_side(hidden, layer_norm, batch)
-    gamma, tau, noise, clip, alpha, lr = 0.99, 0.005, 0.2, 0.5, 2.5, 3e-4
+    gamma, tau, noise, clip, alpha, lr = 0.99, 0.005, policy_noise, 0.5, 2.5, 3e-4
 
     def init(key):
         ka, kq, kr = jax.random.split(key, 3)
@@ -117,8 +118,7 @@ def td3bc_program(hidden, layer_norm, batch, steps_per_call):
         return {"actor": actor, "critic": critic, "actor_t": actor, "critic_t": critic,
                 "opt_a": adam_init(actor), "opt_c": adam_init(critic), "key": kr}
 
-    def critic_step(st, b, key):
-        eps = jnp.clip(noise * jax.random.normal(key, b["action"].shape), -clip, clip)
+    def critic_step(st, b, eps):
         a2 = jnp.clip(jnp.tanh(mlp(st["actor_t"], b["next_obs"])) + eps, -1, 1)
         y = b["reward"] + gamma * b["not_done"] * q_twin(st["critic_t"], jnp.concatenate([b["next_obs"], a2], -1)).min(0)
         x = jnp.concatenate([b["obs"], b["action"]], -1)
@@ -136,20 +136,24 @@ def td3bc_program(hidden, layer_norm, batch, steps_per_call):
         return {**st, "actor": actor, "opt_a": opt_a, "actor_t": polyak(st["actor_t"], actor, tau),
                 "critic_t": polyak(st["critic_t"], st["critic"], tau)}
 
+    def smoothing(key):
+        return jnp.clip(noise * jax.random.normal(key, (batch, ACT)), -clip, clip)
+
     def two_updates(st, data):
         key, k1, k2, k3, k4 = jax.random.split(st["key"], 5)
-        st = critic_step({**st, "key": key}, sample(k1, data), k2)
+        st = critic_step({**st, "key": key}, sample(k1, data), smoothing(k2))
         b = sample(k3, data)
-        return actor_step(critic_step(st, b, k4), b)
+        return actor_step(critic_step(st, b, smoothing(k4)), b)
 
     def run_one(st, data):
         return jax.lax.scan(lambda s, _: (two_updates(s, data), None), st, None, length=steps_per_call // 2)[0]
 
     run = jax.jit(jax.vmap(run_one, in_axes=(0, None)), donate_argnums=0)
-    return init, run
+    return SimpleNamespace(init=init, run=run, critic_step=critic_step, actor_step=actor_step)
 
 
 def iql_program(hidden, layer_norm, batch, steps_per_call, total_steps=1_000_000):
+    """As `td3bc_program`; update_on(state, batch) is one seed's update on a given minibatch."""
     jax, jnp, init_mlp, mlp, adam_init, adam, twin, q_twin, sample, polyak = jax_side(hidden, layer_norm, batch)
     gamma, tau, expectile, beta, clip_w, lr = 0.99, 0.005, 0.7, 3.0, 100.0, 3e-4
 
@@ -162,7 +166,9 @@ def iql_program(hidden, layer_norm, batch, steps_per_call, total_steps=1_000_000
 
     def update(st, data):
         key, k1 = jax.random.split(st["key"])
-        b = sample(k1, data)
+        return {**update_on(st, sample(k1, data)), "key": key}
+
+    def update_on(st, b):
         x = jnp.concatenate([b["obs"], b["action"]], -1)
         q_t = q_twin(st["critic_t"], x).min(0)
 
@@ -183,13 +189,13 @@ def iql_program(hidden, layer_norm, batch, steps_per_call, total_steps=1_000_000
         q_loss = lambda c: ((q_twin(c, x) - y) ** 2).mean(1).sum()  # noqa: E731
         critic, opt_c = adam(st["critic"], jax.grad(q_loss)(st["critic"]), st["opt_c"], lr)
         return {**st, "actor": actor, "critic": critic, "value": value, "opt_a": opt_a, "opt_c": opt_c, "opt_v": opt_v,
-                "critic_t": polyak(st["critic_t"], critic, tau), "step": st["step"] + 1, "key": key}
+                "critic_t": polyak(st["critic_t"], critic, tau), "step": st["step"] + 1}
 
     def run_one(st, data):
         return jax.lax.scan(lambda s, _: (update(s, data), None), st, None, length=steps_per_call)[0]
 
     run = jax.jit(jax.vmap(run_one, in_axes=(0, None)), donate_argnums=0)
-    return init, run
+    return SimpleNamespace(init=init, run=run, update_on=update_on)
 
 
 def jax_rate(algo: str, hidden, layer_norm: bool, seeds: int, data_np: dict, steps_per_call: int, calls: int) -> float:
@@ -197,7 +203,8 @@ def jax_rate(algo: str, hidden, layer_norm: bool, seeds: int, data_np: dict, ste
     import jax
 
     program = td3bc_program if algo == "td3bc" else iql_program
-    init, run = program(hidden, layer_norm, 256, steps_per_call)
+    prog = program(hidden, layer_norm, 256, steps_per_call)
+    init, run = prog.init, prog.run
     data = {k: jax.device_put(v) for k, v in data_np.items()}
     states = jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), seeds))
     states = jax.tree.map(lambda x: x.copy(), states)  # targets start as copies: no buffer twice in a donation

@@ -43,10 +43,11 @@ class PlainTD3BC:
         self.aopt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.copt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.critic_lr)
 
-    def step(self):
+    def step(self, idx=None):
         c, d = self.cfg, self.data
         self.it += 1
-        idx = torch.randint(len(d), (c.batch_size,), device=d.obs.device)
+        if idx is None:
+            idx = torch.randint(len(d), (c.batch_size,), device=d.obs.device)
         s, a, r, s2, nd = d.obs[idx], d.action[idx], d.reward[idx], d.next_obs[idx], d.not_done[idx]
         actor_t, q1_t, q2_t = self.targets
         with torch.no_grad():
