@@ -81,7 +81,8 @@ def jax_side(hidden: tuple[int, ...], layer_norm: bool, batch: int):
         return x @ params[-1]["w"] + params[-1]["b"]
 
     def adam_init(p):
-        return {"m": jax.tree.map(jnp.zeros_like, p), "v": jax.tree.map(jnp.zeros_like, p), "t": jnp.zeros((), jnp.int32)}
+        zeros = jax.tree.map(jnp.zeros_like, p)
+        return {"m": zeros, "v": jax.tree.map(jnp.zeros_like, p), "t": jnp.zeros((), jnp.int32)}
 
     def adam(p, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
         t = state["t"] + 1
@@ -120,7 +121,8 @@ def td3bc_program(hidden, layer_norm, batch, steps_per_call, policy_noise: float
 
     def critic_step(st, b, eps):
         a2 = jnp.clip(jnp.tanh(mlp(st["actor_t"], b["next_obs"])) + eps, -1, 1)
-        y = b["reward"] + gamma * b["not_done"] * q_twin(st["critic_t"], jnp.concatenate([b["next_obs"], a2], -1)).min(0)
+        q_next = q_twin(st["critic_t"], jnp.concatenate([b["next_obs"], a2], -1)).min(0)
+        y = b["reward"] + gamma * b["not_done"] * q_next
         x = jnp.concatenate([b["obs"], b["action"]], -1)
         loss = lambda c: ((q_twin(c, x) - jax.lax.stop_gradient(y)) ** 2).mean(1).sum()  # noqa: E731
         critic, opt_c = adam(st["critic"], jax.grad(loss)(st["critic"]), st["opt_c"], lr)
@@ -181,7 +183,8 @@ def iql_program(hidden, layer_norm, batch, steps_per_call, total_steps=1_000_000
         def a_loss(actor):
             mean = jnp.tanh(mlp(actor["mean"], b["obs"]))
             log_std = jnp.clip(actor["log_std"], -5.0, 2.0)
-            logp = (-0.5 * ((b["action"] - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            z = (b["action"] - mean) / jnp.exp(log_std)
+            logp = (-0.5 * z ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
             return -(w * logp).mean()
         lr_a = lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(st["step"], total_steps) / total_steps))
         actor, opt_a = adam(st["actor"], jax.grad(a_loss)(st["actor"]), st["opt_a"], lr_a)

@@ -27,3 +27,5 @@ def test_seem_speed_tiny_prints_the_tables():
     assert "| cpu float64 |" in out and "| cpu float32 |" in out
     assert re.search(r"^\| cpu float64, rightmost alone \(Krylov-Schur, \d+ products with A\) \| [0-9.]+ \| \S+ \|$", out, re.M)
     assert "targets at N = 48, seemrl structured NTK (default)" in out
+    assert re.search(r"^issue 17's target at N = 48: .* <= 0\.1 s on an H100/H200: [0-9.]+ s on CPU \(\d+ threads\) \((met|not met), not a GPU\)$",
+                     out, re.M)
