@@ -51,6 +51,11 @@ def _twin(q1, q2):
     return jax.tree.map(lambda a, b: jnp.stack([a, b]), _mlp_params(q1), _mlp_params(q2))
 
 
+def _adam(p):
+    """A fresh Adam state of jax_peer's form for the parameters p."""
+    return {"m": jax.tree.map(jnp.zeros_like, p), "v": jax.tree.map(jnp.zeros_like, p), "t": jnp.zeros((), jnp.int32)}
+
+
 def _batch(d, idx):
     return {"obs": jnp.asarray(d.obs[idx].numpy()), "action": jnp.asarray(d.action[idx].numpy()),
             "reward": jnp.asarray(d.reward[idx].numpy().reshape(-1)), "next_obs": jnp.asarray(d.next_obs[idx].numpy()),
@@ -71,10 +76,8 @@ def test_td3bc_program_equals_plain_pytorch(norm):
     plain = bench.PlainTD3BC(cfg, data, "cpu")
     prog = peer.td3bc_program(HIDDEN, norm == "layernorm", B, 2, policy_noise=0.0)
     actor, critic = _mlp_params(plain.actor), _twin(plain.q1, plain.q2)
-    zeros = lambda p: {"m": jax.tree.map(jnp.zeros_like, p), "v": jax.tree.map(jnp.zeros_like, p),  # noqa: E731
-                       "t": jnp.zeros((), jnp.int32)}
-    st = {"actor": actor, "critic": critic, "actor_t": actor, "critic_t": critic, "opt_a": zeros(actor),
-          "opt_c": zeros(critic), "key": jax.random.PRNGKey(0)}
+    st = {"actor": actor, "critic": critic, "actor_t": actor, "critic_t": critic, "opt_a": _adam(actor),
+          "opt_c": _adam(critic), "key": jax.random.PRNGKey(0)}
     g = torch.Generator().manual_seed(1)
     idx1, idx2 = (torch.randint(len(data), (B,), generator=g) for _ in range(2))
     eps = jnp.zeros((B, ACT))
@@ -100,10 +103,8 @@ def test_iql_program_equals_plain_pytorch(norm):
     prog = peer.iql_program(HIDDEN, norm == "layernorm", B, 1, total_steps=cfg.steps)
     actor = {"mean": _mlp_params(plain.actor), "log_std": jnp.asarray(plain.log_std.detach().numpy())}
     critic, value = _twin(plain.q1, plain.q2), _mlp_params(plain.vf)
-    zeros = lambda p: {"m": jax.tree.map(jnp.zeros_like, p), "v": jax.tree.map(jnp.zeros_like, p),  # noqa: E731
-                       "t": jnp.zeros((), jnp.int32)}
-    st = {"actor": actor, "critic": critic, "critic_t": critic, "value": value, "opt_a": zeros(actor),
-          "opt_c": zeros(critic), "opt_v": zeros(value), "step": jnp.zeros((), jnp.int32)}
+    st = {"actor": actor, "critic": critic, "critic_t": critic, "value": value, "opt_a": _adam(actor),
+          "opt_c": _adam(critic), "opt_v": _adam(value), "step": jnp.zeros((), jnp.int32)}
     g = torch.Generator().manual_seed(1)
     for _ in range(3):  # three updates: the actor's cosine learning rate moves
         idx = torch.randint(len(data), (B,), generator=g)

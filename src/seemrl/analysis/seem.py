@@ -376,7 +376,8 @@ def _wanted_basis(h: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, int
 
 
 def rightmost_eigenvalue(a: torch.Tensor, dim: int = KRYLOV_DIM, keep: int = KRYLOV_KEEP, tol: float = KRYLOV_TOL,
-                         max_restarts: int | None = None, seed: int = 0) -> tuple[float | None, dict]:
+                         max_restarts: int | None = None, seed: int = 0,
+                         a_norm: float | None = None) -> tuple[float | None, dict]:
     """The largest real part of A's eigenvalues by restarted Arnoldi (Krylov-Schur, with the kept
     Ritz vectors' real invariant subspace in place of a Schur basis), on A's device.
 
@@ -385,11 +386,12 @@ def rightmost_eigenvalue(a: torch.Tensor, dim: int = KRYLOV_DIM, keep: int = KRY
     keeps the `keep` rightmost. It stops when the rightmost Ritz pair's residual is below
     `tol` * ||A||_F, and checks that residual once more with A itself. Returns (value, info), or
     (None, info) when it did not converge in `max_restarts` cycles or the basis broke down (an
-    invariant subspace, which may miss the rightmost eigenvalue): the caller then solves fully."""
+    invariant subspace, which may miss the rightmost eigenvalue): the caller then solves fully.
+    `a_norm` is ||A||_F where the caller has it already."""
     max_restarts = KRYLOV_RESTARTS if max_restarts is None else max_restarts
     n = a.shape[0]
     device, dtype = a.device, a.dtype
-    a_norm = torch.linalg.matrix_norm(a).item()
+    a_norm = torch.linalg.matrix_norm(a).item() if a_norm is None else a_norm
     m = min(dim, n - 1)
     v = torch.zeros(n, m + 1, dtype=dtype, device=device)
     h = torch.zeros(m + 1, m, dtype=dtype, device=device)
@@ -445,7 +447,7 @@ def seem_from_matrix(a: torch.Tensor, ntk_diag_mean: float = math.nan, solver: s
     fro = torch.linalg.matrix_norm(a).item()
     seem, used = None, "full"
     if solver == "krylov" and a.shape[0] > 2 * KRYLOV_DIM:
-        seem, _ = rightmost_eigenvalue(a)
+        seem, _ = rightmost_eigenvalue(a, a_norm=fro)
         used = "krylov" if seem is not None else "full (krylov did not converge)"
     if seem is None:
         try:
