@@ -15,11 +15,15 @@ seed-steps/s; d3rlpy one seed per process: steps/s of one seed, with `--jobs` pr
 seemrl's runs go first, each algorithm alone on the device; then every d3rlpy (algorithm, seed),
 `--jobs` at a time, slowest first. Never both at once on one GPU: time-sliced against a dozen
 d3rlpy processes, seemrl's CUDA-graph CQL and d3rlpy alike ran 5-10x slower (benchmarks/README.md).
-The JSON is rewritten after every run that ends, so a run cut short keeps what it finished.
+d3rlpy's update is bound by the host (one core ran its TD3+BC at 115 steps/s, an H100 at 155), so
+`--d3rlpy-device cpu` trains its seeds on the host's cores while seemrl has the GPU; `--probe`
+times d3rlpy alone on a device for the speed column. The JSON is rewritten after every run that
+ends, so a run cut short keeps what it finished; `--merge` combines runs of some algorithms or of
+one side each, and probes, into one table.
 
     python -m pip install --no-deps --target .peer -r benchmarks/peer/requirements.txt
     PYTHONPATH=.peer python benchmarks/peer_check.py --data resources/datasets/ev-halfcheetah-medium/transitions.parquet \\
-        --steps 100000 --seeds 5 --device cuda --jobs 15 --d3rlpy-compile --out peer_check.json
+        --steps 100000 --seeds 5 --device cuda --d3rlpy-device cpu --jobs 10 --out peer_check.json
 
 Without d3rlpy installed (as in CI) the d3rlpy half is skipped, and says so.
 """
@@ -167,12 +171,15 @@ class D3Policies:
                             for i, a in enumerate(self.algos)])
 
 
-def run_d3rlpy(tasks: list[tuple], jobs: int = 1):
+def run_d3rlpy(tasks: list[tuple], jobs: int = 1, meanwhile=lambda: None):
     """d3rlpy's runs, one (algorithm, seed) per process, `jobs` processes at once; yields
-    (algo, seed, result) as each ends. d3rlpy trains one seed per process and its update is bound
-    by the host, so its processes run side by side; seemrl's runs must not share the GPU with them
-    (a CUDA-graph trainer time-sliced against many processes slows both by 5-10x)."""
+    (algo, seed, result) as each ends. `meanwhile()` runs in this process once the pool has
+    started (seemrl's runs on the GPU while d3rlpy's train on the host's cores). d3rlpy trains one
+    seed per process and its update is bound by the host, so its processes run side by side;
+    seemrl's runs must not share the GPU with them (a CUDA-graph trainer time-sliced against many
+    processes slows both by 5-10x)."""
     if jobs <= 1:
+        meanwhile()
         for task in tasks:
             yield task[0], task[2], _d3rlpy_seed(task)
         return
@@ -181,6 +188,7 @@ def run_d3rlpy(tasks: list[tuple], jobs: int = 1):
 
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_d3rlpy_seed, task): task for task in tasks}
+        meanwhile()
         for future in as_completed(futures):
             task = futures[future]
             yield task[0], task[2], future.result()
@@ -283,35 +291,71 @@ def mean_std(v: list[float]) -> str:
 
 
 def print_table(report: dict) -> None:
+    devices, probes = report["devices"], report.get("probes", [])
+    alone = next((pr for pr in probes if pr["device"] == devices.get("seemrl") and pr["compile_graph"]), None) or \
+        next((pr for pr in probes if pr["device"] == devices.get("seemrl")), None)
+    print(f"\nseemrl trained on {devices.get('seemrl') or '-'}; d3rlpy on {devices.get('d3rlpy') or '-'}"
+          + (f"; d3rlpy alone on {alone['device']} (compile_graph={alone['compile_graph']}) from --probe {alone['steps']}"
+             if alone else ""))
     print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
-          "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed (one seed per process) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed in the runs "
+          "| d3rlpy steps/s alone, seemrl's device |")
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def num(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
     for algo, r in report["algorithms"].items():
-        o, d = r["seemrl"], r["d3rlpy"] or {}
-        p_value = "-" if r["welch_p"] is None or math.isnan(r["welch_p"]) else f"{r['welch_p']:.3f}"
-        print(f"| {algo} | {mean_std(o['scores'])} | {mean_std(d.get('scores', []))} | {p_value} "
-              f"| {np.mean(o['q_mean']):.1f} | {np.mean(d['q_mean']):.1f} | {o['seed_steps_per_second']:,.0f} "
-              f"| {d['steps_per_second_per_seed']:,.0f} |" if d else
-              f"| {algo} | {mean_std(o['scores'])} | - | - | {np.mean(o['q_mean']):.1f} | - "
-              f"| {o['seed_steps_per_second']:,.0f} | - |")
+        o, d = r.get("seemrl") or {}, r.get("d3rlpy") or {}
+        print(f"| {algo} | {mean_std(o.get('scores', []))} | {mean_std(d.get('scores', []))} "
+              f"| {num(r.get('welch_p'), '.3f')} | {num(np.mean(o['q_mean']) if o else None, '.1f')} "
+              f"| {num(np.mean(d['q_mean']) if d.get('q_mean') else None, '.1f')} "
+              f"| {num(o.get('seed_steps_per_second'), ',.0f')} | {num(d.get('steps_per_second_per_seed'), ',.0f')} "
+              f"| {num(alone['rates'].get(algo) if alone else None, ',.0f')} |")
     print("\nWhat differs between the two configurations: "
           + "; ".join(f"{k}: {DIFFERENCES[k]}" for k in report["algorithms"]))
 
 
+SAME = ("data", "torch", "d3rlpy")  # every file of one merged check agrees on these (where it has them)
+SAME_RUNS = ("steps", "seeds")  # and training files on these
+
+
 def merge(paths: list[str]) -> dict:
-    """Several runs' JSON (one algorithm each, run at once) as one report; they must share the
-    data, steps, seeds, device and versions."""
+    """Several runs' JSON as one report: runs of some algorithms or of one side each (e.g. seemrl on
+    the GPU, d3rlpy's seeds on the host's cores) and --probe files. They must share the data, steps,
+    seeds and versions; each (algorithm, side) may come from one file only, and the files that
+    trained one side must name the same device."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {**reports[0], "algorithms": {}, "runs": []}
+    merged = {"command": None, "data": reports[0]["data"], "torch": reports[0]["torch"], "d3rlpy": None,
+              "devices": {"seemrl": None, "d3rlpy": None}, "algorithms": {}, "probes": [], "runs": []}
+    first = {}
     for path, r in zip(paths, reports):
-        for key in ("data", "steps", "seeds", "device", "torch", "d3rlpy"):
-            if r.get(key) != reports[0].get(key):
-                raise SystemExit(f"{path}: {key} {r.get(key)!r} differs from {paths[0]}'s {reports[0].get(key)!r}")
-        clash = set(r["algorithms"]) & set(merged["algorithms"])
-        if clash:
-            raise SystemExit(f"{path}: algorithm(s) {sorted(clash)} already in another file")
-        merged["algorithms"].update(r["algorithms"])
+        for key in SAME + (SAME_RUNS if "algorithms" in r else ()):
+            if r.get(key) is None:
+                continue
+            if key in first and r[key] != first[key][1]:
+                raise SystemExit(f"{path}: {key} {r[key]!r} differs from {first[key][0]}'s {first[key][1]!r}")
+            first.setdefault(key, (path, r[key]))
         merged["runs"].append({"file": path, "command": r.get("command")})
+        merged["probes"] += r.get("probes", [])
+        for side, name in r.get("devices", {}).items():
+            if name is None:
+                continue
+            if merged["devices"][side] not in (None, name):
+                raise SystemExit(f"{path}: {side} trained on {name!r}, another file's on {merged['devices'][side]!r}")
+            merged["devices"][side] = name
+        for algo, entry in r.get("algorithms", {}).items():
+            into = merged["algorithms"].setdefault(algo, {"seemrl": None, "d3rlpy": None,
+                                                          "differences": DIFFERENCES[algo], "welch_p": None})
+            for side in ("seemrl", "d3rlpy"):
+                if entry.get(side) is None:
+                    continue
+                if into[side] is not None:
+                    raise SystemExit(f"{path}: algorithm {algo!r}'s {side} runs are already in another file")
+                into[side] = entry[side]
+            if into["seemrl"] and into["d3rlpy"]:
+                into["welch_p"] = welch_p(into["seemrl"]["scores"], into["d3rlpy"]["scores"])
+    merged.update({key: value for key, (_, value) in first.items()})
     return merged
 
 
@@ -319,13 +363,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a Parquet transition table of whole episodes")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="print one table from earlier runs' --out files (e.g. one algorithm each, run at once)")
+                   help="print one table from earlier runs' --out files (some algorithms or one side each, probes)")
     p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
+    p.add_argument("--sides", nargs="+", choices=("seemrl", "d3rlpy"), default=["seemrl", "d3rlpy"],
+                   help="which implementations to train (default both; --merge combines files of one side each)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--q-rows", type=int, default=10_000, help="data rows the mean Q is taken over")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--d3rlpy-device", help="where d3rlpy trains (default --device); its update is bound by the "
+                   "host, so its seeds may run on the host's cores while seemrl has the GPU")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths of both sides (default: the workflow's)")
     p.add_argument("--jobs", type=int, default=1, help="d3rlpy runs (algorithm, seed) trained at once, one process each")
     p.add_argument("--d3rlpy-compile", action="store_true",
@@ -336,7 +384,7 @@ def main() -> None:
     a = p.parse_args()
     if a.merge:
         report = merge(a.merge)
-        print(f"{report['data']}: {report['steps']:,} steps, seeds {report['seeds']}; {report['device']}, "
+        print(f"{report['data']}: {report.get('steps', 0):,} steps, seeds {report.get('seeds')}; "
               f"torch {report['torch']}; d3rlpy {report['d3rlpy'] or '-'}")
         print_table(report)
         if a.out:
@@ -364,20 +412,18 @@ def main() -> None:
         peer, why = d3rlpy.__version__, None
     except ImportError as exc:
         peer, why = None, f"d3rlpy is not importable ({exc}); install benchmarks/peer/requirements.txt (see the doc)"
-    device = a.device if a.device != "cuda" or torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+
+    def where(dev: str) -> tuple[str, str]:
+        dev = dev if not dev.startswith("cuda") or torch.cuda.is_available() else "cpu"
+        return dev, (torch.cuda.get_device_name() if dev.startswith("cuda") else "CPU")
+
+    device, name = where(a.device)
+    d3_device, d3_name = where(a.d3rlpy_device or a.device)
     print(f"{a.data}: {len(t):,} transitions of {t.meta.get('env_id')}; {a.steps:,} steps, seeds {seeds}, "
-          f"{a.eval_episodes} evaluation episodes; {name}, torch {torch.__version__}; d3rlpy {peer or '-'}", flush=True)
-    if why:
-        print(f"d3rlpy half skipped: {why}", flush=True)
-    if a.probe:
-        if not peer:
-            raise SystemExit(f"--probe times d3rlpy, which is not importable: {why}")
-        probe(a.algos, t, a.probe, device, a.d3rlpy_compile)
-        return
-    report = {"command": " ".join(sys.argv), "data": a.data, "steps": a.steps, "jobs": a.jobs, "seeds": seeds,
-              "device": name, "torch": torch.__version__, "d3rlpy": peer, "d3rlpy_compile_graph": a.d3rlpy_compile,
-              "algorithms": {}}
+          f"{a.eval_episodes} evaluation episodes; seemrl on {name}, d3rlpy on {d3_name}; torch {torch.__version__}; "
+          f"d3rlpy {peer or '-'}", flush=True)
+    report = {"command": " ".join(sys.argv), "data": a.data, "torch": torch.__version__,
+              "d3rlpy": peer if "d3rlpy" in a.sides or a.probe else None}
 
     def save() -> None:  # after every run that ends, so a run cut short keeps what it finished
         if a.out:
@@ -385,24 +431,44 @@ def main() -> None:
             tmp.write_text(json.dumps(report, indent=1, default=float))
             tmp.replace(a.out)
 
-    # seemrl first, each algorithm alone on the device; then every d3rlpy seed, `jobs` at a time
-    for algo in a.algos:
-        ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
-        report["algorithms"][algo] = {"seemrl": ours, "d3rlpy": None, "differences": DIFFERENCES[algo], "welch_p": None}
-        print(f"{algo}: seemrl {mean_std(ours['scores'])} ({ours['seed_steps_per_second']:,.0f} seed-steps/s, "
-              f"{ours['wall_seconds']:.0f} s)", flush=True)
+    if a.probe:
+        if not peer:
+            raise SystemExit(f"--probe times d3rlpy, which is not importable: {why}")
+        report.update(devices={}, probes=[{"device": d3_name, "compile_graph": a.d3rlpy_compile, "steps": a.probe,
+                                           "rates": probe(a.algos, t, a.probe, d3_device, a.d3rlpy_compile)}])
         save()
-    if peer:
+        return
+    if why and "d3rlpy" in a.sides:
+        print(f"d3rlpy half skipped: {why}", flush=True)
+    report.update(steps=a.steps, seeds=seeds, jobs=a.jobs, d3rlpy_compile_graph=a.d3rlpy_compile,
+                  devices={"seemrl": name if "seemrl" in a.sides else None,
+                           "d3rlpy": d3_name if "d3rlpy" in a.sides and peer else None},
+                  algorithms={algo: {"seemrl": None, "d3rlpy": None, "differences": DIFFERENCES[algo], "welch_p": None}
+                              for algo in a.algos})
+    def seemrl_runs() -> None:  # each algorithm alone on seemrl's device
+        for algo in a.algos if "seemrl" in a.sides else ():
+            ours = run_seemrl(algo, a.data, seeds, a.steps, device, a.eval_episodes, q_rows)
+            report["algorithms"][algo]["seemrl"] = ours
+            print(f"{algo}: seemrl {mean_std(ours['scores'])} ({ours['seed_steps_per_second']:,.0f} seed-steps/s, "
+                  f"{ours['wall_seconds']:.0f} s)", flush=True)
+            save()
+
+    # d3rlpy on the host's cores trains while seemrl has the GPU; on one GPU, seemrl first, alone
+    at_once = d3_device == "cpu" and device != "cpu"
+    if not (at_once and peer and "d3rlpy" in a.sides):
+        seemrl_runs()
+    if peer and "d3rlpy" in a.sides:
         slowest_first = sorted(a.algos, key=lambda algo: -COST[algo])
-        tasks = [(algo, a.data, s, a.steps, device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile)
+        tasks = [(algo, a.data, s, a.steps, d3_device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile)
                  for algo in slowest_first for s in seeds]
         results = {algo: {} for algo in a.algos}
         processes = max(1, min(a.jobs, len(tasks)))
-        for algo, seed, result in run_d3rlpy(tasks, a.jobs):
+        for algo, seed, result in run_d3rlpy(tasks, a.jobs, seemrl_runs if at_once else lambda: None):
             results[algo][seed] = result
             entry = report["algorithms"][algo]
             entry["d3rlpy"] = d3rlpy_summary(results[algo], seeds, a.steps, processes)
-            entry["welch_p"] = welch_p(entry["seemrl"]["scores"], entry["d3rlpy"]["scores"])
+            if entry["seemrl"]:
+                entry["welch_p"] = welch_p(entry["seemrl"]["scores"], entry["d3rlpy"]["scores"])
             print(f"d3rlpy {algo} seed {seed}: score {result['score']:.1f}, {a.steps / result['wall']:,.0f} steps/s",
                   flush=True)
             save()

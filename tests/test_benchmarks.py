@@ -1,4 +1,5 @@
 """The benchmark scripts keep working (tiny sizes on CPU); their figures live in benchmarks/README.md."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,12 @@ def test_peer_check_plumbing(tmp_path):
     write_transitions(tmp_path / "whole.parquet", t)
     args = ["--steps", "20", "--seeds", "2", "--eval-episodes", "1", "--q-rows", "50", "--hidden", "16", "16", "--jobs", "2",
             "--device", "cpu"]
-    # the algorithms in two runs (as on a GPU, at once), then one table from both files
+    # the algorithms in three runs: td3bc whole; iql and cql one side per file (seemrl on the GPU while
+    # d3rlpy's seeds train on the host's cores), then one table from all, with a probe's speed column
     outs = []
-    for algos, out, extra in ((["td3bc"], "a.json", []), (["iql", "cql"], "b.json", ["--d3rlpy-compile"])):
+    for algos, out, extra in ((["td3bc"], "a.json", []),
+                              (["iql", "cql"], "b.json", ["--sides", "seemrl"]),
+                              (["iql", "cql"], "c.json", ["--sides", "d3rlpy", "--d3rlpy-compile", "--d3rlpy-device", "cpu"])):
         proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
                                *args, *extra, "--algos", *algos, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, timeout=600)
@@ -50,45 +54,58 @@ def test_peer_check_plumbing(tmp_path):
         for algo in algos:
             assert f"| {algo} | " in proc.stdout
         outs.append(proc.stdout)
-    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
-                           str(tmp_path / "b.json"), "--out", str(tmp_path / "peer.json")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for algo in ("td3bc", "iql", "cql"):
-        assert f"| {algo} | " in proc.stdout
     import json
 
-    report = json.loads((tmp_path / "peer.json").read_text())
-    assert set(report["algorithms"]) == {"td3bc", "iql", "cql"}
-    assert [r["file"] for r in report["runs"]] == [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
-    ours = report["algorithms"]["cql"]["seemrl"]
-    assert len(ours["scores"]) == 2 and all(np.isfinite(ours["q_mean"])) and ours["seed_steps_per_second"] > 0
-    if report["d3rlpy"] is None:
-        assert all("d3rlpy half skipped: d3rlpy is not importable" in out for out in outs)
-        assert report["algorithms"]["cql"]["d3rlpy"] is None
-    else:
-        assert len(report["algorithms"]["cql"]["d3rlpy"]["scores"]) == 2
-        assert report["algorithms"]["cql"]["d3rlpy"]["seeds"] == [0, 1]
-    assert json.loads((tmp_path / "b.json").read_text())["d3rlpy_compile_graph"] is True
-    assert not (tmp_path / "b.json.tmp").exists()
-    # --probe times d3rlpy alone, or says why it cannot
+    peer_installed = json.loads((tmp_path / "a.json").read_text())["d3rlpy"] is not None
+    # --probe times d3rlpy alone (and writes its rates for the table), or says why it cannot
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
-                           "--hidden", "16", "16", "--device", "cpu", "--algos", "td3bc", "--probe", "5"],
-                          capture_output=True, text=True, timeout=300)
-    if report["d3rlpy"] is None:
+                           "--hidden", "16", "16", "--device", "cpu", "--algos", "td3bc", "--probe", "5",
+                           "--out", str(tmp_path / "probe.json")], capture_output=True, text=True, timeout=300)
+    if not peer_installed:
         assert proc.returncode != 0 and "--probe times d3rlpy, which is not importable" in proc.stderr
     else:
         assert proc.returncode == 0 and "d3rlpy td3bc: " in proc.stdout and "steps/s (one seed alone" in proc.stdout
-    # the same algorithm in two files, or files of different runs, are refused, naming the file
+    files = [str(tmp_path / f) for f in ("a.json", "b.json", "c.json", "probe.json") if (tmp_path / f).exists()]
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", *files,
+                           "--out", str(tmp_path / "peer.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for algo in ("td3bc", "iql", "cql"):
+        assert f"| {algo} | " in proc.stdout
+    report = json.loads((tmp_path / "peer.json").read_text())
+    assert set(report["algorithms"]) == {"td3bc", "iql", "cql"}
+    assert [r["file"] for r in report["runs"]] == files
+    ours = report["algorithms"]["cql"]["seemrl"]
+    assert len(ours["scores"]) == 2 and all(np.isfinite(ours["q_mean"])) and ours["seed_steps_per_second"] > 0
+    assert report["devices"]["seemrl"] == "CPU"
+    if not peer_installed:
+        assert all("d3rlpy half skipped: d3rlpy is not importable" in out for out in (outs[0], outs[2]))
+        assert "d3rlpy half skipped" not in outs[1]  # a seemrl-only run does not ask for d3rlpy
+        assert report["algorithms"]["cql"]["d3rlpy"] is None and report["devices"]["d3rlpy"] is None
+    else:
+        cql = report["algorithms"]["cql"]
+        assert len(cql["d3rlpy"]["scores"]) == 2 and cql["d3rlpy"]["seeds"] == [0, 1]
+        assert cql["welch_p"] is not None  # both sides, from two files: the test is taken on the merged scores
+        assert report["probes"][0]["rates"]["td3bc"] > 0
+        assert re.search(r"^\| td3bc \|.*\| [0-9,]+ \|$", proc.stdout, re.M)  # the probe's column is filled
+        assert json.loads((tmp_path / "c.json").read_text())["d3rlpy_compile_graph"] is True
+    assert json.loads((tmp_path / "b.json").read_text())["devices"] == {"seemrl": "CPU", "d3rlpy": None}
+    assert not (tmp_path / "b.json.tmp").exists()
+    # one side of an algorithm in two files, or files of different runs, are refused, naming the file
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
                            str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "a.json" in proc.stderr and "td3bc" in proc.stderr
     other = json.loads((tmp_path / "b.json").read_text())
     other["steps"] = 40
-    (tmp_path / "c.json").write_text(json.dumps(other))
+    (tmp_path / "d.json").write_text(json.dumps(other))
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
-                           str(tmp_path / "c.json")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "c.json" in proc.stderr and "steps" in proc.stderr
+                           str(tmp_path / "d.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "d.json" in proc.stderr and "steps" in proc.stderr
+    other = json.loads((tmp_path / "b.json").read_text())
+    other["devices"]["seemrl"] = "NVIDIA H100 80GB HBM3"
+    (tmp_path / "e.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "e.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "e.json" in proc.stderr and "H100" in proc.stderr
     # rows out of episode order: refused with the file's name
     shuffled = make_transitions(episode_lengths=(40, 30), obs_dim=11, act_dim=3)
     order = np.random.default_rng(0).permutation(len(shuffled.obs))
