@@ -316,7 +316,8 @@ def print_table(report: dict) -> None:
           + "; ".join(f"{k}: {DIFFERENCES[k]}" for k in report["algorithms"]))
 
 
-SAME = ("data", "torch", "d3rlpy")  # every file of one merged check agrees on these (where it has them)
+SAME = ("data", "data_sha256", "d3rlpy")  # every file of one merged check agrees on these (where it has them); torch may
+# differ (d3rlpy's seeds on another host's cores): each run's version is listed
 SAME_RUNS = ("steps", "seeds")  # and training files on these
 
 
@@ -326,7 +327,7 @@ def merge(paths: list[str]) -> dict:
     seeds and versions; each (algorithm, side) may come from one file only, and the files that
     trained one side must name the same device."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
-    merged = {"command": None, "data": reports[0]["data"], "torch": reports[0]["torch"], "d3rlpy": None,
+    merged = {"command": None, "data": reports[0]["data"], "torch": None, "d3rlpy": None,
               "devices": {"seemrl": None, "d3rlpy": None}, "algorithms": {}, "probes": [], "runs": []}
     first = {}
     for path, r in zip(paths, reports):
@@ -336,7 +337,8 @@ def merge(paths: list[str]) -> dict:
             if key in first and r[key] != first[key][1]:
                 raise SystemExit(f"{path}: {key} {r[key]!r} differs from {first[key][0]}'s {first[key][1]!r}")
             first.setdefault(key, (path, r[key]))
-        merged["runs"].append({"file": path, "command": r.get("command")})
+        merged["runs"].append({"file": path, "command": r.get("command"), "torch": r.get("torch"),
+                               "devices": r.get("devices"), "probes": [pr["device"] for pr in r.get("probes", [])]})
         merged["probes"] += r.get("probes", [])
         for side, name in r.get("devices", {}).items():
             if name is None:
@@ -356,7 +358,27 @@ def merge(paths: list[str]) -> dict:
             if into["seemrl"] and into["d3rlpy"]:
                 into["welch_p"] = welch_p(into["seemrl"]["scores"], into["d3rlpy"]["scores"])
     merged.update({key: value for key, (_, value) in first.items()})
+    merged["torch"] = ", ".join(sorted({r["torch"] for r in reports}))
     return merged
+
+
+def sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cpu_name() -> str:
+    """The host's CPU model and core count (d3rlpy's seeds may train there)."""
+    import os
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown model") if Path("/proc/cpuinfo").exists() else "unknown model"
+    return f"CPU ({model}, {os.cpu_count()} cores)"
 
 
 def main() -> None:
@@ -415,14 +437,14 @@ def main() -> None:
 
     def where(dev: str) -> tuple[str, str]:
         dev = dev if not dev.startswith("cuda") or torch.cuda.is_available() else "cpu"
-        return dev, (torch.cuda.get_device_name() if dev.startswith("cuda") else "CPU")
+        return dev, (torch.cuda.get_device_name() if dev.startswith("cuda") else cpu_name())
 
     device, name = where(a.device)
     d3_device, d3_name = where(a.d3rlpy_device or a.device)
     print(f"{a.data}: {len(t):,} transitions of {t.meta.get('env_id')}; {a.steps:,} steps, seeds {seeds}, "
           f"{a.eval_episodes} evaluation episodes; seemrl on {name}, d3rlpy on {d3_name}; torch {torch.__version__}; "
           f"d3rlpy {peer or '-'}", flush=True)
-    report = {"command": " ".join(sys.argv), "data": a.data, "torch": torch.__version__,
+    report = {"command": " ".join(sys.argv), "data": a.data, "data_sha256": sha256(a.data), "torch": torch.__version__,
               "d3rlpy": peer if "d3rlpy" in a.sides or a.probe else None}
 
     def save() -> None:  # after every run that ends, so a run cut short keeps what it finished
