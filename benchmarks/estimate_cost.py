@@ -2,7 +2,7 @@
 
 GPU-hours come from the stacked trainers' measured rates (seed-steps/s on one H200, TF32, the
 update as a CUDA graph; benchmarks/README.md, "Final figures of this session" and "Table 1 wall
-time, re-estimated"), SEEM from its measured 0.385 s per checkpoint at N=2560. Rates were
+time, re-estimated"), SEEM from its measured 0.049 s per checkpoint at N=2560 (one H100). Rates were
 measured with 10 seeds per job: a job of 5 seeds runs fewer seed-steps per second, so its
 estimate is a lower bound. Policy evaluation in the environment is not included (AntMaze's is
 estimated separately in benchmarks/README.md). Disk is measured, not estimated: one checkpoint of
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 # seed-steps/s per (trainer, LayerNorm critic) with 10 seeds per job on one H200 (benchmarks/README.md)
 RATES = {("td3", False): 17_356, ("td3", True): 15_535, ("iql", False): 10_892, ("iql", True): 10_892,
          ("cql", False): 3_308, ("cql", True): 3_308, ("diffql", False): 2_631, ("diffql", True): 2_413}
-SEEM_SECONDS = 0.385  # per checkpoint and seed, N=2560, 256-256 critic (benchmarks/README.md)
+SEEM_SECONDS = 0.049  # per checkpoint and seed, N=2560, 256-256 critic, Krylov-Schur eigen-solve (one H100; benchmarks/README.md)
 DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6), "AntMaze": (29, 8)}
 
 

@@ -442,7 +442,10 @@ def main() -> None:
     device, name = where(a.device)
     d3_device, d3_name = where(a.d3rlpy_device or a.device)
     print(f"{a.data}: {len(t):,} transitions of {t.meta.get('env_id')}; {a.steps:,} steps, seeds {seeds}, "
-          f"{a.eval_episodes} evaluation episodes; seemrl on {name}, d3rlpy on {d3_name}; torch {torch.__version__}; "
+          f"{a.eval_episodes} evaluation episodes; "
+          + "; ".join(f"{side} on {where_}" for side, where_ in (("seemrl", name), ("d3rlpy", d3_name))
+                      if side in a.sides or (side == "d3rlpy" and a.probe))
+          + f"; torch {torch.__version__}; "
           f"d3rlpy {peer or '-'}", flush=True)
     report = {"command": " ".join(sys.argv), "data": a.data, "data_sha256": sha256(a.data), "torch": torch.__version__,
               "d3rlpy": peer if "d3rlpy" in a.sides or a.probe else None}
