@@ -220,17 +220,18 @@ def jax_rate(algo: str, hidden, layer_norm: bool, seeds: int, data_np: dict, ste
 
 
 # ------------------------------------------------------------------ seemrl
-def seemrl_rate(algo: str, hidden, norm: str, seeds: int, device, precision: str, iters: int) -> float:
+def seemrl_rate(algo: str, hidden, norm: str, seeds: int, device, precision: str, iters: int,
+                compiled: bool = False) -> float:
     from common import offline_data, offline_stacked, steps_per_second
 
     from seemrl.algos import iql, td3
 
     data = SEEMRL_DATA.setdefault(str(device), offline_data(DATA_N, OBS, ACT, device))
     if algo == "td3bc":
-        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm})
+        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm}, compile_update=compiled)
         make = offline_stacked(td3.TD3Trainer, td3.build_nets, data, device, OBS, ACT)
     else:
-        cfg = iql.IQLConfig(hidden=hidden, critic={"norm": norm})
+        cfg = iql.IQLConfig(hidden=hidden, critic={"norm": norm}, compile_update=compiled)
         make = offline_stacked(iql.IQLTrainer, iql.build_nets, data, device, OBS, ACT)
     trainer = make(cfg, device.type == "cuda", precision, list(range(seeds)))
     return seeds * steps_per_second(trainer.step, device, warmup=10, iters=iters)
@@ -251,6 +252,8 @@ def main() -> None:
     p.add_argument("--steps-per-call", type=int, default=None, help="K: updates per jitted call (default 1000)")
     p.add_argument("--calls", type=int, default=None, help="timed JAX calls (default 3)")
     p.add_argument("--iters", type=int, default=None, help="timed seemrl steps (default 2000)")
+    p.add_argument("--compile-update", action="store_true",
+                   help="also time seemrl with its update step through torch.compile (`compile_update`)")
     a = p.parse_args()
     try:
         import jax
@@ -288,15 +291,19 @@ def main() -> None:
           f"{precision_name(torch_err)}, JAX {precision_name(jax_err)}")
     print(f"JAX: K = {k} updates per jitted call, {calls} timed calls after one (compiling); seemrl: {iters} "
           f"timed steps after 10{' (CUDA graph)' if device.type == 'cuda' else ''}")
-    print("\n| algorithm | critic | seeds | seemrl seed-steps/s | JAX seed-steps/s | seemrl / JAX |")
-    print("|---|---|---:|---:|---:|---:|")
+    extra = " | seemrl, update compiled | compiled / JAX" if a.compile_update else ""
+    print(f"\n| algorithm | critic | seeds | seemrl seed-steps/s | JAX seed-steps/s | seemrl / JAX{extra} |")
+    print("|---|---|---:|---:|---:|---:|" + ("---:|---:|" if a.compile_update else ""))
     for algo in a.algos:
         for norm in a.norms:
             for s in seed_counts:
                 with matmul_precision(a.precision):
                     ours = seemrl_rate(algo, hidden, norm, s, device, a.precision, iters)
+                    fused = seemrl_rate(algo, hidden, norm, s, device, a.precision, iters, True) \
+                        if a.compile_update else None
                 theirs = jax_rate(algo, hidden, norm == "layernorm", s, data_np, k, calls)
-                print(f"| {algo} | {norm} | {s} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |", flush=True)
+                more = f" | {fused:,.0f} | {fused / theirs:.2f}x" if fused is not None else ""
+                print(f"| {algo} | {norm} | {s} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x{more} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -246,6 +246,23 @@ def run_graphed_and_eager(make: Callable, steps: int = 200, on_step: Callable | 
     return eager, graphed
 
 
+def check_compiled_update_matches_eager(make: Callable, params: Callable, steps: int = 6,
+                                        rtol: float = 1e-4) -> float:
+    """make(compile_update) -> a trainer, params(trainer) -> its tensors: the update step through
+    torch.compile (`compile_update`) compiles (no fallback to the plain step), says so in the
+    trainer's mode, and follows the eager step to rounding over `steps` steps (grad norms on
+    the third), not further apart than `rtol` of each tensor's largest entry. Returns the drift."""
+    eager, compiled = make(False), make(True)
+    assert "update step compiled" in compiled.mode and "update step compiled" not in eager.mode
+    for step in range(1, steps + 1):
+        a, b = eager.step(grad_norm=step == 3), compiled.step(grad_norm=step == 3)
+        assert a.keys() == b.keys(), step
+    assert compiled._update._compiled not in (None, False), "the compiled step fell back to the plain one"
+    drift = max_rel_diff(params(compiled), params(eager))
+    assert drift < rtol, drift
+    return drift
+
+
 # ------------------------------------------------------------------ more of the contract
 def check_same_seed_same_result(run: Callable, modules: Callable, tmp_path: Path):
     """run(seeds, out) -> (nets, result): two runs of seeds [1, 2] give bitwise the same networks

@@ -368,6 +368,9 @@ def test_config_rejects_bad_values():
         cql.CQLConfig(stpes=10)
     assert cql.Config is cql.CQLConfig
     assert cql.run_identity(cql.CQLConfig(), [0], "x") == cql.run_identity(cql.CQLConfig(cuda_graph=False), [0], "x")
+    # the compiled step rounds differently: another run; off, it leaves the identity as it was before it existed
+    assert cql.run_identity(cql.CQLConfig(), [0], "x") != cql.run_identity(cql.CQLConfig(compile_update=True), [0], "x")
+    assert "compile_update" not in cql.run_identity(cql.CQLConfig(), [0], "x")["config"]
 
 
 def test_cuda_graph_is_ignored_on_cpu():

@@ -77,6 +77,7 @@ class RunSettings:
     eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
     cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
     matmul_precision: str = "tf32"  # float32 matmuls on CUDA: "tf32" (tensor cores) or "ieee"; CPU: always ieee
+    compile_update: bool = False  # torch.compile the update step (then graph it): fused kernels, equal to eager to rounding only
 
     # a former setting name -> the fields that replace it: a config naming it is rejected, naming
     # them; a checkpoint saved with it loads (`seemrl.config.migrate`)
@@ -222,7 +223,7 @@ class CriticTrainer(StackedTrainer):
         self.matmul_precision = cfg.matmul_precision
         super().__init__(seeds, data, device, steps=cfg.steps if steps is None else steps,
                          checkpoint_every=cfg.checkpoint_every if checkpoint_every is None else checkpoint_every,
-                         cuda_graph=cfg.cuda_graph)
+                         cuda_graph=cfg.cuda_graph, compile_update=cfg.compile_update)
 
     def dropout_modules(self) -> tuple[nn.Module, ...]:
         """The networks that may draw dropout masks inside the step (the critics' spec's)."""
@@ -280,9 +281,12 @@ def load_offline_checkpoint(path: str | Path, fmt: str, config_cls: type, build_
 def run_identity_of(cfg, seeds: Sequence[int], *, tag: dict | None = None, **fields) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists): `tag`
     first, then the config (without `cuda_graph`: how the step executes, not which run this
-    is), the seeds and `fields`."""
+    is; `compile_update` only when on, so the runs and resume states made before it existed keep
+    their identity), the seeds and `fields`."""
     config = dataclasses.asdict(cfg)
     config.pop("cuda_graph")
+    if not config.get("compile_update", True):
+        config.pop("compile_update")
     return json.loads(json.dumps({**(tag or {}), "config": config, "seeds": list(seeds), **fields}))
 
 

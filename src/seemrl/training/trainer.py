@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from seemrl.training.devices import matmul_precision
 from seemrl.training.draws import Draw, OfflineData, Window
-from seemrl.training.nets import enable_fused_pointwise, seed_generators
+from seemrl.training.nets import Compiled, enable_fused_pointwise, seed_generators
 
 
 # ------------------------------------------------------------------ optimisers
@@ -101,11 +101,12 @@ class StackedTrainer:
     matmul_precision = "ieee"  # subclasses take theirs from the config
 
     def __init__(self, seeds: Sequence[int], data: OfflineData, device, *, steps: int,
-                 checkpoint_every: int, cuda_graph: bool):
+                 checkpoint_every: int, cuda_graph: bool, compile_update: bool = False):
         self.seeds, self.data = list(seeds), data
         self.device = torch.device(device)
         self.S = len(self.seeds)
         self.steps, self.checkpoint_every, self.cuda_graph = steps, checkpoint_every, cuda_graph
+        self.compile_update = compile_update
         self.networks: dict[str, nn.Module] = {}
         self.targets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -165,7 +166,13 @@ class StackedTrainer:
             self.mode = "eager (cuda_graph=False)"
         else:
             self.mode = f"eager ({self.not_graphable_reason()})"
-        if fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
+        if self.compile_update:
+            # the whole step through torch.compile (graph breaks at backward() and zero_grad()):
+            # its pointwise work fused into few kernels, then captured like the eager step; the
+            # warm-up before capture compiles every kind of step. Equal to eager to rounding only.
+            self._update = Compiled(self._update, "update step")
+            self.mode += ", update step compiled (torch.compile)"
+        elif fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
             self.mode += ", LayerNorm + activation compiled into one kernel"
 
     def not_graphable_reason(self) -> str:
