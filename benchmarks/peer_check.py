@@ -318,7 +318,17 @@ def print_table(report: dict) -> None:
 
 SAME = ("data", "data_sha256", "d3rlpy")  # every file of one merged check agrees on these (where it has them); torch may
 # differ (d3rlpy's seeds on another host's cores): each run's version is listed
-SAME_RUNS = ("steps", "seeds")  # and training files on these
+SAME_RUNS = ("steps",)  # and training files on these (seeds may be split between files: d3rlpy's are joined)
+
+
+def join_d3rlpy(a: dict, b: dict, steps: int) -> dict:
+    """One algorithm's d3rlpy seeds from two runs (disjoint seeds), in seed order."""
+    rows = sorted(zip(*(a[k] + b[k] for k in ("seeds", "scores", "returns", "q_mean", "wall_seconds"))))
+    seeds, scores, returns, q_mean, walls = (list(col) for col in zip(*rows))
+    processes = sorted({*(a["processes"] if isinstance(a["processes"], list) else [a["processes"]]),
+                        *(b["processes"] if isinstance(b["processes"], list) else [b["processes"]])})
+    return {"seeds": seeds, "scores": scores, "returns": returns, "q_mean": q_mean, "wall_seconds": walls,
+            "processes": processes, "steps_per_second_per_seed": steps / float(np.mean(walls))}
 
 
 def merge(paths: list[str]) -> dict:
@@ -352,12 +362,18 @@ def merge(paths: list[str]) -> dict:
             for side in ("seemrl", "d3rlpy"):
                 if entry.get(side) is None:
                     continue
-                if into[side] is not None:
+                part = {"seeds": r.get("seeds"), **entry[side]}  # seemrl's seeds are its file's
+                if into[side] is None:
+                    into[side] = part
+                elif side == "d3rlpy" and not set(into[side]["seeds"]) & set(part["seeds"]):
+                    into[side] = join_d3rlpy(into[side], part, r["steps"])
+                else:
                     raise SystemExit(f"{path}: algorithm {algo!r}'s {side} runs are already in another file")
-                into[side] = entry[side]
             if into["seemrl"] and into["d3rlpy"]:
                 into["welch_p"] = welch_p(into["seemrl"]["scores"], into["d3rlpy"]["scores"])
     merged.update({key: value for key, (_, value) in first.items()})
+    merged["seeds"] = sorted({seed for entry in merged["algorithms"].values() for side in ("seemrl", "d3rlpy")
+                              if entry[side] for seed in entry[side]["seeds"] or []})
     merged["torch"] = ", ".join(sorted({r["torch"] for r in reports}))
     return merged
 
@@ -390,6 +406,9 @@ def main() -> None:
     p.add_argument("--sides", nargs="+", choices=("seemrl", "d3rlpy"), default=["seemrl", "d3rlpy"],
                    help="which implementations to train (default both; --merge combines files of one side each)")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seed-list", type=int, nargs="+",
+                   help="train these seeds instead of 0..seeds-1 (a check split over runs: --merge joins "
+                        "d3rlpy seeds of one algorithm from several files)")
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--q-rows", type=int, default=10_000, help="data rows the mean Q is taken over")
@@ -421,7 +440,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t = load(a.data)
-    seeds = list(range(a.seeds))
+    seeds = sorted(set(a.seed_list)) if a.seed_list else list(range(a.seeds))
     rows = np.random.default_rng(0).choice(len(t), size=min(a.q_rows, len(t)), replace=False)
     q_rows = {"obs": np.asarray(t.obs, np.float32)[rows], "action": np.asarray(t.action, np.float32)[rows]}
     try:

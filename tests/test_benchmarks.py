@@ -91,6 +91,20 @@ def test_peer_check_plumbing(tmp_path):
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["devices"]["seemrl"].startswith("CPU (") and b["devices"]["d3rlpy"] is None and len(b["data_sha256"]) == 64
     assert not (tmp_path / "b.json.tmp").exists()
+    # a check split over runs by seed: d3rlpy's seeds of one algorithm are joined, overlapping ones refused
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
+                           *args, "--sides", "d3rlpy", "--d3rlpy-device", "cpu", "--algos", "cql", "--seed-list", "2",
+                           "--out", str(tmp_path / "f.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", *files, str(tmp_path / "f.json"),
+                           "--out", str(tmp_path / "joined.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if peer_installed:
+        cql = json.loads((tmp_path / "joined.json").read_text())["algorithms"]["cql"]["d3rlpy"]
+        assert cql["seeds"] == [0, 1, 2] and len(cql["scores"]) == len(cql["wall_seconds"]) == 3
+        proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "c.json"),
+                               str(tmp_path / "c.json")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "c.json" in proc.stderr and "d3rlpy runs are already" in proc.stderr
     # one side of an algorithm in two files, or files of different runs, are refused, naming the file
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
                            str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
