@@ -339,6 +339,7 @@ class SACTrainer(CriticTrainer):
             # critics without gradients; the plain update then starts from them as they were
             self._update = Compiled(self._update, "the SAC update",
                                     on_fallback=lambda: [p.requires_grad_(True) for p in critic_params(nets)])
+        self.compile_update = False  # compiled above, on CUDA only: not again by the engine
         self.finish_setup()
         if compiled:
             self.mode += ", update compiled"
