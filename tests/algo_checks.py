@@ -253,7 +253,7 @@ def check_compiled_update_matches_eager(make: Callable, params: Callable, steps:
     trainer's mode, and follows the eager step to rounding over `steps` steps (grad norms on
     the third), not further apart than `rtol` of each tensor's largest entry. Returns the drift."""
     eager, compiled = make(False), make(True)
-    assert "update step compiled" in compiled.mode and "update step compiled" not in eager.mode
+    assert "update compiled" in compiled.mode and "update compiled" not in eager.mode
     for step in range(1, steps + 1):
         a, b = eager.step(grad_norm=step == 3), compiled.step(grad_norm=step == 3)
         assert a.keys() == b.keys(), step

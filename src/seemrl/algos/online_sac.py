@@ -28,7 +28,7 @@ from seemrl.training import loop
 from seemrl.training.draws import Draw
 from seemrl.training.loop import train_loop, write_checkpoint
 from seemrl.training.devices import matmul_precision
-from seemrl.training.nets import Compiled, StackedMLP, seed_generators
+from seemrl.training.nets import StackedMLP, seed_generators
 from seemrl.training.resume import ResumeDir
 from seemrl.training.trainer import capture_graph, make_optimizer, warm_up
 
@@ -333,16 +333,13 @@ class SACTrainer(CriticTrainer):
         self.act_obs = torch.zeros(self.S, 1, nets.actor.dims[0], device=self.device)
         self.act_out = torch.zeros(self.S, self.act_dim, device=self.device)
         self._act_graph: torch.cuda.CUDAGraph | None = None
-        compiled = self.device.type == "cuda" and cfg.compile_update
-        if compiled:  # an instance attribute: the engine calls self._update. A compiled update that
-            # fails part-way (first call only: the engine's warm-up when graphed) may leave the
-            # critics without gradients; the plain update then starts from them as they were
-            self._update = Compiled(self._update, "the SAC update",
-                                    on_fallback=lambda: [p.requires_grad_(True) for p in critic_params(nets)])
-        self.compile_update = False  # compiled above, on CUDA only: not again by the engine
+        self.compile_update = self.device.type == "cuda" and cfg.compile_update  # the engine compiles it, on CUDA only
         self.finish_setup()
-        if compiled:
-            self.mode += ", update compiled"
+
+    def compile_fallback(self):
+        # a compiled update that fails part-way (first call only: the engine's warm-up when
+        # graphed) may leave the critics without gradients; the plain update starts from them as they were
+        return lambda: [p.requires_grad_(True) for p in critic_params(self.nets)]
 
     @property
     def log_alpha(self) -> torch.Tensor:

@@ -166,14 +166,18 @@ class StackedTrainer:
             self.mode = "eager (cuda_graph=False)"
         else:
             self.mode = f"eager ({self.not_graphable_reason()})"
+        if fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
+            self.mode += ", LayerNorm + activation compiled into one kernel"
         if self.compile_update:
             # the whole step through torch.compile (graph breaks at backward() and zero_grad()):
             # its pointwise work fused into few kernels, then captured like the eager step; the
             # warm-up before capture compiles every kind of step. Equal to eager to rounding only.
-            self._update = Compiled(self._update, "update step")
-            self.mode += ", update step compiled (torch.compile)"
-        elif fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
-            self.mode += ", LayerNorm + activation compiled into one kernel"
+            self._update = Compiled(self._update, "the update step", on_fallback=self.compile_fallback())
+            self.mode += ", update compiled"
+
+    def compile_fallback(self) -> Callable[[], None] | None:
+        """What puts the state back if the compiled step fails part-way (`Compiled`'s on_fallback)."""
+        return None
 
     def not_graphable_reason(self) -> str:
         return "this configuration draws random numbers inside the step"
