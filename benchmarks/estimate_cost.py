@@ -7,9 +7,11 @@ measured with 10 seeds per job: a job of 5 seeds runs fewer seed-steps per secon
 estimate is a lower bound. Policy evaluation in the environment is not included (AntMaze's is
 estimated separately in benchmarks/README.md). Disk is measured, not estimated: one checkpoint of
 each cell's networks (its seeds, its dataset's dimensions) is written and its size multiplied by
-the checkpoints the run keeps.
+the checkpoints the run keeps. A job that trains cells together (`train_together`) runs their
+members in one stack, at the rate of its stack size (`rate`).
 
     python benchmarks/estimate_cost.py            # every config under config/paper/, a Markdown table
+    python benchmarks/estimate_cost.py xpercent.yaml --together percents   # and with X% cells together
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ sys.path.insert(0, str(ROOT / "src"))
 # seed-steps/s per (trainer, LayerNorm critic) with 10 seeds per job on one H200 (benchmarks/README.md)
 RATES = {("td3", False): 17_356, ("td3", True): 15_535, ("iql", False): 10_892, ("iql", True): 10_892,
          ("cql", False): 3_308, ("cql", True): 3_308, ("diffql", False): 2_631, ("diffql", True): 2_413}
+# ... and with 40 seeds per job (the same tables; CQL's from the S=40 / S=10 ratio of its earlier
+# measurement, 1.49x without LN and 1.29x with it; Diffusion-QL's not measured: its S=10 rate)
+RATES_40 = {("td3", False): 42_069, ("td3", True): 37_535, ("iql", False): 27_154, ("iql", True): 27_154,
+            ("cql", False): 4_929, ("cql", True): 4_267, ("diffql", False): 2_631, ("diffql", True): 2_413}
 SEEM_SECONDS = 0.049  # per checkpoint and seed, N=2560, 256-256 critic, Krylov-Schur eigen-solve (one H100; benchmarks/README.md)
 DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6), "AntMaze": (29, 8)}
 
@@ -61,10 +67,39 @@ def checkpoint_bytes(trainer: str, cfg, seeds: int, dims: tuple[int, int], cache
     return cache[key]
 
 
-def estimate(name: str, cache: dict) -> dict:
+def rate(trainer: str, ln: bool, members: int) -> float:
+    """Seed-steps/s of a job of `members` stacked members: the S=10 rate up to 10 members (a lower
+    bound below), the S=40 rate from 40 on, and between them the line through both in log-log."""
+    r10, r40 = RATES[trainer, ln], RATES_40[trainer, ln]
+    if members <= 10:
+        return r10
+    if members >= 40:
+        return r40
+    return r10 * (members / 10) ** (np.log(r40 / r10) / np.log(4))
+
+
+def estimate(name: str, cache: dict, together: list[str] | None = None) -> dict:
+    """One config's row; `together`: as if each grid had `train_together: together` (where its
+    algorithms can train cells together)."""
+    from seemrl.train import TOGETHER_TRAINERS
     from seemrl.workflow import Plan
 
-    plan = Plan(merged(name), ROOT)
+    config = merged(name)
+    if together:  # each grid split into the algorithms that can share a stack and those that cannot
+        grids = config["experiment"] if isinstance(config["experiment"], list) else [config["experiment"]]
+        config["experiment"] = []
+        for grid in grids:
+            can = [a for a in grid["algorithms"] if config["algorithms"][a]["trainer"] in TOGETHER_TRAINERS]
+            cannot = [a for a in grid["algorithms"] if a not in can]
+            config["experiment"] += [{**grid, "algorithms": can, "train_together": together}] if can else []
+            config["experiment"] += [{**grid, "algorithms": cannot}] if cannot else []
+    plan = Plan(config, ROOT)
+    job_of = {tuple(c.values()): g for g, cells in plan.train_groups().items() for c in cells}
+    members = {}
+    for c in plan.cells():
+        key = tuple(c.values())
+        members[job_of.get(key, key)] = members.get(job_of.get(key, key), 0) + \
+            len(plan.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]])
     train_s = seem_s = disk = 0.0
     for c in plan.cells():
         cfg = plan.resolved[c["algo"], c["norm"]]
@@ -72,14 +107,15 @@ def estimate(name: str, cache: dict) -> dict:
         seeds = len(plan.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]])
         ln = (cfg.critic.get("norm") if isinstance(cfg.critic, dict) else getattr(cfg.critic, "norm", None)) == \
             "layernorm"
-        train_s += seeds * cfg.steps / RATES[trainer, bool(ln)]
+        key = tuple(c.values())
+        train_s += seeds * cfg.steps / rate(trainer, bool(ln), members[job_of.get(key, key)])
         checkpoints = cfg.steps // cfg.checkpoint_every + 1
         seem_s += checkpoints * seeds * SEEM_SECONDS
         env = plan.registry_entry(c["dataset"])["env_id"]
         dims = next(d for prefix, d in DIMS.items() if env.startswith(prefix))
         disk += checkpoints * checkpoint_bytes(trainer, cfg, seeds, dims, cache)
     online = plan.config.get("online") or {}
-    return {"config": name, "training jobs": len(plan.cells()),
+    return {"config": name + (f" (together: {', '.join(together)})" if together else ""), "training jobs": len(members),
             "online jobs": len(online.get("envs") or []) * len(online.get("variants") or {}),
             "training GPU-h": train_s / 3600, "SEEM GPU-h": seem_s / 3600, "checkpoints GB": disk / 1e9}
 
@@ -87,6 +123,9 @@ def estimate(name: str, cache: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", help="names under config/paper/ (default: all of them)")
+    parser.add_argument("--together", nargs="+", choices=["percents", "datasets"],
+                        help="also each config as if its grids trained these axes' cells together "
+                             "(`train_together`; TD3, IQL and CQL only), a row beside each")
     args = parser.parse_args()
     os.chdir(ROOT)  # the registry path in the config is relative to the project
     import torch
@@ -95,7 +134,11 @@ def main() -> None:
     names = args.configs or sorted(p.name for p in (ROOT / "config/paper").glob("*.yaml")
                                    if p.name != "paper_results.yaml")
     cache: dict = {}
-    rows = [estimate(n, cache) for n in names]
+    rows = []
+    for n in names:
+        rows.append(estimate(n, cache))
+        if args.together:
+            rows.append(estimate(n, cache, args.together))
     header = list(rows[0])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

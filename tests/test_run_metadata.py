@@ -14,6 +14,7 @@ HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
     ("runs/hopper/10pct/td3bc/ln/seem.tsv", "seem"),
     ("online/Hopper-v5/sac_ema/train.tsv", "train_online"),
     ("recipe_train/evidence-Hopper-v5.tsv", "recipe_train"),
+    ("train_together/hopper_allpct_td3bc_ln.tsv", "train_together"),
     ("claims.tsv", "claims"),
 ])
 def test_rule_of_a_benchmark_path(rel, rule):
@@ -42,3 +43,27 @@ def test_bad_or_missing_files_are_named(tmp_path):
     bad.write_text("seconds\n1\n")
     with pytest.raises(ValueError, match="claims.tsv: not a Snakemake benchmark file"):
         read_benchmarks(tmp_path)
+
+
+def test_the_run_hosts_environment_is_recorded_there_and_used_elsewhere(tmp_path, capsys):
+    """A run on a lent GPU host: its environment is printed there (--print-environment) and the
+    metadata, written on another host, carries that one, not the writer's."""
+    import json
+
+    from seemrl.cli import main
+
+    _write(tmp_path / "bench/runs/a/1pct/x/none/train.tsv", 10.0)
+    main(["run-metadata", "--print-environment"])
+    here = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    there = {**here, "gpus": ["NVIDIA H100 80GB HBM3"], "cpus": 16, "torch": "2.11.0+cu130"}
+    (tmp_path / "env.json").write_text(json.dumps(there))
+    args = ["run-metadata", "--benchmarks", str(tmp_path / "bench"), "--commit", "abc", "--run-command", "snakemake",
+            "--config", "c.yaml", "--json", str(tmp_path / "m.json"), "--markdown", str(tmp_path / "m.md")]
+    main(args + ["--environment", str(tmp_path / "env.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["environment"] == there
+    assert "GPU: NVIDIA H100 80GB HBM3; 16 CPU cores; torch 2.11.0+cu130" in (tmp_path / "m.md").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"gpus": []}))
+    with pytest.raises(SystemExit, match="bad.json"):
+        main(args + ["--environment", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="needs --commit"):
+        main(["run-metadata", "--benchmarks", str(tmp_path / "bench")])

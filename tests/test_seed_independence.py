@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-FILES = ["test_td3.py", "test_iql.py", "test_cql.py", "test_diffql.py", "test_online_sac.py", "test_nets_norms.py"]
+FILES = ["test_td3.py", "test_iql.py", "test_cql.py", "test_diffql.py", "test_online_sac.py", "test_nets_norms.py",
+         "test_together.py"]
 
 
 def test_seed_among_others_is_bit_for_bit_the_seed_alone_with_scalar_kernels():

@@ -41,7 +41,9 @@ def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
         config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
     out = snakemake(tmp_path, config, "-n", target).stdout
     counts = job_counts(out)
-    assert counts.get("train", 0) == n_train and counts.get("seem", 0) == n_seem
+    # training jobs: one per cell, or one per group of cells trained together
+    n_jobs = counts.get("train", 0) + sum(v for k, v in counts.items() if k.startswith("train_together_"))
+    assert n_jobs == n_train and counts.get("seem", 0) == n_seem
     assert counts.get("train_online", 0) == n_online
     assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory
     # the dry run lists the artefacts the config's report makes, and no others
@@ -302,3 +304,43 @@ def test_online_sac_runs_and_plots_through_the_workflow(tmp_path):
     config["online"]["variants"]["sac_ema"]["tau"] = 0.01
     assert job_counts(snakemake(tmp_path, config, "-n", "results/report/online_sac.png").stdout) == {
         "train_online": 1, "report_online": 1}
+
+
+def test_train_together_plans_one_job_per_group_and_trains_it(tmp_path):
+    """`train_together: [percents]`: one job trains a dataset's X% cells of one algorithm and critic
+    option; its cells' outputs are where `train` would put them, and a grouped cell gets no job of its own."""
+    config = copy.deepcopy(TINY)
+    config["theory"] = None
+    config["experiment"]["train_together"] = ["percents"]
+    counts = job_counts(snakemake(tmp_path, config, "-n").stdout)
+    assert counts["train_together_hopper_demo_allpct_td3_seem_none"] == 1
+    assert counts["train_together_hopper_demo_allpct_td3_seem_ln"] == 1
+    assert "train" not in counts and counts["seem"] == 4
+    # a cell in two groups, and an algorithm that cannot share a stack, are named
+    config["experiment"] = [config["experiment"], {**config["experiment"], "train_together": ["datasets"],
+                                                   "datasets": ["hopper-demo", "hopper-medium-v2"], "percents": [50]}]
+    bad = snakemake(tmp_path, config, "-n", check=False)
+    assert bad.returncode != 0 and "experiment[1].train_together" in bad.stdout + bad.stderr
+    config = copy.deepcopy(TINY)
+    config["theory"] = None
+    config["algorithms"]["dql"] = {"trainer": "diffql"}
+    config["experiment"].update(train_together=["percents"], algorithms=["dql"])
+    bad = snakemake(tmp_path, config, "-n", check=False)
+    assert bad.returncode != 0 and "trainer diffql" in bad.stdout + bad.stderr
+
+    # the grouped job for real: both cells' outputs, the same as the cell trained by `train` alone
+    config = copy.deepcopy(TINY)
+    config["theory"] = None
+    config["experiment"].update(train_together=["percents"], critic_norms=["ln"])
+    runs = [f"results/runs/hopper-demo/{p}pct/td3_seem/ln" for p in (50, 100)]
+    snakemake(tmp_path, config, *(f"{r}/run.json" for r in runs))
+    alone = tmp_path / "alone"
+    config["experiment"].pop("train_together")
+    shutil.copytree(tmp_path / "resources", alone / "resources")
+    snakemake(alone, config, f"{runs[0]}/run.json", "--rerun-triggers", "mtime")
+    for name in ("metrics.parquet", "evaluations.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / runs[0] / name),
+                                      pd.read_parquet(alone / runs[0] / name), check_exact=False, rtol=1e-5)
+    assert sorted(p.name for p in (tmp_path / runs[1] / "checkpoints").glob("*.pt")) == [
+        f"step_{s:08d}.pt" for s in (0, 10, 20, 30)]
+    assert (tmp_path / "results/benchmarks/train_together/hopper_demo_allpct_td3_seem_ln.tsv").is_file()

@@ -171,6 +171,24 @@ def cmd_train(a: argparse.Namespace) -> None:
                   labels=_labels(a), eval_workers=a.threads)
 
 
+def cmd_train_together(a: argparse.Namespace) -> None:
+    from seemrl.algos import trainer_module
+    from seemrl.train import Cell, train_offline_together
+
+    _setup(compute=True)
+    a.seeds = "0"  # each cell names its own
+    params, cfg, _, device, device_info = _run_settings(a, trainer_module(a.trainer).Config, a.trainer)
+    try:
+        specs = json.loads(a.cells)
+        if not isinstance(specs, list):
+            raise ValueError("not a JSON list")
+        cells = [Cell.from_json(spec) for spec in specs]
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bad --cells {a.cells[:200]!r}: {exc}")
+    train_offline_together(a.trainer, cfg, params, cells, device=device, device_info=device_info,
+                           resume_dir=a.resume_dir, eval_workers=a.threads)
+
+
 def cmd_train_online(a: argparse.Namespace) -> None:
     from seemrl.algos.online_sac import OnlineSACConfig
     from seemrl.train import train_online
@@ -381,8 +399,24 @@ def cmd_run_metadata(a: argparse.Namespace) -> None:
     from seemrl.report.run_metadata import write_run_metadata
 
     _setup()
-    meta = write_run_metadata(a.benchmarks, a.json, a.markdown, commit=a.commit, command=a.run_command,
-                              config=a.config, wall_seconds=a.wall_seconds, jobs_csv=a.jobs_csv)
+    if a.print_environment:
+        from seemrl.report.run_metadata import environment
+
+        print(json.dumps(environment(), sort_keys=True))
+        return
+    if not (a.commit and a.run_command and a.config and a.json and a.markdown):
+        raise SystemExit("run-metadata needs --commit, --run-command, --config, --json and --markdown")
+    env = None
+    if a.environment:
+        try:
+            env = json.loads(Path(a.environment).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--environment {a.environment}: {exc}")
+    try:
+        meta = write_run_metadata(a.benchmarks, a.json, a.markdown, commit=a.commit, command=a.run_command,
+                                  config=a.config, wall_seconds=a.wall_seconds, jobs_csv=a.jobs_csv, env=env)
+    except ValueError as exc:  # a bad benchmark file (named) or a bad --environment
+        raise SystemExit(f"run-metadata: {exc}" + (f" (--environment {a.environment})" if env is not None else ""))
     log.info("metadata of %d jobs (%d rules) written to %s", meta["jobs"], len(meta["rules"]), a.json)
 
 
@@ -489,6 +523,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
                     "continued if it matches this run, deleted when the run completes")
 
+    sp = add("train-together", cmd_train_together, "train several cells of one algorithm config in one stack, "
+             "each with the outputs it would have alone")
+    sp.add_argument("--trainer", default="td3", help="algorithm module: td3, iql or cql")
+    sp.add_argument("--params", required=True, help="JSON of the algorithm's Config fields (shared by the cells)")
+    sp.add_argument("--cells", required=True, help="JSON list of cells: {data, seeds, labels, checkpoints, metrics, "
+                    "evaluations, run, progress}")
+    sp.add_argument("--threads", type=int, default=1, help="as for train")
+    _device_args(sp)
+    sp.add_argument("--resume-dir", help="as for train, for the whole stack")
+
     sp = add("train-online", cmd_train_online, "online SAC, all seeds in one process (paper Fig. 11)")
     sp.add_argument("--env-id", required=True)
     sp.add_argument("--params", required=True, help="JSON of OnlineSACConfig fields")
@@ -570,9 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--benchmarks", default="results/benchmarks", help="the rules' Snakemake benchmark files")
     for flag, what in (("--commit", "the commit that ran"), ("--run-command", "the command that ran"),
                        ("--config", "its config file(s)"), ("--json", "output"), ("--markdown", "output")):
-        sp.add_argument(flag, required=True, help=what)
+        sp.add_argument(flag, help=what + " (required unless --print-environment)")
     sp.add_argument("--wall-seconds", type=float, help="the whole run's wall time")
     sp.add_argument("--jobs-csv", help="every job's row (CSV)")
+    sp.add_argument("--print-environment", action="store_true",
+                    help="only print this host's environment (JSON), to record it on the run host")
+    sp.add_argument("--environment", help="the run host's environment (a --print-environment JSON), when the "
+                    "metadata is written on another host (default: this host's)")
     sp = add("report-claims", cmd_report_claims, "the paper's claims against the runs (CSV and Markdown)")
     for flag in ("--scores", "--seeds", "--predictions", "--paper", "--theory", "--online-metrics", "--online-runs"):
         sp.add_argument(flag, nargs="+", default=[])

@@ -169,6 +169,183 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
     return run
 
 
+# ------------------------------------------------------------------ cells trained together
+TOGETHER_TRAINERS = ("td3", "iql", "cql")  # Diffusion-QL's sampler keeps state in its nets: not yet
+
+
+@dataclass
+class Cell:
+    """One cell of a job that trains several cells together: its data, seeds, labels, outputs."""
+
+    data: str
+    seeds: list[int]
+    labels: dict
+    outputs: Outputs
+
+    @classmethod
+    def from_json(cls, spec: dict) -> Cell:
+        """A cell from its JSON form: data, seeds, labels and the `Outputs` fields."""
+        unknown = set(spec) - {"data", "seeds", "labels", *Outputs.__dataclass_fields__}
+        if unknown or not {"data", "seeds", "checkpoints", "metrics", "run"} <= set(spec):
+            raise ValueError(f"a cell needs data, seeds, checkpoints, metrics and run (and may have labels, "
+                             f"evaluations, progress); got keys {sorted(spec)}")
+        outputs = Outputs(**{k: v for k, v in spec.items() if k in Outputs.__dataclass_fields__})
+        return cls(spec["data"], [int(x) for x in spec["seeds"]], dict(spec.get("labels") or {}), outputs)
+
+
+def load_members(dst, src, members: slice, modules) -> None:
+    """Copy stack members `members` of the networks `modules` of nets `src` into nets `dst`,
+    built for those members alone. A tensor without a member axis (same shape in both) is copied."""
+    for name in modules:
+        have, want = getattr(src, name).state_dict(), getattr(dst, name).state_dict()
+        out = {}
+        for key, w in want.items():
+            v = have[key]
+            if v.shape != w.shape:
+                v = v[members]
+                if v.shape != w.shape:
+                    raise ValueError(f"{name}.{key}: members {members} of shape {tuple(have[key].shape)} do not "
+                                     f"fit {tuple(w.shape)}")
+            out[key] = v
+        getattr(dst, name).load_state_dict(out)
+
+
+class _Fanout:
+    """The loop's monitor for cells trained together: each cell's `Monitor` gets its members' rows."""
+
+    def __init__(self, monitors: list, spans: list[slice], n_members: int):
+        self.monitors, self.spans, self.n = monitors, spans, n_members
+
+    def _split(self, rows) -> list:
+        rows = list(rows)
+        return [rows[span] for span in self.spans] if len(rows) == self.n else [rows] * len(self.spans)
+
+    def metrics(self, step, rows):
+        for m, part in zip(self.monitors, self._split(rows)):
+            m.metrics(step, part)
+
+    def evaluations(self, step, rows):
+        for m, part in zip(self.monitors, self._split(rows)):
+            m.evaluations(step, part)
+
+    def progress(self, step, rate):
+        for m in self.monitors:
+            m.progress(step, rate)
+
+
+def _member_rows(frame, span: slice, n_members: int):
+    """The rows of members `span` of a table written n_members rows at a time (metrics, evaluations)."""
+    if frame.empty:
+        return frame
+    import numpy as np
+
+    keep = np.isin(np.arange(len(frame)) % n_members, np.arange(n_members)[span])
+    return frame[keep].reset_index(drop=True)
+
+
+def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *, device: str, device_info: dict,
+                           resume_dir: str | None = None, eval_workers: int = 1) -> list[dict]:
+    """Train several cells of one algorithm config (e.g. one dataset's X% subsets) in one stack:
+    each cell's seeds sample only its own table, and each cell gets the outputs, evaluations and
+    checkpoints it would get alone (`train_offline`); returns each cell's run.json.
+
+    The stack's checkpoints go to a temporary directory (or, with `resume_dir`, stay resumable
+    there) and are split into the cells' checkpoint directories at the end, atomically per cell.
+    """
+    import contextlib
+    import tempfile
+
+    from seemrl.algos import trainer_module
+    from seemrl.data.preparation import prepare
+    from seemrl.data.transitions import read_transitions
+    from seemrl.training.draws import OfflineData
+    from seemrl.training.evaluation import summarize
+    from seemrl.training.resume import checkpoint_paths
+
+    if trainer not in TOGETHER_TRAINERS:
+        raise SystemExit(f"trainer {trainer!r} cannot train cells together (only {', '.join(TOGETHER_TRAINERS)})")
+    if len(cells) < 2:
+        raise SystemExit(f"training together needs at least two cells, got {len(cells)}")
+    algo = trainer_module(trainer)
+    tables, prepared, evaluators, spans, members = [], [], [], [], []
+    for cell in cells:
+        t = read_transitions(cell.data)
+        if tables and (t.obs_dim, t.act_dim) != (tables[0].obs_dim, tables[0].act_dim):
+            raise SystemExit(f"{cell.data}: state/action sizes {t.obs_dim}/{t.act_dim} differ from "
+                             f"{cells[0].data}'s {tables[0].obs_dim}/{tables[0].act_dim}: these cells cannot share a stack")
+        tables.append(t)
+        prepared.append(prepare(t, dataclasses.asdict(cfg)))
+        evaluators.append(evaluator(t.meta, cfg, cell.seeds, cell.data, workers=eval_workers))
+        spans.append(slice(len(members), len(members) + len(cell.seeds)))
+        members += cell.seeds
+    obs_dim, act_dim = tables[0].obs_dim, tables[0].act_dim
+    data = OfflineData.stack([OfflineData.from_prepared(p, device) for p in prepared], [len(c.seeds) for c in cells])
+    nets = algo.build_nets(cfg, members, obs_dim, act_dim)  # states come normalised per cell (the data, cell_nets)
+    cell_nets = [algo.build_nets(cfg, c.seeds, obs_dim, act_dim, p.obs_mean, p.obs_std).to(device)
+                 for c, p in zip(cells, prepared)]
+    modules = type(nets).MODULES
+    hashes = [sha256_file(c.data) for c in cells]
+    resume = ResumeDir(resume_dir, {"together": [algo.run_identity(cfg, c.seeds, h) for c, h in zip(cells, hashes)]}) \
+        if resume_dir else None
+
+    def evaluate(stack_nets):
+        results = []
+        for k, (fn, _) in enumerate(evaluators):
+            if fn is not None:
+                load_members(cell_nets[k], stack_nets, spans[k], modules)
+                results += fn(cell_nets[k])
+        return results
+
+    log.info("training %s, %d cells together (%d members) on %s transitions, device %s, config %s", trainer,
+             len(cells), len(members), "+".join(str(len(t)) for t in tables), device, json.dumps(params, sort_keys=True))
+    config = {"algorithm": trainer, **dataclasses.asdict(cfg)}
+    with contextlib.ExitStack() as stack:
+        monitors = [stack.enter_context(monitor(c.outputs.progress, c.seeds, cfg.steps, "train", c.labels, config))
+                    for c in cells]
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=".together-", dir=Path(cells[0].outputs.checkpoints).parent)))
+        combined = work / "checkpoints"
+        combined.mkdir()
+        result = algo.train(cfg, members, data, nets, combined, device=device, log=log.info,
+                            evaluate=evaluate if cfg.eval_every else None, resume=resume,
+                            monitor=_Fanout(monitors, spans, len(members)))
+        # the stack's checkpoints, split: each cell's as its own run would have written them
+        cell_dirs = [stack.enter_context(atomic_path(c.outputs.checkpoints, is_dir=True)) for c in cells]
+        for path in checkpoint_paths(combined):
+            ck = algo.load_checkpoint(path)
+            for k, cell in enumerate(cells):
+                load_members(cell_nets[k], ck.nets, spans[k], modules)
+                algo.save_checkpoint(cell_dirs[k] / path.name, cell_nets[k], ck.config, cell.seeds, ck.step,
+                                     ck.diverged_step[spans[k]])
+    runs = []
+    others = [c.labels for c in cells]
+    for k, (cell, p, t) in enumerate(zip(cells, prepared, tables)):
+        metrics = _member_rows(result.metrics, spans[k], len(members))
+        evaluations = _member_rows(result.evaluations, spans[k], len(members))
+        _write_frames({cell.outputs.metrics: metrics, cell.outputs.evaluations: evaluations})
+        evaluation = None
+        if cfg.eval_every:
+            evaluation = {**evaluators[k][1], "every": cfg.eval_every, "episodes": cfg.eval_episodes,
+                          "per_seed": summarize(evaluations)}
+        part = dataclasses.replace(result, diverged_step=result.diverged_step[spans[k]])
+        run = _run_record(
+            trainer, cfg, params, cell.seeds, cell.labels, part, device_info,
+            data_preparation=p.info, evaluation=evaluation, steps=cfg.steps,
+            data={"path": cell.data, "n_transitions": len(t),
+                  **{key: t.meta.get(key) for key in ("name", "env_id", "subset_percent", "subset_seed", "parent_sha256")}},
+            trained_together={"cells": others, "members": len(members),
+                              "seed_steps_per_second": None if result.steps_per_second is None
+                              else result.steps_per_second * len(members)})
+        write_json_atomic(cell.outputs.run, run)
+        runs.append(run)
+    if resume is not None:
+        resume.clear()
+        log.info("removed resume state %s", resume.path)
+    log.info("done: %s steps/s for %d members, diverged_step per member %s", "-" if result.steps_per_second is None
+             else f"{result.steps_per_second:.0f}", len(members), result.diverged_step)
+    return runs
+
+
 def train_online(cfg, params: dict, seeds: list[int], env_id: str, outputs: Outputs, *, device: str,
                  device_info: dict, labels: dict) -> dict:
     """Online SAC on `env_id`, all seeds in one process (paper Fig. 11); returns run.json."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,55 @@ class Plan:
 
     def seeds(self, dataset: str, percent: str, algo: str, norm: str) -> str:
         return ",".join(str(s) for s in self.cell_seeds[dataset, percent, algo, norm])
+
+    def train_groups(self) -> dict[str, list[dict[str, str]]]:
+        """Cells that train together in one job (a grid's `train_together`: the grid axes whose
+        cells share a stack, e.g. [percents]): group name -> its cells (two or more); every other
+        cell trains in its own job. A cell in two groups is an error naming the grids."""
+        from seemrl.train import TOGETHER_TRAINERS
+
+        axes_of = {"percents": 1, "datasets": 0}
+        owner: dict[tuple, str] = {}
+        groups: dict[str, list[tuple]] = {}
+        for i, exp in enumerate(self.grids):
+            axes = {axes_of[a] for a in exp.get("train_together") or []}
+            if not axes:
+                continue
+            for a in exp["algorithms"]:
+                trainer = self.config["algorithms"][a]["trainer"]
+                if trainer not in TOGETHER_TRAINERS:
+                    raise ValueError(f"config key experiment[{i}].train_together: algorithm {a} (trainer {trainer}) "
+                                     f"cannot train cells together (only {', '.join(TOGETHER_TRAINERS)})")
+            shared: dict[tuple, list[tuple]] = {}
+            for key in ((d, percent_label(p), a, n) for d in exp["datasets"] for p in exp["percents"]
+                        for a in exp["algorithms"] for n in exp["critic_norms"]):
+                shared.setdefault(tuple("all" if j in axes else v for j, v in enumerate(key)), []).append(key)
+            for gkey, keys in shared.items():
+                if len(keys) < 2:
+                    continue
+                name = re.sub(r"[^A-Za-z0-9]+", "_", "_".join((gkey[0], f"{gkey[1]}pct", *gkey[2:])))
+                for key in keys:
+                    if owner.get(key, name) != name:
+                        raise ValueError(f"config key experiment[{i}].train_together: cell {key} is also in "
+                                         f"group {owner[key]}; a cell trains in one job")
+                    owner[key] = name
+                groups[name] = sorted(set(groups.get(name, [])) | set(keys), key=keys.index)
+        return {name: [dict(dataset=d, percent=p, algo=a, norm=n) for d, p, a, n in keys]
+                for name, keys in groups.items()}
+
+    def together_cells_json(self, group: str) -> str:
+        """The `--cells` of a group's `seemrl train-together` job (data, seeds, labels, outputs)."""
+        cells = []
+        for c in self.train_groups()[group]:
+            run = RUN.format(**c)
+            cells.append({"data": f"resources/datasets/{c['dataset']}/subset-{c['percent']}pct.parquet",
+                          "seeds": self.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]],
+                          "labels": {"dataset": c["dataset"], "percent": c["percent"], "algo": c["algo"],
+                                     "critic_norm": c["norm"]},
+                          "checkpoints": f"{run}/checkpoints", "metrics": f"{run}/metrics.parquet",
+                          "evaluations": f"{run}/evaluations.parquet", "run": f"{run}/run.json",
+                          "progress": f"{run}/progress.json"})
+        return json.dumps(cells, sort_keys=True)
 
     def run_paths(self, name: str) -> list[str]:
         return [f"{RUN}/{name}".format(**c) for c in self.cells()]

@@ -14,6 +14,7 @@ sys.path.insert(0, str(PROJECT.joinpath("src")))
 Path(".cache/tmp").mkdir(parents=True, exist_ok=True)
 
 from seemrl.workflow import (  # noqa: E402
+    BENCHMARKS,
     ONLINE_BENCHMARK,
     ONLINE_RUN,
     RUN,
@@ -47,6 +48,10 @@ def registry_entry_json(wildcards):
 
 def cells():
     return PLAN.cells()
+
+
+def train_groups():
+    return PLAN.train_groups()
 
 
 def cell_seeds(wildcards):

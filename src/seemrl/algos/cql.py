@@ -238,7 +238,7 @@ class CQLTrainer(CriticTrainer):
     @property
     def draws(self) -> list[Draw]:
         cfg, b, n, A = self.cfg, self.cfg.batch_size, self.cfg.cql_n_actions, self.data.action.shape[1]
-        return [Draw("idx", "randint", (b,), STREAM_BATCH, high=len(self.data)),
+        return [self.data.index_draw("idx", b, STREAM_BATCH),
                 # a' ~ pi(s') of the TD target: n of them per state for the max backup
                 Draw("next_noise", "normal", (b, n, A) if cfg.max_target_backup else (b, A), STREAM_NEXT_NOISE),
                 Draw("actor_noise", "normal", (b, A), STREAM_ACTOR_NOISE),  # pi(s) of actor and alpha losses

@@ -547,9 +547,9 @@ class DiffQLTrainer(CriticTrainer):
 
     @property
     def draws(self) -> list[Draw]:
-        cfg, N, A = self.cfg, len(self.data), self.data.action.shape[1]
+        cfg, A = self.cfg, self.data.action.shape[1]
         b, n = cfg.batch_size, self.n_backup
-        draws = [Draw("idx", "randint", (b,), STREAM_BATCH, high=N),
+        draws = [self.data.index_draw("idx", b, STREAM_BATCH),
                  Draw("t", "randint", (b,), STREAM_DIFF_T, high=cfg.diffusion_steps),
                  Draw("eps", "normal", (b, A), STREAM_DIFF_NOISE),
                  Draw("backup_xT", "normal", (b, n, A), STREAM_BACKUP_XT)]

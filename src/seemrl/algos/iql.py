@@ -175,7 +175,7 @@ class IQLTrainer(CriticTrainer):
     @property
     def draws(self) -> list[Draw]:
         b = self.cfg.batch_size
-        out = [Draw("idx", "randint", (b,), STREAM_BATCH, high=len(self.data))]
+        out = [self.data.index_draw("idx", b, STREAM_BATCH)]
         if self.cfg.actor_dropout > 0:
             out.append(Draw("actor_dropout", "uniform", (b, sum(self.cfg.hidden)), STREAM_ACTOR_DROPOUT))
         return out

@@ -122,7 +122,7 @@ class TD3Trainer(CriticTrainer):
     @property
     def draws(self) -> list[Draw]:
         b, act_dim = self.cfg.batch_size, self.data.action.shape[1]
-        return [Draw("idx", "randint", (b,), STREAM_BATCH, high=len(self.data)),
+        return [self.data.index_draw("idx", b, STREAM_BATCH),
                 Draw("noise", "normal", (b, act_dim), STREAM_NOISE)]
 
     def step_kinds(self) -> list[bool]:

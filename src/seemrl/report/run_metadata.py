@@ -79,12 +79,15 @@ def environment() -> dict[str, Any]:
 
 def write_run_metadata(benchmarks: str | os.PathLike, out_json: str | os.PathLike, out_markdown: str | os.PathLike,
                        *, commit: str, command: str, config: str, wall_seconds: float | None = None,
-                       jobs_csv: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write the run's metadata (JSON, Markdown) and optionally every job's row (CSV); returns the JSON."""
+                       jobs_csv: str | os.PathLike | None = None, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the run's metadata (JSON, Markdown) and optionally every job's row (CSV); returns the JSON.
+    `env`: the run host's `environment()`, recorded there, when this is written on another host."""
     jobs = read_benchmarks(benchmarks)
     rules = per_rule(jobs)
+    if env is not None and set(env) != set(environment()):
+        raise ValueError(f"the run host's environment must have the keys {sorted(environment())}, got {sorted(env)}")
     meta = {"commit": commit, "command": command, "config": config, "wall_seconds": wall_seconds,
-            "environment": environment(), "jobs": int(len(jobs)),
+            "environment": environment() if env is None else env, "jobs": int(len(jobs)),
             "job_seconds": float(jobs["seconds"].sum()), "rules": rules.to_dict(orient="records")}
     env = meta["environment"]
     lines = [f"- commit: `{commit}`", f"- command: `{command}`", f"- config: `{config}`",

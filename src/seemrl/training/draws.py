@@ -7,6 +7,7 @@ made ahead (`Window`) and copied to the device once, so a captured CUDA graph ca
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -29,6 +30,8 @@ class OfflineData:
     next_obs: torch.Tensor
     not_done: torch.Tensor  # 0 at true terminals: no bootstrap there; timeouts do bootstrap
     policy_cdf: torch.Tensor | None = None  # OPER-R: cumulative sampling probabilities of the actor batch
+    # several tables stacked (`stack`): per member of the trainer's stack, (first row, rows) of its table
+    members: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def from_prepared(cls, p, device) -> "OfflineData":
@@ -53,6 +56,30 @@ class OfflineData:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
+    @classmethod
+    def stack(cls, tables: Sequence[OfflineData], members: Sequence[int]) -> OfflineData:
+        """Several tables in one, for cells trained together: table k's rows follow table k-1's
+        and serve the next members[k] members of the trainer's stack (`index_draw`)."""
+        if len(tables) != len(members) or not tables:
+            raise ValueError(f"need one member count per table: {len(tables)} tables, {len(members)} counts")
+        if any(t.policy_cdf is not None or t.members is not None for t in tables):
+            raise ValueError("only plain tables stack (no OPER-R sampling probabilities, no stacked tables)")
+        rows, first = [], 0
+        for t, m in zip(tables, members):
+            rows += [(first, len(t))] * m
+            first += len(t)
+        cat = lambda name: torch.cat([getattr(t, name) for t in tables])
+        return cls(obs=cat("obs"), action=cat("action"), reward=cat("reward"), next_obs=cat("next_obs"),
+                   not_done=cat("not_done"), members=tuple(rows))
+
+    def index_draw(self, name: str, batch: int, stream: int) -> Draw:
+        """The draw of `batch` row indices per member: uniform over the whole table, or over the
+        member's own table when tables are stacked (as if it trained on that table alone)."""
+        if self.members is None:
+            return Draw(name, "randint", (batch,), stream, high=len(self))
+        return Draw(name, "randint", (batch,), stream, high=tuple(n for _, n in self.members),
+                    offset=tuple(first for first, _ in self.members))
+
 
 
 # ------------------------------------------------------------------ random draws
@@ -63,29 +90,37 @@ class Draw:
     kind "randint" draws integers in [0, high) (int64), "normal" standard normals, "uniform"
     U[0, 1) floats; `shape` is one seed's draw for one step; `stream` names the purpose (see
     `seemrl.training.nets.seed_generators`) and must differ between draws of one algorithm.
+    A randint draw may have one `high` per member of the stack, and an `offset` per member added
+    to its numbers (rows of stacked tables: `OfflineData.index_draw`).
     """
 
     name: str
     kind: str
     shape: tuple[int, ...]
     stream: int
-    high: int | None = None
+    high: int | tuple[int, ...] | None = None
+    offset: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in DRAW_KINDS:
             raise ValueError(f"draw {self.name!r}: kind must be one of {DRAW_KINDS}, got {self.kind!r}")
         if (self.kind == "randint") != (self.high is not None):
             raise ValueError(f"draw {self.name!r}: 'high' is given with kind 'randint' and only then")
+        if self.offset is not None and not (isinstance(self.high, tuple) and len(self.offset) == len(self.high)):
+            raise ValueError(f"draw {self.name!r}: 'offset' needs one 'high' per member, as many as offsets")
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.int64 if self.kind == "randint" else torch.float32
 
-    def sample(self, g: torch.Generator, steps: int | None = None) -> torch.Tensor:
-        """One step's draw, or `steps` consecutive steps' draws stacked, from generator g."""
+    def sample(self, g: torch.Generator, steps: int | None = None, member: int = 0) -> torch.Tensor:
+        """One step's draw, or `steps` consecutive steps' draws stacked, from generator g (that
+        of the stack's member `member`)."""
         shape = self.shape if steps is None else (steps, *self.shape)
         if self.kind == "randint":
-            return torch.randint(self.high, shape, generator=g, device=g.device)
+            high = self.high[member] if isinstance(self.high, tuple) else self.high
+            x = torch.randint(high, shape, generator=g, device=g.device)
+            return x if self.offset is None else x + self.offset[member]
         if self.kind == "normal":
             return torch.randn(shape, generator=g, device=g.device)
         return torch.rand(shape, generator=g, device=g.device)
@@ -96,10 +131,11 @@ class Draw:
         one step's draw is a multiple of 16; every kind is also checked on scratch generators."""
         if self.kind == "normal" and math.prod(self.shape) % 16:
             return False
-        for steps in (2, 17, 64):
+        members = range(len(self.high)) if isinstance(self.high, tuple) else (0,)
+        for steps, member in itertools.product((2, 17, 64), members):
             g, h = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
-            together = self.sample(g, steps)
-            apart = torch.stack([self.sample(h) for _ in range(steps)])
+            together = self.sample(g, steps, member)
+            apart = torch.stack([self.sample(h, member=member) for _ in range(steps)])
             if not (torch.equal(together, apart) and torch.equal(g.get_state(), h.get_state())):
                 return False
         return True
@@ -139,7 +175,7 @@ class Window:
         self.snapshot = {name: [g.get_state() for g in gens] for name, gens in t.generators.items()}
         for d in t.draws:
             for s, g in enumerate(t.generators[d.name]):
-                x = d.sample(g, w) if self.batched[d.name] else torch.stack([d.sample(g) for _ in range(w)])
+                x = d.sample(g, w, s) if self.batched[d.name] else torch.stack([d.sample(g, member=s) for _ in range(w)])
                 self.dev[d.name][:w, s].copy_(x)
         self.ptr.zero_()
         self.size, self.used = w, 0

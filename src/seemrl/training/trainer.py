@@ -105,6 +105,8 @@ class StackedTrainer:
         self.seeds, self.data = list(seeds), data
         self.device = torch.device(device)
         self.S = len(self.seeds)
+        if getattr(data, "members", None) is not None and len(data.members) != self.S:
+            raise ValueError(f"the data's stacked tables serve {len(data.members)} members, the trainer has {self.S} seeds")
         self.steps, self.checkpoint_every, self.cuda_graph = steps, checkpoint_every, cuda_graph
         self.compile_update = compile_update
         self.networks: dict[str, nn.Module] = {}
@@ -230,7 +232,7 @@ class StackedTrainer:
 
     def sample_draws(self) -> dict[str, torch.Tensor]:
         """One step's draws, step by step from the per-seed generators, [S, *shape] on the device."""
-        return {d.name: torch.stack([d.sample(g) for g in self.generators[d.name]]).to(self.device)
+        return {d.name: torch.stack([d.sample(g, member=s) for s, g in enumerate(self.generators[d.name])]).to(self.device)
                 for d in self.draws}
 
     def _window_rows(self) -> int:
