@@ -527,3 +527,28 @@ def test_throughput_benchmark_runs_at_tiny_size():
         for s in (1, 2):
             row = [line for line in lines if line.startswith(f"| {norm} | seemrl stacked | {s} | ")]
             assert len(row) == 1 and row[0].split("|")[6].strip().endswith("x")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_recipe_sac_is_reproducible_on_cuda_alone_and_beside_other_gpu_work(tmp_path):
+    """The recipe's SAC (update graphed and compiled, acting before the update) run twice on the
+    GPU, the second time while another process keeps the GPU busy, ends with the same weights and
+    returns. The evidence rerun of 2026-12-06 found a HalfCheetah recipe that differed from three
+    earlier runs of the same config (`docs/results/2026-12-06-evidence-rerun/`): this is the check."""
+    import subprocess
+    import sys
+
+    from seemrl.generate.recipe import RecipeConfig
+
+    cfg = RecipeConfig(sac_steps=3000, learning_starts=500, snapshot_every=1000).sac_config()
+    assert cfg.act_before_update and cfg.compile_update
+    ra = osac.train(cfg, [0], "HalfCheetah-v5", tmp_path / "a", device="cuda", log=quiet)
+    load = subprocess.Popen([sys.executable, "-c", "import torch\nx = torch.randn(4096, 4096, device='cuda')\n"
+                             "for _ in range(200000): x = torch.tanh(x @ x) * 0.5"])
+    try:
+        rb = osac.train(cfg, [0], "HalfCheetah-v5", tmp_path / "b", device="cuda", log=quiet)
+    finally:
+        load.kill()
+    pd.testing.assert_frame_equal(ra.episodes, rb.episodes, check_exact=True)
+    wa, wb = _weights(_final(tmp_path / "a"), 0), _weights(_final(tmp_path / "b"), 0)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])]
