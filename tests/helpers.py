@@ -77,6 +77,11 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
+def training_jobs(counts: dict[str, int]) -> int:
+    """Offline training jobs of a (dry) run: one per cell (`train`) or per group of cells trained together."""
+    return counts.get("train", 0) + sum(v for k, v in counts.items() if k.startswith("train_together_"))
+
+
 def venv_env(base: dict | None = None) -> dict:
     """The environment with this interpreter's bin first on PATH (what jobs run `python` from)."""
     base = dict(os.environ if base is None else base)

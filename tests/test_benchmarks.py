@@ -15,6 +15,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
     # the cost table of the README: jobs from the config, GPU-hours from the measured rates, disk measured
     ("estimate_cost.py", ["table1.yaml", "theory.yaml"], "| table1.yaml | 24 | 0 | 15.7 | 0.1 | 11.4 |"),
+    # (a job of its own, with torch's default thread count in new threads: the evaluation thread
+    # must compute on the job's one thread, or its actions round differently; this caught it)
+    ("eval_overlap.py", ["--steps", "60", "--eval-every", "20", "--episodes", "1", "--seeds", "0", "--rows", "400"],
+     "same evaluations: True"),
     ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--hidden", "16", "16",
                          "--only", "plain", "recipe", "parallel", "--parallel", "Hopper-v5", "HalfCheetah-v5"],
      "| recipe's SAC, 2 envs at once (threads, one stream each) | HalfCheetah-v5 | 300 |"),

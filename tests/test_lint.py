@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PAPER_CONFIGS, ROOT, job_counts, project_copy
+from helpers import PAPER_CONFIGS, ROOT, job_counts, project_copy, training_jobs
 
 
 def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -71,7 +71,8 @@ def test_run_line_works_as_written_and_plans_only_its_experiment(project, where,
     config = re.search(r"--configfile (\S+)", command)[1]
     target, n_train, _, n_online, n_theory = PAPER_CONFIGS[Path(config).name]
     counts = job_counts(proc.stdout)
-    assert counts.get("train", 0) == n_train and counts.get("train_online", 0) == n_online
+    n_jobs = training_jobs(counts)
+    assert n_jobs == n_train and counts.get("train_online", 0) == n_online
     assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory
     if not n_train:  # no offline run: no data, no report of runs
         assert not {"recipe_train", "dataset_table", "report_tables", "predictions"} & set(counts), counts

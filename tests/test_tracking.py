@@ -93,6 +93,8 @@ def test_tensorboard_and_offline_wandb_get_every_metric_and_evaluation(tmp_path)
         assert [r["_step"] for r in train] == metrics[metrics.seed == seed].step.tolist()
         assert [r["eval/return_mean"] for r in rows if "eval/return_mean" in r] == pytest.approx(
             evaluations[evaluations.seed == seed].return_mean.tolist(), rel=1e-9)
+        # evaluations (played in the background by default) carry their own step
+        assert [r["eval/step"] for r in rows if "eval/return_mean" in r] == [100, 200, 300, 400]
     assert seen == {0, 1}
 
     progress = json.loads((tmp_path / "results/run/progress.json").read_text())

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 from seemrl.report.run_metadata import write_run_metadata
-from helpers import DEFAULT_CONFIG, PAPER_CONFIGS, PAPER_REPORTS, ROOT, TINY, job_counts, project_copy, snakemake
+from helpers import (DEFAULT_CONFIG, PAPER_CONFIGS, PAPER_REPORTS, ROOT, TINY, job_counts, project_copy, snakemake,
+                     training_jobs)
 
 def test_dry_run_job_counts_of_default_config(tmp_path):
     out = snakemake(tmp_path, DEFAULT_CONFIG, "-n").stdout
@@ -42,7 +43,7 @@ def test_paper_configs_validate_and_plan_the_expected_jobs(tmp_path, name):
     out = snakemake(tmp_path, config, "-n", target).stdout
     counts = job_counts(out)
     # training jobs: one per cell, or one per group of cells trained together
-    n_jobs = counts.get("train", 0) + sum(v for k, v in counts.items() if k.startswith("train_together_"))
+    n_jobs = training_jobs(counts)
     assert n_jobs == n_train and counts.get("seem", 0) == n_seem
     assert counts.get("train_online", 0) == n_online
     assert sum(v for k, v in counts.items() if k.startswith("theory_")) == n_theory

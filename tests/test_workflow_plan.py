@@ -51,13 +51,15 @@ def test_a_renamed_setting_is_named_with_its_new_name(config):
 
 
 def test_job_shell_prefix_carries_where_a_job_runs_not_what_it_computes(config):
-    config["resources"].update(device="cuda", gpu_slots=2, lease_dir="/tmp/leases")
+    config["resources"].update(device="cuda", gpu_slots=2, lease_dir="/tmp/leases", eval_overlap=False)
     config["tracking"] = {"tensorboard": True}
     prefix = Plan(config, ROOT).job_shell_prefix("/opt/venv/bin")
     assert prefix.startswith("set -euo pipefail; export PATH=/opt/venv/bin:")
-    for export in ("SEEMRL_DEVICE=cuda", "SEEMRL_GPU_SLOTS=2", "SEEMRL_LEASE_DIR=/tmp/leases",
+    for export in ("SEEMRL_DEVICE=cuda", "SEEMRL_GPU_SLOTS=2", "SEEMRL_LEASE_DIR=/tmp/leases", "SEEMRL_EVAL_OVERLAP=0",
                    "SEEMRL_TRACKING='{{\"tensorboard\": true}}'"):  # braces doubled for Snakemake's format
         assert f"export {export};" in prefix
+    config["resources"].pop("eval_overlap")  # on unless the config says otherwise
+    assert "export SEEMRL_EVAL_OVERLAP=1;" in Plan(config, ROOT).job_shell_prefix(None)
     assert "export PATH" not in Plan(config, ROOT).job_shell_prefix(None)  # under conda: the env's own python
 
 

@@ -168,7 +168,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     _setup(compute=True)
     params, cfg, seeds, device, device_info = _run_settings(a, trainer_module(a.trainer).Config, a.trainer)
     train_offline(a.trainer, cfg, params, seeds, a.data, _outputs(a), device=device, device_info=device_info,
-                  labels=_labels(a), eval_workers=a.threads)
+                  labels=_labels(a), eval_workers=a.threads, eval_overlap=a.eval_overlap)
 
 
 def cmd_train_together(a: argparse.Namespace) -> None:
@@ -186,7 +186,7 @@ def cmd_train_together(a: argparse.Namespace) -> None:
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"bad --cells {a.cells[:200]!r}: {exc}")
     train_offline_together(a.trainer, cfg, params, cells, device=device, device_info=device_info,
-                           resume_dir=a.resume_dir, eval_workers=a.threads)
+                           resume_dir=a.resume_dir, eval_workers=a.threads, eval_overlap=a.eval_overlap)
 
 
 def cmd_train_online(a: argparse.Namespace) -> None:
@@ -443,6 +443,16 @@ def _device_args(sp: argparse.ArgumentParser) -> None:
                          f"checkout it comes from (default $SEEMRL_LEASE_DIR or {DEFAULT_LOCK_DIR})")
 
 
+def _eval_overlap_arg(sp: argparse.ArgumentParser) -> None:
+    """How an offline training job evaluates (the workflow's resources.eval_overlap, through the
+    environment like the device): it changes no result and reruns nothing."""
+    import os
+
+    sp.add_argument("--eval-overlap", type=int, choices=(0, 1), default=int(os.environ.get("SEEMRL_EVAL_OVERLAP") or 1),
+                    help="1: play policy evaluations in a background thread while training goes on (the same "
+                    "evaluations); default $SEEMRL_EVAL_OVERLAP or 1")
+
+
 def _progress_args(sp: argparse.ArgumentParser, label: bool = True) -> None:
     """A training job's progress file (`seemrl status` reads it) and the labels that name it."""
     sp.add_argument("--progress", help="progress file (JSON), rewritten while the job runs; read by `seemrl status`")
@@ -519,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True)
     sp.add_argument("--evaluations", help="Parquet of policy evaluations (empty when eval_every is 0)")
     _device_args(sp)
+    _eval_overlap_arg(sp)
     _progress_args(sp, label=False)
     sp.add_argument("--resume-dir", help="where resumable state is kept between attempts; not an output: "
                     "continued if it matches this run, deleted when the run completes")
@@ -531,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluations, run, progress}")
     sp.add_argument("--threads", type=int, default=1, help="as for train")
     _device_args(sp)
+    _eval_overlap_arg(sp)
     sp.add_argument("--resume-dir", help="as for train, for the whole stack")
 
     sp = add("train-online", cmd_train_online, "online SAC, all seeds in one process (paper Fig. 11)")

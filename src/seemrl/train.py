@@ -15,7 +15,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seemrl.io import atomic_path, sha256_file, write_json_atomic
 from seemrl.training.resume import ResumeDir
@@ -46,11 +46,42 @@ def monitor(progress: str | None, seeds: list[int], total: int, job: str, labels
     return Monitor(name, seeds, total, job=job, labels=labels, config=config, progress=progress)
 
 
-def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 1):
-    """The evaluate(nets) function of a run (None without evaluation) and what run.json says of
-    it. AntMaze datasets are evaluated in the maze, start and goal of their data
+class PolicyEvaluation:
+    """evaluate(nets) -> one result per seed: `play` of the policy, acting from a CPU copy where it
+    is deterministic (`OfflineNets.host_policy`). With `overlap`, the training loop plays it in
+    the background while training goes on (`seemrl.training.loop.train_loop`): snapshot(nets) is
+    a CPU copy of the policy at the step, run(copy) plays it, state(copy) / restore(nets, state)
+    carry a copy through a resume state. The same policy plays the same episodes either way."""
+
+    def __init__(self, play: Callable, overlap: bool = False):
+        self.play, self.overlap = play, overlap
+
+    def __call__(self, nets):
+        return self.play(nets.host_policy())
+
+    def snapshot(self, nets):
+        return nets.policy_copy("cpu")
+
+    def run(self, copy):
+        return self.play(copy)
+
+    def state(self, copy) -> dict:
+        return {name: {k: v.detach().clone() for k, v in getattr(copy, name).state_dict().items()}
+                for name in copy.POLICY_MODULES}
+
+    def restore(self, nets, state: dict):
+        copy = nets.policy_copy("cpu")
+        for name, tensors in state.items():
+            getattr(copy, name).load_state_dict(tensors)
+        return copy
+
+
+def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 1, overlap: bool = False):
+    """The `PolicyEvaluation` of a run (None without evaluation) and what run.json says of it.
+    AntMaze datasets are evaluated in the maze, start and goal of their data
     (`seemrl.training.antmaze`, stepped by `workers` processes); everything else in the
-    registry's evaluation environment."""
+    registry's evaluation environment. `overlap`: play in the background while training goes on
+    (where the policy has a CPU copy: the nets' `POLICY_MODULES`; `seemrl.algos.base.NetsEvaluation`)."""
     if not cfg.eval_every:
         return None, None
     name = meta.get("registry_name") or meta.get("name", "")
@@ -61,17 +92,15 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
 
         from seemrl.training.antmaze import evaluate_antmaze
 
-        def evaluate(nets):
-            nets = nets.host_policy()
-
+        def play(nets):
             @torch.no_grad()
             def policy_fn(obs: np.ndarray) -> np.ndarray:
                 x = torch.as_tensor(obs, dtype=torch.float32, device=nets.obs_mean.device)
                 return nets.policy(nets.normalize(x)).cpu().numpy()
             return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed,
                                     entry=meta.get("registry_entry"), workers=workers)
-        return evaluate, {"env_id": f"antmaze evaluation of {name} (seemrl.training.antmaze)", "eval_workers": workers,
-                          **ref}
+        return PolicyEvaluation(play, overlap), {
+            "env_id": f"antmaze evaluation of {name} (seemrl.training.antmaze)", "eval_workers": workers, **ref}
     from seemrl.training.evaluation import evaluate_policies
 
     env_id = meta.get("eval_env_id") or meta.get("env_id")
@@ -79,10 +108,7 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
         raise SystemExit(f"eval_every={cfg.eval_every} but {data_path} names no eval_env_id or env_id")
     play = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
                              eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
-
-    def evaluate(nets):
-        return play(nets.host_policy())
-    return evaluate, {"env_id": env_id, **ref}
+    return PolicyEvaluation(play, overlap), {"env_id": env_id, **ref}
 
 
 def _write_frames(frames: dict[str, Any]) -> None:
@@ -126,8 +152,10 @@ def _train_with_outputs(fn, outputs: Outputs, resume: ResumeDir | None, **kw):
 
 
 def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: str, outputs: Outputs, *,
-                  device: str, device_info: dict, labels: dict, eval_workers: int = 1) -> dict:
-    """Train one cell's seeds of an offline algorithm on a transition table; returns run.json."""
+                  device: str, device_info: dict, labels: dict, eval_workers: int = 1,
+                  eval_overlap: bool = False) -> dict:
+    """Train one cell's seeds of an offline algorithm on a transition table; returns run.json.
+    `eval_overlap`: evaluations play in the background while training goes on (same results)."""
     from seemrl.algos import trainer_module
     from seemrl.data.preparation import prepare
     from seemrl.data.transitions import read_transitions
@@ -136,7 +164,7 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
 
     algo = trainer_module(trainer)
     t = read_transitions(data_path)
-    evaluate, eval_info = evaluator(t.meta, cfg, seeds, data_path, workers=eval_workers)
+    evaluate, eval_info = evaluator(t.meta, cfg, seeds, data_path, workers=eval_workers, overlap=eval_overlap)
     prepared = prepare(t, dataclasses.asdict(cfg))
     data = OfflineData.from_prepared(prepared, device)
     nets = algo.build_nets(cfg, seeds, t.obs_dim, t.act_dim, prepared.obs_mean, prepared.obs_std)
@@ -233,6 +261,35 @@ class _Fanout:
             m.progress(step, rate)
 
 
+class _CellsEvaluation:
+    """The evaluation of cells trained together: each cell's `PolicyEvaluation` of a copy of its
+    members' networks with its own state statistics (`load_members`), results in member order."""
+
+    def __init__(self, evaluations: list, cell_nets: list, spans: list[slice], modules, overlap: bool):
+        self.evaluations, self.cell_nets, self.spans, self.modules = evaluations, cell_nets, spans, modules
+        self.overlap = overlap
+
+    def _cells(self, stack_nets):
+        for k, nets in enumerate(self.cell_nets):
+            load_members(nets, stack_nets, self.spans[k], self.modules)
+            yield self.evaluations[k], nets
+
+    def __call__(self, stack_nets):
+        return [r for e, nets in self._cells(stack_nets) for r in e(nets)]
+
+    def snapshot(self, stack_nets):
+        return [e.snapshot(nets) for e, nets in self._cells(stack_nets)]
+
+    def run(self, copies):
+        return [r for e, copy in zip(self.evaluations, copies) for r in e.run(copy)]
+
+    def state(self, copies) -> list:
+        return [e.state(copy) for e, copy in zip(self.evaluations, copies)]
+
+    def restore(self, stack_nets, states: list):
+        return [e.restore(nets, st) for e, nets, st in zip(self.evaluations, self.cell_nets, states)]
+
+
 def _member_rows(frame, span: slice, n_members: int):
     """The rows of members `span` of a table written n_members rows at a time (metrics, evaluations)."""
     if frame.empty:
@@ -244,7 +301,8 @@ def _member_rows(frame, span: slice, n_members: int):
 
 
 def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *, device: str, device_info: dict,
-                           resume_dir: str | None = None, eval_workers: int = 1) -> list[dict]:
+                           resume_dir: str | None = None, eval_workers: int = 1,
+                           eval_overlap: bool = False) -> list[dict]:
     """Train several cells of one algorithm config (e.g. one dataset's X% subsets) in one stack:
     each cell's seeds sample only its own table, and each cell gets the outputs, evaluations and
     checkpoints it would get alone (`train_offline`); returns each cell's run.json.
@@ -288,13 +346,8 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
     resume = ResumeDir(resume_dir, {"together": [algo.run_identity(cfg, c.seeds, h) for c, h in zip(cells, hashes)]}) \
         if resume_dir else None
 
-    def evaluate(stack_nets):
-        results = []
-        for k, (fn, _) in enumerate(evaluators):
-            if fn is not None:
-                load_members(cell_nets[k], stack_nets, spans[k], modules)
-                results += fn(cell_nets[k])
-        return results
+    evaluate = _CellsEvaluation([e for e, _ in evaluators], cell_nets, spans, modules, eval_overlap) \
+        if cfg.eval_every else None
 
     log.info("training %s, %d cells together (%d members) on %s transitions, device %s, config %s", trainer,
              len(cells), len(members), "+".join(str(len(t)) for t in tables), device, json.dumps(params, sort_keys=True))
@@ -307,7 +360,7 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
         combined = work / "checkpoints"
         combined.mkdir()
         result = algo.train(cfg, members, data, nets, combined, device=device, log=log.info,
-                            evaluate=evaluate if cfg.eval_every else None, resume=resume,
+                            evaluate=evaluate, resume=resume,
                             monitor=_Fanout(monitors, spans, len(members)))
         # the stack's checkpoints, split: each cell's as its own run would have written them
         cell_dirs = [stack.enter_context(atomic_path(c.outputs.checkpoints, is_dir=True)) for c in cells]

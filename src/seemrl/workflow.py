@@ -438,6 +438,7 @@ class Plan:
                            ("XDG_CACHE_HOME", ".cache")):
             lines.append(f'export {name}="${{{name}:-{Path(path).resolve()}}}"')
         exports = {"SEEMRL_DEVICE": res.get("device", "auto"), "SEEMRL_GPU_SLOTS": res.get("gpu_slots", 1),
+                   "SEEMRL_EVAL_OVERLAP": int(res.get("eval_overlap", True)),
                    "SEEMRL_TRACKING": json.dumps(tracking, sort_keys=True)}
         if res.get("lease_dir"):
             exports["SEEMRL_LEASE_DIR"] = res["lease_dir"]

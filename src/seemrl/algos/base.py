@@ -314,5 +314,32 @@ def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint
 
     return train_loop(trainer, loop_settings(cfg), checkpoint_dir, save, metric_keys,
                       lambda: param_norms(trainer.nets), log=log,
-                      evaluate=None if evaluate is None else (lambda tr: evaluate(tr.nets)), resume=resume,
+                      evaluate=None if evaluate is None else NetsEvaluation(evaluate, trainer.nets), resume=resume,
                       monitor=monitor)
+
+
+class NetsEvaluation:
+    """The training loop's evaluate(trainer) over an evaluate(nets) of one run's networks. When
+    evaluate(nets) can also play a copy of the policy (`snapshot(nets)` / `run(copy)`, e.g.
+    `seemrl.train.PolicyEvaluation`) and asks to `overlap`, the loop plays it in the background
+    (`seemrl.training.loop.train_loop`); `state`/`restore` carry a copy through a resume state."""
+
+    def __init__(self, evaluate: Callable, nets):
+        self.evaluate = evaluate
+        # a policy without a CPU copy (its sampler reads state of the nets) plays in the loop
+        self.overlap = bool(getattr(evaluate, "overlap", False)) and bool(nets.POLICY_MODULES)
+
+    def __call__(self, trainer):
+        return self.evaluate(trainer.nets)
+
+    def snapshot(self, trainer):
+        return self.evaluate.snapshot(trainer.nets)
+
+    def run(self, copy):
+        return self.evaluate.run(copy)
+
+    def state(self, copy) -> dict:
+        return self.evaluate.state(copy)
+
+    def restore(self, trainer, state: dict):
+        return self.evaluate.restore(trainer.nets, state)

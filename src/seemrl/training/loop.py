@@ -114,9 +114,64 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
     state, and the last); training continues from a matching state found there; and at the end
     `checkpoint_dir` is replaced, atomically, by a directory of every checkpoint. A `monitor`
     (`seemrl.training.tracking.Monitor`) gets every logged row, evaluation and progress report.
+
+    An `evaluate` with `overlap` set and `snapshot`/`run`/`state`/`restore` (`seemrl.algos.base.NetsEvaluation`)
+    plays in a background thread while training goes on: snapshot(trainer) copies the policy at the
+    step (main thread), run(copy) plays it; its rows are collected before the next evaluation and
+    at the end, so they are the rows a blocking evaluation gives. A resume state keeps the policy
+    of an evaluation still playing (state(copy)), and a resumed run plays it again (restore).
     """
     if loop.eval_every and evaluate is None:
         raise ValueError("eval_every > 0 needs an evaluate function")
+    overlap = evaluate is not None and getattr(evaluate, "overlap", False)
+    pending = _PendingEvaluation(evaluate, log, monitor) if overlap else None
+    try:
+        return _train_loop(trainer, loop, checkpoint_dir, save_checkpoint, metric_keys, param_norms, log, evaluate,
+                           resume, monitor, pending)
+    finally:
+        if pending is not None:
+            pending.close()
+
+
+class _PendingEvaluation:
+    """At most one evaluation playing in a background thread (see `train_loop`)."""
+
+    def __init__(self, evaluate, log: Callable[[str], None], monitor):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.evaluate, self.log, self.monitor = evaluate, log, monitor
+        # torch's CPU thread count is per thread: the evaluation's policy computes on as many as
+        # the job's (a sum split over other threads rounds differently, and the actions with it)
+        threads = torch.get_num_threads()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="evaluation", initializer=torch.set_num_threads,
+                                       initargs=(threads,))
+        self.step: int | None = None
+        self.copy = self.future = None
+
+    def submit(self, step: int, copy) -> None:
+        self.step, self.copy = step, copy
+        self.future = self.pool.submit(self.evaluate.run, copy)
+
+    def collect(self, eval_rows: list[dict]) -> None:
+        """Wait for the evaluation playing, if any, and add its rows."""
+        if self.future is None:
+            return
+        results = self.future.result()
+        step, self.step, self.copy, self.future = self.step, None, None, None
+        new_rows = _evaluation_rows(step, results, self.log)
+        eval_rows += new_rows
+        if self.monitor is not None:
+            self.monitor.evaluations(step, new_rows)
+
+    def state(self) -> dict | None:
+        return None if self.future is None else {"step": self.step, "policy": self.evaluate.state(self.copy)}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _train_loop(trainer, loop, checkpoint_dir, save_checkpoint, metric_keys, param_norms, log, evaluate, resume,
+                monitor, pending: _PendingEvaluation | None) -> TrainResult:
     seeds = trainer.seeds
     log(f"update step: {trainer.mode}")
     work_dir = checkpoint_dir if resume is None else resume.checkpoint_dir
@@ -134,6 +189,13 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
         rows, eval_rows, last = state["metrics"], state["evaluations"], state["last_metrics"]
         resume.drop_checkpoints_after(start_step)
         log(f"resuming from step {start_step} ({resume.state_path})")
+        playing = state.get("pending_evaluation")
+        if playing is not None:  # an evaluation that was still playing: play it again
+            if pending is None:
+                eval_rows += _evaluation_rows(playing["step"], evaluate.run(evaluate.restore(trainer, playing["policy"])),
+                                              log)
+            else:
+                pending.submit(playing["step"], evaluate.restore(trainer, playing["policy"]))
 
     start = last_report = last_saved = time.perf_counter()
     for step in range(start_step + 1, loop.steps + 1):
@@ -159,10 +221,14 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
                     monitor.progress(step, rate)
                 last_report = now
         if loop.eval_every and (step % loop.eval_every == 0 or step == loop.steps):
-            new_rows = _evaluation_rows(step, evaluate(trainer), log)
-            eval_rows += new_rows
-            if monitor is not None:
-                monitor.evaluations(step, new_rows)
+            if pending is not None:
+                pending.collect(eval_rows)
+                pending.submit(step, evaluate.snapshot(trainer))
+            else:
+                new_rows = _evaluation_rows(step, evaluate(trainer), log)
+                eval_rows += new_rows
+                if monitor is not None:
+                    monitor.evaluations(step, new_rows)
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             _record_divergence(trainer, diverged, log)
             save_checkpoint(work_dir / checkpoint_name(step), step, diverged)
@@ -170,8 +236,11 @@ def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path
                 # after the checkpoint: a state never refers to a missing one
                 last_saved = time.perf_counter()
                 resume.save({"step": step, "trainer": trainer.state_dict(), "diverged_step": diverged,
-                             "metrics": rows, "evaluations": eval_rows,
+                             "metrics": rows, "evaluations": list(eval_rows),
+                             "pending_evaluation": None if pending is None else pending.state(),
                              "last_metrics": {k: v.detach().cpu() for k, v in last.items()}})
+    if pending is not None:
+        pending.collect(eval_rows)
     wall = time.perf_counter() - start
     if resume is not None:
         with atomic_path(checkpoint_dir, is_dir=True) as tmp:

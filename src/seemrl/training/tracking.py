@@ -94,6 +94,11 @@ class Monitor:
                                  mode=self.settings.get("wandb_mode") or "online", reinit="create_new",
                                  config={**self.config, **self.labels, "seed": s}, settings=wandb.Settings(
                                      console="off", x_disable_stats=True, x_disable_meta=True, silent=True))
+            # evaluations may arrive after later training steps were logged (played in the
+            # background: `seemrl.training.loop`), and W&B drops a log to an earlier step: they
+            # carry their own step axis
+            runs[s].define_metric("eval/step")
+            runs[s].define_metric("eval/*", step_metric="eval/step")
         return runs
 
     # ------------------------------------------------------------------ what the loop reports
@@ -145,7 +150,11 @@ class Monitor:
             for k, v in values.items():
                 self._tb[seed].add_scalar(f"{section}/{k}", v, step)
         if self._wandb is not None:
-            self._wandb[seed].log({f"{section}/{k}": v for k, v in values.items()}, step=int(step))
+            logged = {f"{section}/{k}": v for k, v in values.items()}
+            if section == "eval":
+                self._wandb[seed].log({**logged, "eval/step": int(step)})  # at W&B's current step
+            else:
+                self._wandb[seed].log(logged, step=int(step))
 
     def _write_progress(self, state: str) -> None:
         if self.progress_path is None:
