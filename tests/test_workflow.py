@@ -211,7 +211,8 @@ def test_end_to_end_tiny_then_nothing_to_do(tmp_path):
 
     # where and how jobs run changes nothing they computed: no job is planned again
     moved_how = copy.deepcopy(TINY)
-    moved_how["resources"] = {"device": "cpu", "train_threads": 2, "gpu_slots": 3, "lease_dir": str(tmp_path / "leases")}
+    moved_how["resources"] = {"device": "cpu", "train_threads": 2, "gpu_slots": 3, "lease_dir": str(tmp_path / "leases"),
+                              "eval_overlap": False}
     moved_how["tracking"] = {"tensorboard": True, "wandb": True, "wandb_mode": "offline"}
     assert job_counts(smk(moved_how, "-n").stdout) == {}
     assert job_counts(smk(TINY, "-n", "--profile", str(tmp_path / "project/profiles/slurm"),
