@@ -158,10 +158,7 @@ class _PendingEvaluation:
             return
         results = self.future.result()
         step, self.step, self.copy, self.future = self.step, None, None, None
-        new_rows = _evaluation_rows(step, results, self.log)
-        eval_rows += new_rows
-        if self.monitor is not None:
-            self.monitor.evaluations(step, new_rows)
+        _add_evaluation(step, results, eval_rows, self.log, self.monitor)
 
     def state(self) -> dict | None:
         return None if self.future is None else {"step": self.step, "policy": self.evaluate.state(self.copy)}
@@ -192,8 +189,8 @@ def _train_loop(trainer, loop, checkpoint_dir, save_checkpoint, metric_keys, par
         playing = state.get("pending_evaluation")
         if playing is not None:  # an evaluation that was still playing: play it again
             if pending is None:
-                eval_rows += _evaluation_rows(playing["step"], evaluate.run(evaluate.restore(trainer, playing["policy"])),
-                                              log)
+                _add_evaluation(playing["step"], evaluate.run(evaluate.restore(trainer, playing["policy"])), eval_rows,
+                                log, monitor)
             else:
                 pending.submit(playing["step"], evaluate.restore(trainer, playing["policy"]))
 
@@ -225,10 +222,7 @@ def _train_loop(trainer, loop, checkpoint_dir, save_checkpoint, metric_keys, par
                 pending.collect(eval_rows)
                 pending.submit(step, evaluate.snapshot(trainer))
             else:
-                new_rows = _evaluation_rows(step, evaluate(trainer), log)
-                eval_rows += new_rows
-                if monitor is not None:
-                    monitor.evaluations(step, new_rows)
+                _add_evaluation(step, evaluate(trainer), eval_rows, log, monitor)
         if step % loop.checkpoint_every == 0 or step == loop.steps:
             _record_divergence(trainer, diverged, log)
             save_checkpoint(work_dir / checkpoint_name(step), step, diverged)
@@ -258,6 +252,14 @@ def _record_divergence(trainer: StackedTrainer, diverged: list[int | None], log:
         if first is not None and diverged[i] is None:
             diverged[i] = first
             log(f"seed {seed}: non-finite loss at step {first}; recorded, training goes on")
+
+
+def _add_evaluation(step: int, results: list, eval_rows: list[dict], log: Callable[[str], None], monitor) -> None:
+    """One evaluation's rows added to `eval_rows` (in place), logged and given to the monitor."""
+    new_rows = _evaluation_rows(step, results, log)
+    eval_rows += new_rows
+    if monitor is not None:
+        monitor.evaluations(step, new_rows)
 
 
 def _evaluation_rows(step: int, results: list, log: Callable[[str], None]) -> list[dict]:
