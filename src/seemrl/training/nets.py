@@ -323,6 +323,22 @@ class StackedMLP(nn.Module):
 
 # ------------------------------------------------------------------ fused LayerNorm + activation
 FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kernels off
+INDUCTOR_DETERMINISTIC_ENV = "SEEMRL_INDUCTOR_DETERMINISTIC"  # "0": reductions tuned by timing (may differ run to run)
+
+
+def inductor_options() -> dict[str, Any]:
+    """torch.compile options for every compiled piece of seemrl: Inductor's deterministic mode.
+    By default Inductor picks among several Triton configurations of a reduction (a LayerNorm,
+    a sum over the batch) by timing them on the GPU, and the configurations sum in different
+    orders: under load from other processes the pick, and so the run's bits, can change (the
+    evidence rerun of 2026-12-06 got a different HalfCheetah recipe this way). The deterministic
+    mode picks by a fixed rule instead. Empty where torch has no such mode (before 2.10) or where
+    SEEMRL_INDUCTOR_DETERMINISTIC=0 asks for timing-based picks."""
+    import torch._inductor.config as inductor_config
+
+    if os.environ.get(INDUCTOR_DETERMINISTIC_ENV, "1") == "0" or not hasattr(inductor_config, "deterministic"):
+        return {}
+    return {"deterministic": True}
 
 
 class Compiled:
@@ -341,7 +357,8 @@ class Compiled:
             import torch._dynamo
 
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._compiled = torch.compile(self.fn, dynamic=False, fullgraph=self.fullgraph)
+            self._compiled = torch.compile(self.fn, dynamic=False, fullgraph=self.fullgraph,
+                                           options=inductor_options() or None)
         if self._compiled is False:
             return self.fn(*args, **kwargs)
         try:
