@@ -131,8 +131,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    names = args.configs or sorted(p.name for p in (ROOT / "config/paper").glob("*.yaml")
-                                   if p.name != "paper_results.yaml")
+    known = sorted(p.name for p in (ROOT / "config/paper").glob("*.yaml") if p.name != "paper_results.yaml")
+    names = [n if n.endswith(".yaml") else f"{n}.yaml" for n in args.configs] or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"no such paper config under config/paper/: {', '.join(unknown)} (known: {', '.join(known)})")
     cache: dict = {}
     rows = []
     for n in names:

@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("train_throughput.py", ["--tiny", "--iters", "2", "--seeds", "1", "2"], "| layernorm | seemrl stacked | ieee | 2 |"),
     ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
     # the cost table of the README: jobs from the config, GPU-hours from the measured rates, disk measured
-    ("estimate_cost.py", ["table1.yaml", "theory.yaml"], "| table1.yaml | 24 | 0 | 15.7 | 0.1 | 11.4 |"),
+    ("estimate_cost.py", ["table1.yaml", "theory"], "| table1.yaml | 24 | 0 | 15.7 | 0.1 | 11.4 |"),
     # (a job of its own, with torch's default thread count in new threads: the evaluation thread
     # must compute on the job's one thread, or its actions round differently; this caught it)
     ("eval_overlap.py", ["--steps", "60", "--eval-every", "20", "--episodes", "1", "--seeds", "0", "--rows", "400"],
@@ -28,6 +28,13 @@ def test_benchmark_runs_at_tiny_size(script, args, needle):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert needle in proc.stdout
+
+
+def test_estimate_cost_names_an_unknown_config():
+    proc = subprocess.run([sys.executable, str(BENCH / "estimate_cost.py"), "table1", "tabel2"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "tabel2.yaml" in proc.stderr and "table1.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_peer_check_plumbing(tmp_path):
