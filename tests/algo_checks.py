@@ -250,16 +250,25 @@ def check_compiled_update_matches_eager(make: Callable, params: Callable, steps:
                                         rtol: float = 1e-4) -> float:
     """make(compile_update) -> a trainer, params(trainer) -> its tensors: the update step through
     torch.compile (`compile_update`) compiles (no fallback to the plain step), says so in the
-    trainer's mode, and follows the eager step to rounding over `steps` steps (grad norms on
-    the third), not further apart than `rtol` of each tensor's largest entry. Returns the drift."""
+    trainer's mode, and follows the eager step to rounding: after the first step every tensor is
+    within `rtol` of its largest entry, and at every one of `steps` steps (grad norms on the
+    third) each reported number (losses, Q) is within `rtol` of the eager one. Returns the
+    parameters' drift after the last step, not checked: fused kernels round differently and
+    training amplifies it (on an H200, 2e-6 after one TD3+BC step, 6e-5 after 10, 1e-2 after 50,
+    while the losses still agree to 5 digits)."""
     eager, compiled = make(False), make(True)
     assert "update compiled" in compiled.mode and "update compiled" not in eager.mode
     for step in range(1, steps + 1):
         a, b = eager.step(grad_norm=step == 3), compiled.step(grad_norm=step == 3)
         assert a.keys() == b.keys(), step
+        for k in a:
+            x, y = torch.as_tensor(b[k]).float(), torch.as_tensor(a[k]).float()
+            assert max_rel_diff([x], [y]) < rtol, (step, k, x, y)
+        if step == 1:
+            first = max_rel_diff(params(compiled), params(eager))
+            assert first < rtol, first
     assert compiled._update._compiled not in (None, False), "the compiled step fell back to the plain one"
     drift = max_rel_diff(params(compiled), params(eager))
-    assert drift < rtol, drift
     return drift
 
 

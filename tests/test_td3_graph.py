@@ -167,7 +167,8 @@ def test_compiled_update_matches_eager(extra):
 @pytest.mark.parametrize("extra", [dict(tau=0.005, bc_weight=1.0), dict(tau=0.005, bc_weight=1.0, critic={"norm": "layernorm"})])
 def test_compiled_graphed_update_matches_eager_on_cuda(extra, record_property):
     """The compiled step captured as a CUDA graph (the fast path it is for) follows the eager
-    step on CUDA; the drift after 50 steps is recorded (fused kernels round differently)."""
+    step on CUDA (after one step, and in every step's losses over 20); the parameters' drift after
+    20 steps is recorded (fused kernels round differently)."""
     cfg = dict(steps=50, batch_size=256, hidden=(256, 256), checkpoint_every=50, **extra)
     arrays = _arrays(n=5000, obs_dim=17, act_dim=6)
 
@@ -176,6 +177,6 @@ def test_compiled_graphed_update_matches_eager_on_cuda(extra, record_property):
         assert t.graphed == compiled
         return t
 
-    drift = checks.check_compiled_update_matches_eager(make, _params, steps=50, rtol=1e-3)
-    print(f"\nCOMPILED-VS-EAGER {extra}: max relative parameter difference after 50 steps: {drift:.1e}")
+    drift = checks.check_compiled_update_matches_eager(make, _params, steps=20, rtol=1e-4)
+    print(f"\nCOMPILED-VS-EAGER {extra}: max relative parameter difference after 20 steps: {drift:.1e}")
     record_property("drift", drift)
