@@ -242,7 +242,7 @@ def probe(algos: list[str], t, steps: int, device: str, compile_graph: bool) -> 
 def _d3rlpy_seed(task) -> dict:
     """One seed of d3rlpy: train, evaluate in seemrl's evaluator, mean Q on the rows."""
     global HIDDEN
-    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN, compile_graph = task
+    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN, compile_graph, state_dir, save_every = task
     import logging
 
     import d3rlpy
@@ -255,22 +255,66 @@ def _d3rlpy_seed(task) -> dict:
     torch.set_num_threads(1)
     t = load(data_path)
     model, dataset = d3rlpy_model(algo, t, seed, steps, device, compile_graph)
+    state = D3State(state_dir, algo, seed, steps) if state_dir else None
+    done, wall_before = state.restore(model, dataset) if state else (0, 0.0)
     t0 = time.perf_counter()
     every = max(1, steps // 10)
 
     def progress(_algo, _epoch, step):
+        step += done
         if step % every == 0:
-            print(f"d3rlpy {algo} seed {seed}: step {step:,}, {step / (time.perf_counter() - t0):,.0f} steps/s",
-                  file=sys.stderr, flush=True)
+            print(f"d3rlpy {algo} seed {seed}: step {step:,}, "
+                  f"{(step - done) / (time.perf_counter() - t0):,.0f} steps/s", file=sys.stderr, flush=True)
+        if state and save_every and step % save_every == 0 and step < steps:
+            state.save(model, step, wall_before + time.perf_counter() - t0)
 
-    model.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9,
-              logger_adapter=d3rlpy.logging.NoopAdapterFactory(), callback=progress)
-    wall = time.perf_counter() - t0
+    if done < steps:
+        model.fit(dataset, n_steps=steps - done, n_steps_per_epoch=steps - done, show_progress=False,
+                  save_interval=10**9, logger_adapter=d3rlpy.logging.NoopAdapterFactory(), callback=progress)
+    wall = wall_before + time.perf_counter() - t0
+    if state and done < steps:
+        state.save(model, steps, wall)
     env_id = t.meta.get("eval_env_id") or t.meta["env_id"]
     ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
     (result,) = evaluate_policies(D3Policies([model]), [seed], env_id, eval_episodes, 0, *ref)
     q = float(np.mean(model.predict_value(q_rows["obs"], q_rows["action"])))
     return {"score": result.normalized_score, "return": result.return_mean, "q_mean": q, "wall": wall}
+
+
+class D3State:
+    """A d3rlpy seed's training state on disk, so a run too long for one sitting (d3rlpy's CQL:
+    about 2 h per 100k-step seed on one CPU core) goes on where it stopped: d3rlpy's own
+    `save_model` (networks and optimisers) and the step and training seconds so far, written
+    atomically every `--d3rlpy-save-every` steps. On resuming, the minibatch sampler is seeded
+    afresh from (seed, step), so the continued run draws other batches than a run from 0 would
+    have: statistically the same training, not bit for bit the uninterrupted one."""
+
+    def __init__(self, directory: str, algo: str, seed: int, steps: int):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.model_path, self.meta_path = (self.dir / f"{algo}-seed{seed}-{steps}.{ext}" for ext in ("d3model", "json"))
+        self.seed = seed
+
+    def restore(self, model, dataset) -> tuple[int, float]:
+        """(steps done, training seconds so far); the model built and loaded where a state exists."""
+        if not self.meta_path.exists():
+            return 0, 0.0
+        import d3rlpy
+
+        meta = json.loads(self.meta_path.read_text())
+        model.build_with_dataset(dataset)
+        model.load_model(str(self.model_path))
+        d3rlpy.seed(self.seed * 1_000_003 + meta["step"])
+        print(f"resuming from step {meta['step']:,} ({self.model_path})", file=sys.stderr, flush=True)
+        return meta["step"], meta["wall"]
+
+    def save(self, model, step: int, wall: float) -> None:
+        tmp = self.model_path.with_suffix(".tmp")
+        model.save_model(str(tmp))
+        tmp.replace(self.model_path)
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step, "wall": wall}))
+        tmp.replace(self.meta_path)
 
 
 def _d3_device(device: str):
@@ -421,6 +465,9 @@ def main() -> None:
                    help="d3rlpy's compile_graph (CUDA graphs + torch.compile; CUDA only): its fastest update")
     p.add_argument("--probe", type=int, metavar="STEPS",
                    help="only time d3rlpy: STEPS steps of one seed per algorithm, alone (after 50 of warm-up)")
+    p.add_argument("--d3rlpy-state", metavar="DIR",
+                   help="keep each d3rlpy seed's training state here and resume from it (a long run over sittings)")
+    p.add_argument("--d3rlpy-save-every", type=int, default=5000, help="steps between saved d3rlpy states")
     p.add_argument("--out", help="write every number as JSON here")
     a = p.parse_args()
     if a.merge:
@@ -503,8 +550,8 @@ def main() -> None:
         seemrl_runs()
     if peer and "d3rlpy" in a.sides:
         slowest_first = sorted(a.algos, key=lambda algo: -COST[algo])
-        tasks = [(algo, a.data, s, a.steps, d3_device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile)
-                 for algo in slowest_first for s in seeds]
+        tasks = [(algo, a.data, s, a.steps, d3_device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile,
+                  a.d3rlpy_state, a.d3rlpy_save_every) for algo in slowest_first for s in seeds]
         results = {algo: {} for algo in a.algos}
         processes = max(1, min(a.jobs, len(tasks)))
         for algo, seed, result in run_d3rlpy(tasks, a.jobs, seemrl_runs if at_once else lambda: None):

@@ -105,8 +105,18 @@ def test_peer_check_plumbing(tmp_path):
     # a check split over runs by seed: d3rlpy's seeds of one algorithm are joined, overlapping ones refused
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
                            *args, "--sides", "d3rlpy", "--d3rlpy-device", "cpu", "--algos", "cql", "--seed-list", "2",
+                           "--d3rlpy-state", str(tmp_path / "state"), "--d3rlpy-save-every", "10",
                            "--out", str(tmp_path / "f.json")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if peer_installed:  # the seed's state was kept; run again, it resumes at the end and scores the same policy
+        assert json.loads((tmp_path / "state" / "cql-seed2-20.json").read_text())["step"] == 20
+        again = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
+                                *args, "--sides", "d3rlpy", "--d3rlpy-device", "cpu", "--algos", "cql", "--seed-list", "2",
+                                "--d3rlpy-state", str(tmp_path / "state"), "--out", str(tmp_path / "g.json")],
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "resuming from step 20" in again.stderr, again.stderr[-3000:]
+        f, g = (json.loads((tmp_path / n).read_text())["algorithms"]["cql"]["d3rlpy"] for n in ("f.json", "g.json"))
+        assert f["scores"] == g["scores"] and f["q_mean"] == g["q_mean"]
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", *files, str(tmp_path / "f.json"),
                            "--out", str(tmp_path / "joined.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
