@@ -331,7 +331,7 @@ def inductor_options() -> dict[str, Any]:
     By default Inductor picks among several Triton configurations of a reduction (a LayerNorm,
     a sum over the batch) by timing them on the GPU, and the configurations sum in different
     orders: under load from other processes the pick, and so the run's bits, can change (the
-    evidence rerun of 2026-12-06 got a different HalfCheetah recipe this way). The deterministic
+    likely cause of the evidence rerun's different HalfCheetah recipe, 2026-12-06). The deterministic
     mode picks by a fixed rule instead. Empty where torch has no such mode (before 2.10) or where
     SEEMRL_INDUCTOR_DETERMINISTIC=0 asks for timing-based picks."""
     import torch._inductor.config as inductor_config
