@@ -546,8 +546,9 @@ osac.train(cfg, [0], "HalfCheetah-v5", out, device="cuda", log=lambda m: None).e
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_recipe_sac_is_reproducible_on_cuda_whatever_inductor_benchmarking_measures(tmp_path):
     """The recipe's SAC (update graphed and compiled, acting before the update), here with a
-    LayerNorm critic so that its fused LayerNorm kernels are compiled too, run in two fresh processes on the GPU ends with the
-    same weights and returns, although each process has its own empty Inductor cache, Inductor's
+    LayerNorm critic so that its fused LayerNorm kernels are compiled too, run in two fresh
+    processes on the GPU ends with the same weights and returns, although each process has its
+    own empty Inductor cache, Inductor's
     benchmarking returns random timings (so every choice made by timing is a coin toss), and the
     second runs while another process keeps the GPU busy. The evidence rerun of 2026-12-06 got a
     different HalfCheetah recipe from the same config (`docs/results/2026-12-06-evidence-rerun/`):
