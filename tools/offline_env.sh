@@ -5,7 +5,11 @@ if [ ! -f /tmp/site/.seemrl-wheels ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl*/*.whl \
         && touch /tmp/site/.seemrl-wheels || return 1
 fi
-# a wrapper, not a link: a link to a virtual environment's python loses that environment
-mkdir -p /tmp/site/bin && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/site/bin/python \
-    && chmod +x /tmp/site/bin/python
+# `python` for the workflow's rules: a wrapper script, not a link (a link to a virtual
+# environment's python loses that environment). Removed first: writing through an old link
+# would overwrite the interpreter it points to.
+py3=$(command -v python3)
+case $py3 in /tmp/site/*) echo "offline_env.sh: python3 resolves into /tmp/site" >&2; return 1;; esac
+rm -f /tmp/site/bin/python && mkdir -p /tmp/site/bin \
+    && printf '#!/bin/sh\nexec %s "$@"\n' "$py3" > /tmp/site/bin/python && chmod +x /tmp/site/bin/python
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
