@@ -8,8 +8,8 @@ both expose them (the workflow's `td3bc`, `iql` and `cql` settings; the mapping 
 what differs), the same number of gradient steps and the same seeds. Each final policy plays
 `--eval-episodes` deterministic episodes in seemrl's evaluator (`evaluate_policies`: the same
 reset seeds per seed for both). Printed per algorithm: the D4RL-normalised score, mean ± std over
-seeds, for both; Welch's t-test p-value; the mean Q of the final critics on the data's (s, a);
-and both libraries' training speed on the device (seemrl trains the seeds stacked in one process:
+seeds, for both; Welch's t-test p-value; the mean Q of the final critics on the data's (s, a)
+and at (s, the final policy's deterministic action) on the same states; and both libraries' training speed on the device (seemrl trains the seeds stacked in one process:
 seed-steps/s; d3rlpy one seed per process: steps/s of one seed, with `--jobs` processes at once).
 
 seemrl's runs go first, each algorithm alone on the device; then every d3rlpy (algorithm, seed),
@@ -113,11 +113,14 @@ def run_seemrl(algo: str, data_path: str, seeds: list[int], steps: int, device: 
     nets = ckpt.nets
     with torch.no_grad():
         obs, act = (torch.as_tensor(q_rows[k], dtype=torch.float32) for k in ("obs", "action"))
-        x = torch.cat([nets.normalize(obs.expand(len(seeds), *obs.shape)), act.expand(len(seeds), *act.shape)], -1)
+        obs_n = nets.normalize(obs.expand(len(seeds), *obs.shape))
+        x = torch.cat([obs_n, act.expand(len(seeds), *act.shape)], -1)
         q = (nets.q1(x) + nets.q2(x)) / 2  # the twin critics' mean, as d3rlpy's predict_value
+        x_pi = torch.cat([obs_n, nets.policy(obs_n)], -1)  # the final policy's (deterministic) action instead
+        q_pi = (nets.q1(x_pi) + nets.q2(x_pi)) / 2
     return {"scores": [per_seed[str(s)]["final_score"] for s in seeds],
             "returns": [per_seed[str(s)]["final_return"] for s in seeds],
-            "q_mean": q.mean((1, 2)).tolist(),
+            "q_mean": q.mean((1, 2)).tolist(), "q_policy": q_pi.mean((1, 2)).tolist(),
             "seed_steps_per_second": run["seed_steps_per_second"], "wall_seconds": wall,
             "config": run["config"], "update_mode": run.get("update_mode")}
 
@@ -200,6 +203,7 @@ def d3rlpy_summary(results: dict[int, dict], seeds: list[int], steps: int, proce
     walls = [results[s]["wall"] for s in done]
     return {"seeds": done, "scores": [results[s]["score"] for s in done],
             "returns": [results[s]["return"] for s in done], "q_mean": [results[s]["q_mean"] for s in done],
+            "q_policy": [results[s]["q_policy"] for s in done],
             "wall_seconds": walls, "processes": processes,
             "steps_per_second_per_seed": steps / float(np.mean(walls)) if walls else None}
 
@@ -278,7 +282,9 @@ def _d3rlpy_seed(task) -> dict:
     ref = (t.meta.get("ref_min_score"), t.meta.get("ref_max_score"))
     (result,) = evaluate_policies(D3Policies([model]), [seed], env_id, eval_episodes, 0, *ref)
     q = float(np.mean(model.predict_value(q_rows["obs"], q_rows["action"])))
-    return {"score": result.normalized_score, "return": result.return_mean, "q_mean": q, "wall": wall}
+    q_pi = float(np.mean(model.predict_value(q_rows["obs"], model.predict(q_rows["obs"]))))  # deterministic action
+    return {"score": result.normalized_score, "return": result.return_mean, "q_mean": q, "q_policy": q_pi,
+            "wall": wall}
 
 
 class D3State:
@@ -325,7 +331,11 @@ def _d3_device(device: str):
 def welch_p(a: list[float], b: list[float]) -> float | None:
     if len(a) < 2 or len(b) < 2:
         return None
-    from scipy.stats import ttest_ind
+    try:
+        from scipy.stats import ttest_ind  # scipy comes with the peer's packages, not seemrl's
+    except ImportError:
+        print("Welch's p-value needs scipy (benchmarks/peer/requirements.txt): left empty", file=sys.stderr)
+        return None
 
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
@@ -342,9 +352,10 @@ def print_table(report: dict) -> None:
           + (f"; d3rlpy alone on {alone['device']} (compile_graph={alone['compile_graph']}) from --probe {alone['steps']}"
              if alone else ""))
     print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
+          "| Q at the policy's action, seemrl | d3rlpy "
           "| seemrl seed-steps/s (seeds stacked, one process) | d3rlpy steps/s per seed in the runs "
           "| d3rlpy steps/s alone, seemrl's device |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def num(v, fmt):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
@@ -354,6 +365,8 @@ def print_table(report: dict) -> None:
         print(f"| {algo} | {mean_std(o.get('scores', []))} | {mean_std(d.get('scores', []))} "
               f"| {num(r.get('welch_p'), '.3f')} | {num(np.mean(o['q_mean']) if o else None, '.1f')} "
               f"| {num(np.mean(d['q_mean']) if d.get('q_mean') else None, '.1f')} "
+              f"| {num(np.mean(o['q_policy']) if o.get('q_policy') else None, '.1f')} "
+              f"| {num(np.mean(d['q_policy']) if d.get('q_policy') else None, '.1f')} "
               f"| {num(o.get('seed_steps_per_second'), ',.0f')} | {num(d.get('steps_per_second_per_seed'), ',.0f')} "
               f"| {num(alone['rates'].get(algo) if alone else None, ',.0f')} |")
     print("\nWhat differs between the two configurations: "
@@ -367,12 +380,16 @@ SAME_RUNS = ("steps",)  # and training files on these (seeds may be split betwee
 
 def join_d3rlpy(a: dict, b: dict, steps: int) -> dict:
     """One algorithm's d3rlpy seeds from two runs (disjoint seeds), in seed order."""
-    rows = sorted(zip(*(a[k] + b[k] for k in ("seeds", "scores", "returns", "q_mean", "wall_seconds"))))
-    seeds, scores, returns, q_mean, walls = (list(col) for col in zip(*rows))
+    # q_policy: in files since 2026-12-07 only; kept where every file has it
+    keys = ("seeds", "scores", "returns", "q_mean", "wall_seconds") + (("q_policy",) if "q_policy" in a and "q_policy" in b else ())
+    rows = sorted(zip(*(a[k] + b[k] for k in keys)))
+    cols = {k: list(col) for k, col in zip(keys, zip(*rows))}
+    seeds, scores, returns, q_mean, walls = (cols[k] for k in keys[:5])
     processes = sorted({*(a["processes"] if isinstance(a["processes"], list) else [a["processes"]]),
                         *(b["processes"] if isinstance(b["processes"], list) else [b["processes"]])})
     return {"seeds": seeds, "scores": scores, "returns": returns, "q_mean": q_mean, "wall_seconds": walls,
-            "processes": processes, "steps_per_second_per_seed": steps / float(np.mean(walls))}
+            "processes": processes, "steps_per_second_per_seed": steps / float(np.mean(walls)),
+            **({"q_policy": cols["q_policy"]} if "q_policy" in cols else {})}
 
 
 def merge(paths: list[str]) -> dict:

@@ -1,4 +1,5 @@
 """The benchmark scripts keep working (tiny sizes on CPU); their figures live in benchmarks/README.md."""
+import json
 import re
 import subprocess
 import sys
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
 
 
 @pytest.mark.parametrize("script, args, needle", [
@@ -65,7 +67,6 @@ def test_peer_check_plumbing(tmp_path):
         for algo in algos:
             assert f"| {algo} | " in proc.stdout
         outs.append(proc.stdout)
-    import json
 
     peer_installed = json.loads((tmp_path / "a.json").read_text())["d3rlpy"] is not None
     # --probe times d3rlpy alone (and writes its rates for the table), or says why it cannot
@@ -87,6 +88,7 @@ def test_peer_check_plumbing(tmp_path):
     assert [r["file"] for r in report["runs"]] == files
     ours = report["algorithms"]["cql"]["seemrl"]
     assert len(ours["scores"]) == 2 and all(np.isfinite(ours["q_mean"])) and ours["seed_steps_per_second"] > 0
+    assert len(ours["q_policy"]) == 2 and all(np.isfinite(ours["q_policy"])) and ours["q_policy"] != ours["q_mean"]
     assert report["devices"]["seemrl"].startswith("CPU (")
     if not peer_installed:
         assert all("d3rlpy half skipped: d3rlpy is not importable" in out for out in (outs[0], outs[2]))
@@ -95,6 +97,7 @@ def test_peer_check_plumbing(tmp_path):
     else:
         cql = report["algorithms"]["cql"]
         assert len(cql["d3rlpy"]["scores"]) == 2 and cql["d3rlpy"]["seeds"] == [0, 1]
+        assert len(cql["d3rlpy"]["q_policy"]) == 2 and all(np.isfinite(cql["d3rlpy"]["q_policy"]))
         assert cql["welch_p"] is not None  # both sides, from two files: the test is taken on the merged scores
         assert report["probes"][0]["rates"]["td3bc"] > 0
         assert re.search(r"^\| td3bc \|.*\| [0-9,]+ \|$", proc.stdout, re.M)  # the probe's column is filled
@@ -154,6 +157,22 @@ def test_peer_check_plumbing(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "subset.parquet"),
                            *args, "--algos", "td3bc"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "subset.parquet" in proc.stderr and "whole episodes" in proc.stderr
+
+
+def test_peer_check_merges_the_committed_files_of_before_q_at_the_policy(tmp_path):
+    """The committed peer-check files predate the Q-at-the-policy column: they still merge (the
+    README's command), with that column empty, and d3rlpy's seeds from several files still join."""
+    folder = ROOT / "docs/results/2026-12-06-evidence/peer_check"
+    files = [str(folder / f) for f in ("seemrl_h100.json", "d3rlpy_iql_seeds01_cpu.json", "d3rlpy_iql_seeds234_cpu.json",
+                                       "d3rlpy_td3bc_seeds01_cpu.json", "d3rlpy_td3bc_seeds23_cpu.json",
+                                       "d3rlpy_td3bc_seeds4_cpu.json", "d3rlpy_probe_h100.json")]
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", *files, "--out", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    iql = json.loads((tmp_path / "m.json").read_text())["algorithms"]["iql"]
+    assert iql["d3rlpy"]["seeds"] == [0, 1, 2, 3, 4] and "q_policy" not in iql["d3rlpy"]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| iql |"))
+    assert row.split(" | ")[6:8] == ["-", "-"]  # Q at the policy's action: not in these files
 
 
 def test_jax_peer_tiny_or_says_it_is_skipped():
