@@ -186,6 +186,26 @@ def test_actor_learning_rate_schedule(schedule):
     assert t.optimizers["critic"].param_groups[0]["lr"] == 3e-4 and t.optimizers["value"].param_groups[0]["lr"] == 3e-4
 
 
+def test_compiled_update_with_a_schedule_compiles_once_on_the_cpu():
+    """`compile_update` on the CPU with the actor's cosine schedule: the step follows the eager
+    one, and later steps do not compile again (a Python-number learning rate would be baked into
+    the compiled optimiser step and recompile it at every step, 5 s each at these sizes)."""
+    from torch._dynamo.utils import counters
+
+    cfg = dict(SMALL, steps=40, actor_lr=1e-3, actor_lr_schedule="cosine")
+    make = lambda compiled: _trainer(iql.IQLConfig(**cfg, compile_update=compiled), [0, 1])  # noqa: E731
+    checks.check_compiled_update_matches_eager(make, _all_tensors, steps=4)
+    eager, compiled = make(False), make(True)
+    for _ in range(3):
+        eager.step(), compiled.step()
+    graphs = counters["stats"]["unique_graphs"]
+    for k in range(3, 9):
+        eager.step(), compiled.step()
+        assert float(compiled.optimizers["actor"].param_groups[0]["lr"]) == cosine_lr(1e-3, k, 40)
+    assert counters["stats"]["unique_graphs"] == graphs, "the compiled step compiled again"
+    assert compiled._update._compiled not in (None, False)
+
+
 def test_grad_norms_are_the_gradients_the_optimisers_apply():
     cfg = iql.IQLConfig(**SMALL, optimizer="sgd", critic_lr=0.1, value_lr=0.05)
     t = _trainer(cfg, [0, 1])

@@ -171,11 +171,23 @@ class StackedTrainer:
         if fused and any(getattr(m, "fused_pointwise", False) for n in self.networks.values() for m in n.modules()):
             self.mode += ", LayerNorm + activation compiled into one kernel"
         if self.compile_update:
+            if self.device.type != "cuda":
+                self._tensor_learning_rates()
             # the whole step through torch.compile (graph breaks at backward() and zero_grad()):
             # its pointwise work fused into few kernels, then captured like the eager step; the
             # warm-up before capture compiles every kind of step. Equal to eager to rounding only.
             self._update = Compiled(self._update, "the update step", on_fallback=self.compile_fallback())
             self.mode += ", update compiled"
+
+    def _tensor_learning_rates(self) -> None:
+        """Learning rates held in float64 CPU tensors: torch.compile bakes a Python-number rate
+        into the compiled optimiser step, so a schedule (`set_lr`) would recompile it at every
+        step (and fall back to the plain step after 64). Eager Adam and SGD read such a tensor
+        as the same number, bit for bit (`tests/test_iql.py`)."""
+        for o in self.optimizers.values():
+            for group in o.param_groups:
+                if not isinstance(group["lr"], torch.Tensor):
+                    group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
 
     def compile_fallback(self) -> Callable[[], None] | None:
         """What puts the state back if the compiled step fails part-way (`Compiled`'s on_fallback)."""
