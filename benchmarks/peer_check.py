@@ -56,8 +56,11 @@ COST = {"td3bc": 1.0, "iql": 1.45, "cql": 2.25}
 DIFFERENCES = {
     "td3bc": "none known",
     "iql": "none known (actor lr cosine-decayed to 0 over the steps on both sides)",
-    "cql": "d3rlpy's logsumexp term draws actions at s and s' (CQL(H), importance-sampled) as seemrl's; "
-           "its fixed conservative weight is 5 x exp(log_alpha = 0), seemrl's cql_alpha 5",
+    "cql": "d3rlpy's TD target (soft_q_backup off) takes Q at the policy's mean action tanh(mu(s')), seemrl's "
+           "(as JaxCQL's and CORL's) at a sampled a' ~ pi(s'), which the conservative term has pushed down: "
+           "d3rlpy's Q comes out higher (benchmarks/cql_q_trace.py traces both); its logsumexp term draws "
+           "actions at s and s' (CQL(H), importance-sampled) as seemrl's; its fixed conservative weight is "
+           "5 x exp(log_alpha = 0), seemrl's cql_alpha 5",
 }
 
 
@@ -373,8 +376,9 @@ def print_table(report: dict) -> None:
           + "; ".join(f"{k}: {DIFFERENCES[k]}" for k in report["algorithms"]))
 
 
-SAME = ("data", "data_sha256", "d3rlpy")  # every file of one merged check agrees on these (where it has them); torch may
-# differ (d3rlpy's seeds on another host's cores): each run's version is listed
+SAME = ("data_sha256", "d3rlpy")  # every file of one merged check agrees on these (where it has them): the data's
+# bytes, not its path (relative or absolute, another host's); torch may differ (d3rlpy's seeds on another
+# host's cores): each run's version is listed
 SAME_RUNS = ("steps",)  # and training files on these (seeds may be split between files: d3rlpy's are joined)
 
 

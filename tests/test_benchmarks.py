@@ -39,6 +39,31 @@ def test_estimate_cost_names_an_unknown_config():
     assert "Traceback" not in proc.stderr
 
 
+def test_cql_q_trace_plumbing(tmp_path):
+    """benchmarks/cql_q_trace.py traces seemrl's CQL with a sampled and with the mean action in
+    the TD target (the two runs part: the target differs), every `--every` steps and at the last;
+    d3rlpy's trace runs where d3rlpy is installed, else it is skipped with the reason."""
+    import pandas as pd
+
+    from helpers import make_transitions
+    from seemrl.data.transitions import write_transitions
+
+    t = make_transitions(episode_lengths=(40, 30, 50, 40), obs_dim=11, act_dim=3)
+    t.meta.update(env_id="Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3)
+    write_transitions(tmp_path / "whole.parquet", t)
+    proc = subprocess.run([sys.executable, str(BENCH / "cql_q_trace.py"), "--data", str(tmp_path / "whole.parquet"),
+                           "--steps", "25", "--every", "10", "--hidden", "16", "16", "--q-rows", "50",
+                           "--out", str(tmp_path / "trace.csv")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trace = pd.read_csv(tmp_path / "trace.csv")
+    sample, mean = (trace[trace.side == f"seemrl, {k} a'"].set_index("step") for k in ("sample", "mean"))
+    assert list(sample.index) == list(mean.index) == [10, 20, 25]
+    assert (sample.q_data - mean.q_data).abs().max() > 1e-6
+    peer = trace[trace.side.str.startswith("d3rlpy")]
+    assert list(peer.step) == [10, 20, 25] or "d3rlpy trace skipped: d3rlpy is not importable" in proc.stdout
+    assert "mean Q on the data's (s, a):" in proc.stdout
+
+
 def test_peer_check_plumbing(tmp_path):
     """benchmarks/peer_check.py on a tiny Hopper-shaped table of whole episodes: seemrl's half runs
     and is scored by the evaluator; d3rlpy's half runs where d3rlpy is installed (not in the jobs'
@@ -145,6 +170,18 @@ def test_peer_check_plumbing(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
                            str(tmp_path / "e.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "e.json" in proc.stderr and "H100" in proc.stderr
+    # the data are matched by their bytes: the same table by another path merges, other bytes do not
+    other = json.loads((tmp_path / "b.json").read_text())
+    other["data"] = "elsewhere/" + Path(other["data"]).name
+    (tmp_path / "moved.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "moved.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    other["data_sha256"] = "0" * 64
+    (tmp_path / "h.json").write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", str(tmp_path / "a.json"),
+                           str(tmp_path / "h.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "h.json" in proc.stderr and "data_sha256" in proc.stderr
     # rows out of episode order: refused with the file's name
     shuffled = make_transitions(episode_lengths=(40, 30), obs_dim=11, act_dim=3)
     order = np.random.default_rng(0).permutation(len(shuffled.obs))
