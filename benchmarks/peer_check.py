@@ -344,7 +344,10 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def mean_std(v: list[float]) -> str:
-    return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v and all(x is not None for x in v) else "-"
+    """Mean ± std over seeds; one seed has no spread to show."""
+    if not v or any(x is None for x in v):
+        return "-"
+    return f"{v[0]:.1f} (1 seed)" if len(v) == 1 else f"{np.mean(v):.1f} ± {np.std(v):.1f}"
 
 
 def print_table(report: dict) -> None:

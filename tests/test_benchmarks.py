@@ -39,6 +39,15 @@ def test_estimate_cost_names_an_unknown_config():
     assert "Traceback" not in proc.stderr
 
 
+def test_peer_check_mean_std_says_when_one_seed_ran():
+    sys.path.insert(0, str(BENCH))
+    import peer_check
+
+    assert peer_check.mean_std([7.18]) == "7.2 (1 seed)"
+    assert peer_check.mean_std([1.0, 3.0]) == "2.0 ± 1.0"
+    assert peer_check.mean_std([]) == peer_check.mean_std([1.0, None]) == "-"
+
+
 def test_cql_q_trace_plumbing(tmp_path):
     """benchmarks/cql_q_trace.py traces seemrl's CQL with a sampled and with the mean action in
     the TD target (the two runs part: the target differs), every `--every` steps and at the last;
