@@ -206,6 +206,20 @@ def test_compiled_update_with_a_schedule_compiles_once_on_the_cpu():
     assert compiled._update._compiled not in (None, False)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_tensor_learning_rates_step_bitwise_as_numbers(optimizer):
+    """The float64 learning rates `compile_update` uses on the CPU: an eager step (its fallback)
+    moves every parameter bit for bit as with Python-number rates, schedule included."""
+    cfg = iql.IQLConfig(**SMALL, optimizer=optimizer, actor_lr=1e-3, actor_lr_schedule="cosine")
+    plain, tensors = _trainer(cfg, [0, 1]), _trainer(cfg, [0, 1])
+    tensors._tensor_learning_rates()
+    assert all(isinstance(g["lr"], torch.Tensor) for o in tensors.optimizers.values() for g in o.param_groups)
+    for _ in range(5):
+        plain.step(), tensors.step()
+    for a, b in zip(_all_tensors(plain), _all_tensors(tensors), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_grad_norms_are_the_gradients_the_optimisers_apply():
     cfg = iql.IQLConfig(**SMALL, optimizer="sgd", critic_lr=0.1, value_lr=0.05)
     t = _trainer(cfg, [0, 1])

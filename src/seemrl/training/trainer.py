@@ -183,7 +183,8 @@ class StackedTrainer:
         """Learning rates held in float64 CPU tensors: torch.compile bakes a Python-number rate
         into the compiled optimiser step, so a schedule (`set_lr`) would recompile it at every
         step (and fall back to the plain step after 64). Eager Adam and SGD read such a tensor
-        as the same number, bit for bit (`tests/test_iql.py`)."""
+        as the same number, bit for bit
+        (`tests/test_iql.py::test_tensor_learning_rates_step_bitwise_as_numbers`)."""
         for o in self.optimizers.values():
             for group in o.param_groups:
                 if not isinstance(group["lr"], torch.Tensor):
