@@ -240,3 +240,22 @@ def test_jax_peer_tiny_or_says_it_is_skipped():
         for norm in ("none", "layernorm"):
             assert re.search(rf"^\| {algo} \| {norm} \| 1 \| [0-9,]+ \| [0-9,]+ \| [0-9.]+x \|$", proc.stdout, re.M), \
                 (algo, norm, proc.stdout)
+
+
+def test_profile_step_counts_the_step_it_profiles(tmp_path):
+    """benchmarks/profile_step.py on the CPU: per configuration, the step's outermost ATen ops split
+    into kinds that add up to the total, matmuls among them, and LayerNorm's extra ops counted."""
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--tiny", "--steps", "2", "--modes", "eager",
+                           "--seeds", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["algo"], r["critic"]): r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {(a, n) for a in ("td3bc", "iql") for n in ("none", "layernorm")}
+    for (algo, norm), r in rows.items():
+        assert r["seeds"] == 1 and r["mode"] == "eager"
+        assert r["per_step"] > 0 and r["us_per_step"] > 0
+        assert sum(k["per_step"] for k in r["kinds"].values()) == pytest.approx(r["per_step"])
+        assert r["kinds"]["matmul"]["per_step"] >= 3  # three layers per network at least
+        assert re.search(rf"^\| {algo} \| {norm} \| 1 \| eager \| {r['per_step']:.0f} \|", proc.stdout, re.M)
+    for algo in ("td3bc", "iql"):
+        assert rows[(algo, "layernorm")]["per_step"] > rows[(algo, "none")]["per_step"]
