@@ -61,6 +61,14 @@ def build(algo: str, hidden, norm: str, seeds: int, device, data, compiled: bool
     return make(cfg, graph, "tf32", list(range(seeds)))
 
 
+def device_kernels(events, device_type) -> list:
+    """The kernels and copies among a profile's device events. A `record_function` range (such as
+    `Optimizer.step#Adam.step`) is drawn on the device's timeline too, spanning the kernels it
+    launched; it has a host event of the same name, which no kernel has."""
+    host_names = {e.name for e in events if e.device_type != device_type}
+    return [e for e in events if e.device_type == device_type and e.name not in host_names]
+
+
 def _inside_aten(event) -> bool:
     """Whether an ATen op ran inside another one (then its parent is the op counted)."""
     parent = event.cpu_parent
@@ -86,7 +94,7 @@ def profile_steps(trainer, device, steps: int, warmup: int) -> dict:
             trainer.step()
         sync(device)
     if device.type == "cuda":
-        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = device_kernels(prof.events(), torch.autograd.DeviceType.CUDA)
     else:
         events = [e for e in prof.events() if e.name.startswith("aten::") and not _inside_aten(e)]
     by_name: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])

@@ -259,3 +259,21 @@ def test_profile_step_counts_the_step_it_profiles(tmp_path):
         assert re.search(rf"^\| {algo} \| {norm} \| 1 \| eager \| {r['per_step']:.0f} \|", proc.stdout, re.M)
     for algo in ("td3bc", "iql"):
         assert rows[(algo, "layernorm")]["per_step"] > rows[(algo, "none")]["per_step"]
+
+
+def test_profile_step_leaves_out_ranges_drawn_on_the_device():
+    """A record_function range shows as a device event spanning its kernels (on an H100, Adam's
+    `Optimizer.step#Adam.step` added 130 us per step to the kernels' time); it is not a kernel."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCH))
+    from profile_step import device_kernels
+
+    cpu, cuda = "cpu", "cuda"
+    events = [SimpleNamespace(name="Optimizer.step#Adam.step", device_type=cpu),
+              SimpleNamespace(name="Optimizer.step#Adam.step", device_type=cuda),
+              SimpleNamespace(name="aten::mm", device_type=cpu),
+              SimpleNamespace(name="void multi_tensor_apply_kernel<FusedAdamMathFunctor>", device_type=cuda),
+              SimpleNamespace(name="Memcpy DtoD (Device -> Device)", device_type=cuda)]
+    assert [e.name for e in device_kernels(events, cuda)] == [
+        "void multi_tensor_apply_kernel<FusedAdamMathFunctor>", "Memcpy DtoD (Device -> Device)"]
