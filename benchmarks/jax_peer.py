@@ -222,18 +222,11 @@ def jax_rate(algo: str, hidden, layer_norm: bool, seeds: int, data_np: dict, ste
 # ------------------------------------------------------------------ seemrl
 def seemrl_rate(algo: str, hidden, norm: str, seeds: int, device, precision: str, iters: int,
                 compiled: bool = False) -> float:
-    from common import offline_data, offline_stacked, steps_per_second
-
-    from seemrl.algos import iql, td3
+    from common import offline_data, peer_trainer, steps_per_second
 
     data = SEEMRL_DATA.setdefault(str(device), offline_data(DATA_N, OBS, ACT, device))
-    if algo == "td3bc":
-        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm}, compile_update=compiled)
-        make = offline_stacked(td3.TD3Trainer, td3.build_nets, data, device, OBS, ACT)
-    else:
-        cfg = iql.IQLConfig(hidden=hidden, critic={"norm": norm}, compile_update=compiled)
-        make = offline_stacked(iql.IQLTrainer, iql.build_nets, data, device, OBS, ACT)
-    trainer = make(cfg, device.type == "cuda", precision, list(range(seeds)))
+    trainer = peer_trainer(algo, hidden, norm, seeds, device, data, OBS, ACT, compiled=compiled,
+                           graph=device.type == "cuda", precision=precision)
     return seeds * steps_per_second(trainer.step, device, warmup=10, iters=iters)
 
 

@@ -27,6 +27,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 OBS, ACT = 17, 6
 KINDS = ("matmul", "triton", "elementwise", "reduction", "optimiser", "other")
+MODES = ("eager", "compiled", "compiled+foreach-adam")
+
+
+def foreach_adam(trainer) -> None:
+    """Switch the trainer's Adam optimisers from the fused kernel to the foreach path (before its
+    first step, so before any capture), keeping them capturable: under torch.compile Inductor then
+    generates the Adam step's kernels instead of calling the fused one."""
+    for o in trainer.optimizers.values():
+        for group in o.param_groups:
+            if "fused" in group and group["fused"]:
+                group["fused"], group["foreach"] = False, True
+
+
+def make(algo, hidden, norm, seeds, device, data, mode: str, graph: bool):
+    from common import peer_trainer
+
+    trainer = peer_trainer(algo, hidden, norm, seeds, device, data, OBS, ACT, compiled=mode != "eager", graph=graph)
+    if mode == "compiled+foreach-adam":
+        foreach_adam(trainer)
+    return trainer
 
 
 def kernel_kind(name: str) -> str:
@@ -45,20 +65,6 @@ def kernel_kind(name: str) -> str:
     if any(k in n for k in ("elementwise", "vectorized", "unrolled", "aten::")):
         return "elementwise"
     return "other"
-
-
-def build(algo: str, hidden, norm: str, seeds: int, device, data, compiled: bool, graph: bool):
-    from common import offline_stacked
-
-    from seemrl.algos import iql, td3
-
-    if algo == "td3bc":
-        cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm}, compile_update=compiled)
-        make = offline_stacked(td3.TD3Trainer, td3.build_nets, data, device, OBS, ACT)
-    else:
-        cfg = iql.IQLConfig(hidden=hidden, critic={"norm": norm}, compile_update=compiled)
-        make = offline_stacked(iql.IQLTrainer, iql.build_nets, data, device, OBS, ACT)
-    return make(cfg, graph, "tf32", list(range(seeds)))
 
 
 def device_kernels(events, device_type) -> list:
@@ -119,7 +125,9 @@ def main() -> None:
     p.add_argument("--algos", nargs="+", choices=("td3bc", "iql"), default=["td3bc", "iql"])
     p.add_argument("--seeds", nargs="+", type=int, help="seed counts S (default 1 10 40)")
     p.add_argument("--norms", nargs="+", choices=("none", "layernorm"), default=["none", "layernorm"])
-    p.add_argument("--modes", nargs="+", choices=("eager", "compiled"), default=["eager", "compiled"])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compiled"],
+                   help="compiled+foreach-adam: the compiled step with Adam's foreach path in place of the fused "
+                        "kernel, so that Inductor writes the Adam step too (a trial, not a seemrl setting)")
     p.add_argument("--steps", type=int, default=20, help="profiled steps per configuration")
     p.add_argument("--iters", type=int, default=1000, help="timed graphed steps per configuration (CUDA)")
     p.add_argument("--top", type=int, default=12, help="kernels listed per configuration")
@@ -148,13 +156,12 @@ def main() -> None:
         for norm in args.norms:
             for seeds in seed_counts:
                 for mode in args.modes:
-                    compiled = mode == "compiled"
-                    trainer = build(algo, hidden, norm, seeds, device, data, compiled, graph=False)
+                    trainer = make(algo, hidden, norm, seeds, device, data, mode, graph=False)
                     prof = profile_steps(trainer, device, args.steps, warmup=5)
                     del trainer
                     wall = float("nan")
                     if device.type == "cuda":
-                        graphed = build(algo, hidden, norm, seeds, device, data, compiled, graph=True)
+                        graphed = make(algo, hidden, norm, seeds, device, data, mode, graph=True)
                         wall = 1e6 / steps_per_second(graphed.step, device, warmup=10, iters=args.iters)
                         del graphed
                     kinds = [f"{v['per_step']:.0f} / {v['us_per_step']:.0f}" for v in prof["kinds"].values()]

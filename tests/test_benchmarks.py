@@ -277,3 +277,30 @@ def test_profile_step_leaves_out_ranges_drawn_on_the_device():
               SimpleNamespace(name="Memcpy DtoD (Device -> Device)", device_type=cuda)]
     assert [e.name for e in device_kernels(events, cuda)] == [
         "void multi_tensor_apply_kernel<FusedAdamMathFunctor>", "Memcpy DtoD (Device -> Device)"]
+
+
+def test_profile_step_switches_fused_adam_to_foreach():
+    """The profile's `compiled+foreach-adam` trial: a fused Adam takes the foreach path from then
+    on and steps as Adam (to rounding); other optimisers are left alone."""
+    from types import SimpleNamespace
+
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from profile_step import foreach_adam
+
+    torch.manual_seed(0)
+    w = [torch.randn(5, 3) for _ in range(2)]
+    params = [[torch.nn.Parameter(x.clone())] for x in (w[0], w[0], w[1])]
+    fused = torch.optim.Adam(params[0], lr=1e-2, fused=True)
+    plain = torch.optim.Adam(params[1], lr=1e-2)
+    sgd = torch.optim.SGD(params[2], lr=1e-2)
+    foreach_adam(SimpleNamespace(optimizers={"a": fused, "s": sgd}))
+    assert (fused.param_groups[0]["fused"], fused.param_groups[0]["foreach"]) == (False, True)
+    assert sgd.param_groups[0].get("fused") in (None, False) and sgd.param_groups[0].get("foreach") in (None, False)
+    for _ in range(3):
+        for opt, (p,) in ((fused, params[0]), (plain, params[1])):
+            opt.zero_grad()
+            (p ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(params[0][0], params[1][0])

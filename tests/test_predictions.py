@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from seemrl.analysis.predictions import (RunOutputs, adam_growth, first_nonfinite_step, first_positive_step,
+from seemrl.analysis.predictions import (RunOutputs, adam_growth, auroc, first_nonfinite_step, first_positive_step,
                                          first_q_divergence_step, lead_times, linear_fit, load_run, precision_recall,
                                          predictions_table, sgd_crash, sgd_exponent, summary_markdown)
 from seemrl.data.preparation import state_normalizer
@@ -80,6 +80,39 @@ def test_lead_times_and_precision_recall_on_known_runs():
     late = table.reset_index().assign(lead_time=[110.0, nan, -50.0])
     assert precision_recall(late, require_lead=True)["fn"] == 1
     assert precision_recall(late)["fn"] == 0
+
+
+def test_surge_lead_times_and_the_largest_seem_before_divergence():
+    """A surge is normalised SEEM above `surge` for k checkpoints; its lead is counted as the sign's,
+    and the largest normalised SEEM is taken before Q diverged (the whole run if it never did)."""
+    frame = _two_runs()
+    diverged = pd.DataFrame([{"run": "b", "seed": 0, "diverged_step": 350}])
+    table = lead_times(frame, q_bound=1e4, k=2, diverged_steps=diverged, surge=0.25).set_index(["run", "seed"])
+    a0, a1, b0 = table.loc[("a", 0)], table.loc[("a", 1)], table.loc[("b", 0)]
+    # a0: 0.3 at 200 and 0.4 at 300 are the first two readings above 0.25; Q diverges at 300
+    assert a0.first_surge_step == 200 and a0.seem_surged and a0.surge_lead_time == 100
+    assert a0.max_seem_normalized_before == pytest.approx(0.3)  # 0.4 is at the divergence step itself
+    assert not a1.seem_surged and math.isnan(a1.surge_lead_time) and a1.max_seem_normalized_before == -0.1
+    # b0: 0.2 never passes 0.25 (its positive streak is cut by the crash); before 350: at most 0.2
+    assert not b0.seem_surged and b0.max_seem_normalized_before == pytest.approx(0.2)
+    # the default threshold is 0.1: b0's single 0.2 before its crash is then a surge (streak cut by the crash)
+    default = lead_times(frame, q_bound=1e4, k=2, diverged_steps=diverged).set_index(["run", "seed"])
+    assert default.loc[("b", 0)].first_surge_step == 300 and default.loc[("a", 0)].first_surge_step == 100
+    pr = precision_recall(table.reset_index(), True, "seem_surged", "surge_lead_time")
+    assert (pr["tp"], pr["fp"], pr["fn"], pr["tn"]) == (1, 0, 1, 1)
+
+
+@pytest.mark.parametrize("diverged, score, expected", [
+    ([True, True, False, False], [0.9, 0.8, 0.1, 0.2], 1.0),
+    ([True, True, False, False], [0.1, 0.2, 0.9, 0.8], 0.0),
+    ([True, False, False], [0.5, 0.5, 0.1], 0.75),  # a tie counts a half
+    ([True, False], [nan, 0.1], 0.0),  # no finite reading: the lowest score
+    ([True, True], [0.9, 0.8], nan),  # one kind only
+    ([], [], nan),
+])
+def test_auroc(diverged, score, expected):
+    got = auroc(pd.DataFrame({"q_diverged": diverged, "max_seem_normalized_before": score}))
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
 
 
 def test_lead_times_of_a_single_run_with_a_seed_map_and_degenerate_input():

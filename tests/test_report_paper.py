@@ -189,6 +189,29 @@ def test_claims_seem_predictions_each_verdict():
     assert outside["SEEM > 0 precedes Q divergence"] == "not run here"
 
 
+def test_claims_seem_surge_each_verdict():
+    rows = [("d", 100, "td3", "none", s, True, True, 500.0, "adam", 0.99, 3.1, 3, math.nan, math.nan)
+            for s in range(3)] + [("d", 100, "td3", "ln", s, True, False, math.nan, "adam", math.nan, math.nan, 3,
+                                   math.nan, math.nan) for s in range(3)]
+    base = predictions(rows).assign(seem_setting=True)
+    claim = "Normalised SEEM surges before Q diverges"
+    # SEEM positive everywhere (the sign fails), but only the diverged seeds surge, 300 steps ahead
+    good = base.assign(seem_surged=[True] * 3 + [False] * 3, surge_lead_time=[300.0] * 3 + [math.nan] * 3,
+                       max_seem_normalized_before=[0.8, 0.7, 0.9, 0.02, 0.03, 0.01])
+    table = claims.claims_table(claims.Evidence(predictions=good)).set_index("claim")
+    assert table.loc["SEEM > 0 precedes Q divergence", "verdict"] == "does not hold"
+    assert table.loc[claim, "verdict"] == "holds"
+    assert "median lead 300 steps" in table.loc[claim, "measured"] and "AUROC" in table.loc[claim, "measured"]
+    assert "1.00" in table.loc[claim, "measured"].split("AUROC")[1]
+    # surging only after divergence is a miss; surging in bounded seeds is a false alarm
+    late = good.assign(surge_lead_time=[-100.0] * 3 + [math.nan] * 3)
+    assert verdicts(claims.Evidence(predictions=late))[claim] == "does not hold"
+    noisy = good.assign(seem_surged=True)
+    assert verdicts(claims.Evidence(predictions=noisy))[claim] == "does not hold"
+    # predictions made before the surge columns existed
+    assert verdicts(claims.Evidence(predictions=base))[claim] == "not run here"
+
+
 def test_claims_sgd_crash_prediction():
     rows = [("d", 100, "td3", "none", s, True, True, 100.0, "sgd", math.nan, math.nan, 3, 1000.0 + 20 * s, 1000.0)
             for s in range(3)]

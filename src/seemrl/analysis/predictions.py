@@ -24,11 +24,16 @@ RUN_COLUMNS = ("run", "dataset", "percent", "algo", "critic_norm")
 # gives |SEEM| / ||A||_F ~ 1e-18 from rounding; the same tolerance as `divergence_verdict`.
 DEFAULT_POSITIVE_TOL = 1e-6
 DEFAULT_K = 2  # consecutive positive checkpoints that make "SEEM positive"
+# Normalised SEEM at or above this is a *surge* (paper Fig. 3: Q stays stable "until the normalized
+# kernel matrix's SEEM rises up to a large positive value"). The paper gives no number; 0.1 is this
+# project's choice, first used on the second evidence run's page (docs/results), not fitted to a verdict.
+DEFAULT_SURGE = 0.1
 DEFAULT_N_LAYERS = 3  # linear layers of the default 256-256 critic
 MIN_FIT_POINTS = 3
 
 LEAD_COLUMNS = ("first_positive_seem_step", "q_diverged_step_checkpoints", "q_diverged_step_metrics",
                 "trainer_diverged_step", "q_diverged_step", "seem_positive", "q_diverged", "lead_time",
+                "first_surge_step", "seem_surged", "surge_lead_time", "max_seem_normalized_before",
                 "n_checkpoints", "final_step")
 
 
@@ -134,10 +139,20 @@ def _diverged_lookup(diverged_steps, keys: list[str]) -> dict[tuple, float]:
             for seed, step in dict(diverged_steps).items()}
 
 
+def max_before(steps, values, before: float) -> float:
+    """The largest finite value at steps earlier than `before` (all steps if `before` is NaN), or NaN."""
+    t, v = _arrays(steps, values)
+    keep = np.isfinite(v) & ((t < before) if not math.isnan(before) else True)
+    return float(v[keep].max()) if keep.any() else math.nan
+
+
 def lead_times(frame: pd.DataFrame, q_bound: float = DEFAULT_Q_BOUND, positive_tol: float = DEFAULT_POSITIVE_TOL,
                k: int = DEFAULT_K, metrics: pd.DataFrame | None = None, diverged_steps=None,
-               by: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (run, seed): when SEEM turned positive, when Q diverged, and the lead time.
+               by: Sequence[str] | None = None, surge: float = DEFAULT_SURGE) -> pd.DataFrame:
+    """One row per (run, seed): when SEEM turned positive, when Q diverged, and the lead time; the
+    same for a surge (normalised SEEM above `surge` for k checkpoints, `first_surge_step`,
+    `surge_lead_time`), and the largest normalised SEEM before Q diverged (over the whole run if
+    it never did: `max_seem_normalized_before`, the score `auroc` ranks seeds by).
 
     frame: `analyse_run` rows (step, seed, seem_normalized, q_data_mean, optionally diverged) with
     the run columns `by` (default: the `RUN_COLUMNS` present). metrics: the trainer's rows (step,
@@ -159,6 +174,7 @@ def lead_times(frame: pd.DataFrame, q_bound: float = DEFAULT_Q_BOUND, positive_t
         key = _key_tuple(key)
         seem_col = g["seem_normalized"] if "seem_normalized" in g else pd.Series(np.nan, index=g.index)
         pos = first_positive_step(g["step"], seem_col, positive_tol, k)
+        surged = first_positive_step(g["step"], seem_col, surge, k)
         q_col = g["q_data_mean"] if "q_data_mean" in g else pd.Series(np.nan, index=g.index)
         q_ckpt = first_q_divergence_step(g["step"], q_col, q_bound, g["diverged"] if "diverged" in g else None)
         m = metric_groups.get(key)
@@ -171,13 +187,18 @@ def lead_times(frame: pd.DataFrame, q_bound: float = DEFAULT_Q_BOUND, positive_t
                      "q_diverged_step_metrics": q_metrics, "trainer_diverged_step": trainer_step,
                      "q_diverged_step": q_div, "seem_positive": not math.isnan(pos),
                      "q_diverged": not math.isnan(q_div), "lead_time": q_div - pos,
+                     "first_surge_step": surged, "seem_surged": not math.isnan(surged),
+                     "surge_lead_time": q_div - surged,
+                     "max_seem_normalized_before": max_before(g["step"], seem_col, q_div),
                      "n_checkpoints": int(len(g)), "final_step": float(g["step"].max())})
     return pd.DataFrame(rows)
 
 
-def precision_recall(table: pd.DataFrame, require_lead: bool = False) -> dict[str, float]:
-    """Confusion counts and precision / recall of "SEEM positive" for "Q diverged", over all rows
-    (seeds) of a `lead_times` table.
+def precision_recall(table: pd.DataFrame, require_lead: bool = False, predictor: str = "seem_positive",
+                     lead: str = "lead_time") -> dict[str, float]:
+    """Confusion counts and precision / recall of "SEEM positive" (or another bool column,
+    `predictor`, with its lead-time column `lead`, e.g. seem_surged and surge_lead_time) for
+    "Q diverged", over all rows (seeds) of a `lead_times` table.
 
     With `require_lead`, a diverged seed counts as predicted only if SEEM turned positive no later
     than Q diverged (lead time >= 0); a positive seed that never diverged is a false positive
@@ -187,17 +208,32 @@ def precision_recall(table: pd.DataFrame, require_lead: bool = False) -> dict[st
     if not len(table):
         predicted = truth = np.zeros(0, dtype=bool)
     else:
-        predicted = table["seem_positive"].astype(bool).to_numpy()
+        predicted = table[predictor].astype(bool).to_numpy()
         truth = table["q_diverged"].astype(bool).to_numpy()
         if require_lead:
-            lead = table["lead_time"].to_numpy(dtype=float)
-            predicted = predicted & (~truth | (np.nan_to_num(lead, nan=-1.0) >= 0))
+            lead_time = table[lead].to_numpy(dtype=float)
+            predicted = predicted & (~truth | (np.nan_to_num(lead_time, nan=-1.0) >= 0))
     tp, fp = int((predicted & truth).sum()), int((predicted & ~truth).sum())
     fn, tn = int((~predicted & truth).sum()), int((~predicted & ~truth).sum())
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "n": tp + fp + fn + tn,
             "precision": tp / (tp + fp) if tp + fp else math.nan,
             "recall": tp / (tp + fn) if tp + fn else math.nan,
             "accuracy": (tp + tn) / (tp + fp + fn + tn) if tp + fp + fn + tn else math.nan}
+
+
+def auroc(table: pd.DataFrame, score: str = "max_seem_normalized_before") -> float:
+    """How well a score ranks the seeds whose Q diverged above those whose Q did not, without a
+    threshold: the probability that a diverged seed scores higher than a bounded one (ties count
+    a half; a NaN score, no finite reading, counts as the lowest). NaN unless both kinds exist."""
+    if not len(table):
+        return math.nan
+    truth = table["q_diverged"].astype(bool).to_numpy()
+    x = np.nan_to_num(pd.to_numeric(table[score], errors="coerce").to_numpy(dtype=float), nan=-np.inf)
+    pos, neg = x[truth], x[~truth]
+    if not len(pos) or not len(neg):
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
 
 
 # ------------------------------------------------------------------ 2. Adam: linear norm, |Q| ~ t^L
@@ -370,7 +406,8 @@ def _labelled(frame: pd.DataFrame | None, labels: dict) -> pd.DataFrame | None:
 
 
 def predictions_table(runs: Sequence[RunOutputs], q_bound: float = DEFAULT_Q_BOUND,
-                      positive_tol: float = DEFAULT_POSITIVE_TOL, k: int = DEFAULT_K) -> pd.DataFrame:
+                      positive_tol: float = DEFAULT_POSITIVE_TOL, k: int = DEFAULT_K,
+                      surge: float = DEFAULT_SURGE) -> pd.DataFrame:
     """One row per (run, seed): `lead_times` columns, Adam growth fits (`adam_growth`, from t0 =
     the first positive-SEEM step) and SGD crash predictions for p = 1 (`sgd_*`) and
     p = (2L - 2) / L (`sgd_L_*`), plus optimizer and n_layers.
@@ -389,7 +426,7 @@ def predictions_table(runs: Sequence[RunOutputs], q_bound: float = DEFAULT_Q_BOU
         div = None
         if run.diverged_step is not None:
             div = pd.DataFrame([{**labels, "seed": int(s), "diverged_step": v} for s, v in run.diverged_step.items()])
-        lead = lead_times(seem, q_bound, positive_tol, k, metrics, div, by=keys)
+        lead = lead_times(seem, q_bound, positive_tol, k, metrics, div, by=keys, surge=surge)
         extra = []
         for row in lead.to_dict("records"):
             seed = row["seed"]
@@ -427,6 +464,12 @@ def summary_markdown(table: pd.DataFrame, run_columns: Sequence[str] | None = No
     pr = pd.DataFrame([{"counted": name, **precision_recall(table, require_lead=lead)}
                        for name, lead in (("positive at any time", False), ("positive no later than divergence", True))])
     lines.append(to_markdown(pr))
+    if "seem_surged" in table:
+        lines += ["", f"### Normalised SEEM surging (above {DEFAULT_SURGE:g}) as a predictor (one case per seed)", ""]
+        pr = pd.DataFrame([{"counted": name, **precision_recall(table, lead, "seem_surged", "surge_lead_time")}
+                           for name, lead in (("surged at any time", False), ("surged no later than divergence", True))])
+        lines += [to_markdown(pr), "", "Without a threshold: the largest normalised SEEM before divergence ranks "
+                  f"a diverged seed above a bounded one with probability (AUROC) {auroc(table):.2f}."]
     rows = []
     groups = table.groupby(keys, sort=True, dropna=False) if keys else [((), table)]
     for key, g in groups:
@@ -436,7 +479,9 @@ def summary_markdown(table: pd.DataFrame, run_columns: Sequence[str] | None = No
         optimizers = sorted({str(o) for o in g["optimizer"].dropna()}) if "optimizer" in g else []
         rows.append({**dict(zip(keys, _key_tuple(key))), "optimizer": ",".join(optimizers) or "-", "seeds": len(g),
                      "seem_positive": int(g["seem_positive"].sum()), "q_diverged": int(g["q_diverged"].sum()),
-                     "median_lead_time": med("lead_time"), "L": mean("n_layers"),
+                     "median_lead_time": med("lead_time"),
+                     "seem_surged": int(g["seem_surged"].sum()) if "seem_surged" in g else 0,
+                     "median_surge_lead_time": med("surge_lead_time"), "L": mean("n_layers"),
                      "norm_r2": mean("norm_r2"), "norm_slope": mean("norm_slope"),
                      "norm_slope_theory": mean("norm_slope_theory"),
                      "loglog_slope_t": mean("loglog_slope_t"), "loglog_slope_t_minus_t0": mean("loglog_slope_t_minus_t0"),

@@ -55,34 +55,63 @@ def _fmt(x, spec="{:.3g}") -> str:
 
 
 # ------------------------------------------------------------------ SEEM as a predictor
-def seem_precedes_divergence(ev: Evidence) -> list[dict]:
+def _seem_setting(p: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The seeds in the SEEM setting (runs with EMA targets, BC or CQL's penalty are not what the
+    detection claims are about), and a note of how many were left out."""
+    if "seem_setting" not in p:
+        return p, ""
+    inside = p["seem_setting"].fillna(False).astype(bool)
+    return p[inside], f"; {int((~inside).sum())} seeds outside the setting left out"
+
+
+def _detection_row(ev: Evidence, claim: str, paper: str, rule: str, predictor: str, lead: str,
+                   extra: Callable[[pd.DataFrame], str] | None = None) -> list[dict]:
+    """A claim that `predictor` (a bool column of the predictions) flags Q's divergence no later
+    than it happens: precision and recall over the SEEM setting's seeds, both >= 0.8 to hold."""
     from seemrl.analysis.predictions import precision_recall
 
-    claim = "SEEM > 0 precedes Q divergence"
-    paper = "SEEM turns positive before Q diverges and predicts it at an early stage (Fig. 1, Sec. 3)"
-    rule = ("holds if, over the seeds in the SEEM setting (TD3, no BC, tau 1), precision and recall of "
-            "'SEEM positive no later than divergence' are >= 0.8")
     p = ev.predictions
     if not _has(p):
         return [_row(claim, paper, "no SEEM analysis", NOT_RUN, rule)]
-    left_out = ""
-    if "seem_setting" in p:  # runs with EMA targets, BC or CQL's penalty are not what the claim is about
-        inside = p["seem_setting"].fillna(False).astype(bool)
-        left_out = f"; {int((~inside).sum())} seeds outside the setting left out"
-        p = p[inside]
-        if not len(p):
-            return [_row(claim, paper, "no run in the SEEM setting" + left_out, NOT_RUN, rule)]
-    pr = precision_recall(p, require_lead=True)
+    if predictor not in p:
+        return [_row(claim, paper, f"the predictions have no `{predictor}` column (made by an older seemrl)",
+                     NOT_RUN, rule)]
+    p, left_out = _seem_setting(p)
+    if not len(p):
+        return [_row(claim, paper, "no run in the SEEM setting" + left_out, NOT_RUN, rule)]
+    pr = precision_recall(p, require_lead=True, predictor=predictor, lead=lead)
     diverged = p[p["q_diverged"].astype(bool)]
-    lead = pd.to_numeric(diverged["lead_time"], errors="coerce")
+    lead_time = pd.to_numeric(diverged[lead], errors="coerce")
     measured = (f"{len(diverged)} of {len(p)} seeds diverged; precision {_fmt(pr['precision'], '{:.2f}')}, recall "
-                f"{_fmt(pr['recall'], '{:.2f}')}; median lead {_fmt(lead.median(), '{:,.0f}')} steps{left_out}")
+                f"{_fmt(pr['recall'], '{:.2f}')}; median lead {_fmt(lead_time.median(), '{:,.0f}')} steps"
+                + (extra(p) if extra else "") + left_out)
     if len(diverged) < MIN_SEEDS:
         verdict = TOO_FEW
         measured += f" (fewer than {MIN_SEEDS} diverged seeds: nothing to predict)"
     else:
         verdict = HOLDS if pr["precision"] >= 0.8 and pr["recall"] >= 0.8 else FAILS
     return [_row(claim, paper, measured, verdict, rule, _cells(p), len(p))]
+
+
+def seem_precedes_divergence(ev: Evidence) -> list[dict]:
+    return _detection_row(
+        ev, "SEEM > 0 precedes Q divergence",
+        "SEEM turns positive before Q diverges and predicts it at an early stage (Fig. 1, Sec. 3)",
+        "holds if, over the seeds in the SEEM setting (TD3, no BC, tau 1), precision and recall of "
+        "'SEEM positive no later than divergence' are >= 0.8", "seem_positive", "lead_time")
+
+
+def seem_surge_precedes_divergence(ev: Evidence) -> list[dict]:
+    from seemrl.analysis.predictions import DEFAULT_SURGE, auroc
+
+    return _detection_row(
+        ev, "Normalised SEEM surges before Q diverges",
+        "Q stays stable until the normalised SEEM rises to a large positive value, then diverges (Fig. 3, 19, 20)",
+        f"holds if, over the seeds in the SEEM setting, precision and recall of 'normalised SEEM above "
+        f"{DEFAULT_SURGE:g} (this report's threshold: the paper gives none) no later than divergence' are >= 0.8",
+        "seem_surged", "surge_lead_time",
+        extra=lambda p: (f"; AUROC of the largest normalised SEEM before divergence {_fmt(auroc(p), '{:.2f}')}"
+                         if "max_seem_normalized_before" in p else ""))
 
 
 def nonpositive_seem_bounded(ev: Evidence) -> list[dict]:
@@ -368,7 +397,7 @@ def theory_claims(ev: Evidence) -> list[dict]:
 
 
 CHECKS: tuple[Callable[[Evidence], list[dict]], ...] = (
-    seem_precedes_divergence, nonpositive_seem_bounded, adam_growth, sgd_crash, ln_bounds_q, ln_lifts_scores,
+    seem_precedes_divergence, seem_surge_precedes_divergence, nonpositive_seem_bounded, adam_growth, sgd_crash, ln_bounds_q, ln_lifts_scores,
     table_comparisons, online_ema, theory_claims)
 
 
