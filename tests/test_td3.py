@@ -2,6 +2,7 @@ import math
 
 import algo_checks as checks
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -125,6 +126,53 @@ def test_evaluates_every_eval_every_steps_and_at_the_end(tmp_path):
     assert ev.normalized_score.isna().all()
     with pytest.raises(ValueError, match="evaluate"):
         td3.train(cfg, [0, 1], data, nets, tmp_path, log=lambda msg: None)
+
+
+def test_eval_from_skips_the_early_evaluations_and_changes_nothing_else(tmp_path):
+    """`eval_from` (Table 1 averages only the last 10 evaluations): no evaluation before it but the
+    last step's; the evaluations it keeps, the metrics and the weights are those of the run that
+    evaluated all along."""
+    from types import SimpleNamespace
+
+    arrays = _data()
+    data = OfflineData.from_arrays(**arrays, mean=np.zeros(5), std=np.ones(5), device="cpu")
+    probe = torch.linspace(-1, 1, 10).reshape(1, 2, 5)
+
+    def policy_value(nets):  # a stand-in evaluation that reads the policy it is given
+        with torch.no_grad():
+            out = nets.policy(probe.expand(2, -1, -1)).sum(dim=(1, 2))
+        return [SimpleNamespace(seed=s, return_mean=float(v), return_std=0.0, normalized_score=None,
+                                nonfinite_actions=False) for s, v in zip((0, 1), out)]
+
+    runs = {}
+    for eval_from in (0, 7):
+        cfg = td3.TD3Config(**{**SMALL, "steps": 13}, eval_every=3, eval_from=eval_from)
+        nets = td3.build_nets(cfg, [0, 1], 5, 2)
+        runs[eval_from] = (nets, td3.train(cfg, [0, 1], data, nets, tmp_path / str(eval_from), log=lambda m: None,
+                                           evaluate=policy_value))
+    (nets_all, every), (nets_late, late) = runs[0], runs[7]
+    assert sorted(set(every.evaluations.step)) == [3, 6, 9, 12, 13]
+    assert sorted(set(late.evaluations.step)) == [9, 12, 13]  # from step 7 on, and the last step
+    kept = every.evaluations[every.evaluations.step >= 7].reset_index(drop=True)
+    pd.testing.assert_frame_equal(late.evaluations.reset_index(drop=True), kept, check_exact=True)
+    assert kept.return_mean.nunique() > 1  # the stand-in does read the policy
+    pd.testing.assert_frame_equal(late.metrics, every.metrics, check_exact=True)
+    for name in td3.TD3Nets.MODULES:
+        for a, b in zip(getattr(nets_all, name).parameters(), getattr(nets_late, name).parameters()):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="eval_from"):
+        td3.TD3Config(eval_every=10, eval_from=-1)
+
+
+def test_eval_from_zero_keeps_the_run_identity():
+    """Runs and resume states made before `eval_from` existed keep their identity; a run that
+    sets it is another run."""
+    from seemrl.algos.base import run_identity_of
+
+    before = run_identity_of(td3.TD3Config(**SMALL), [0])
+    assert "eval_from" not in before["config"]
+    assert run_identity_of(td3.TD3Config(**SMALL, eval_from=0), [0]) == before
+    assert run_identity_of(td3.TD3Config(**SMALL, eval_from=6), [0])["config"]["eval_from"] == 6
 
 
 def test_trainer_state_round_trip_continues_identically(tmp_path):

@@ -118,6 +118,16 @@ def _write_frames(frames: dict[str, Any]) -> None:
                 frame.to_parquet(tmp, index=False)
 
 
+def _evaluation_record(cfg, info: dict, evaluations) -> dict | None:
+    """run.json's `evaluation`: where and how the policies were evaluated, and the per-seed summary."""
+    from seemrl.training.evaluation import summarize
+
+    if not cfg.eval_every:
+        return None
+    return {**info, "every": cfg.eval_every, **({"from": cfg.eval_from} if cfg.eval_from else {}),
+            "episodes": cfg.eval_episodes, "per_seed": summarize(evaluations)}
+
+
 def _run_record(algorithm: str, cfg, params: dict, seeds: list[int], labels: dict, result, device_info: dict,
                 **extra) -> dict:
     import torch
@@ -160,7 +170,6 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
     from seemrl.data.preparation import prepare
     from seemrl.data.transitions import read_transitions
     from seemrl.training.draws import OfflineData
-    from seemrl.training.evaluation import summarize
 
     algo = trainer_module(trainer)
     t = read_transitions(data_path)
@@ -178,10 +187,7 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
         result = _train_with_outputs(functools.partial(algo.train, cfg, seeds, data, nets), outputs, resume,
                                      device=device, log=log.info, evaluate=evaluate, monitor=mon)
     _write_frames({outputs.metrics: result.metrics, outputs.evaluations: result.evaluations})
-    evaluation = None
-    if cfg.eval_every:
-        evaluation = {**eval_info, "every": cfg.eval_every, "episodes": cfg.eval_episodes,
-                      "per_seed": summarize(result.evaluations)}
+    evaluation = _evaluation_record(cfg, eval_info, result.evaluations)
     run = _run_record(
         trainer, cfg, params, seeds, labels, result, device_info,
         data_preparation=prepared.info, evaluation=evaluation, steps=cfg.steps,
@@ -317,7 +323,6 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
     from seemrl.data.preparation import prepare
     from seemrl.data.transitions import read_transitions
     from seemrl.training.draws import OfflineData
-    from seemrl.training.evaluation import summarize
     from seemrl.training.resume import checkpoint_paths
 
     if trainer not in TOGETHER_TRAINERS:
@@ -376,10 +381,7 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
         metrics = _member_rows(result.metrics, spans[k], len(members))
         evaluations = _member_rows(result.evaluations, spans[k], len(members))
         _write_frames({cell.outputs.metrics: metrics, cell.outputs.evaluations: evaluations})
-        evaluation = None
-        if cfg.eval_every:
-            evaluation = {**evaluators[k][1], "every": cfg.eval_every, "episodes": cfg.eval_episodes,
-                          "per_seed": summarize(evaluations)}
+        evaluation = _evaluation_record(cfg, evaluators[k][1], evaluations)
         part = dataclasses.replace(result, diverged_step=result.diverged_step[spans[k]])
         run = _run_record(
             trainer, cfg, params, cell.seeds, cell.labels, part, device_info,

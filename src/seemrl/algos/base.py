@@ -73,6 +73,7 @@ class RunSettings:
     checkpoint_every: int = 10_000  # steps between checkpoints (step 0 and the last included)
     log_every: int = 1000  # steps between logged training metrics
     eval_every: int = 0  # steps between policy evaluations in the environment (and at the end); 0 = none
+    eval_from: int = 0  # no evaluation before this step but the last one (Table 1 averages only the last 10)
     eval_episodes: int = 10  # episodes per seed and evaluation
     eval_seed: int = 0  # episode k of seed s resets with a seed derived from (eval_seed, s, k)
     cuda_graph: bool = True  # on CUDA, replay the update step as a captured CUDA graph (ignored on CPU)
@@ -86,9 +87,9 @@ class RunSettings:
     def __post_init__(self):
         check_at_least_one(self, ("steps", "checkpoint_every", "log_every"))
         check_one_of(self, "matmul_precision", MATMUL_PRECISIONS)
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {self.eval_every} "
-                             f"and {self.eval_episodes}")
+        if self.eval_every < 0 or self.eval_episodes < 1 or self.eval_from < 0:
+            raise ValueError(f"need eval_every >= 0, eval_episodes >= 1 and eval_from >= 0, got {self.eval_every}, "
+                             f"{self.eval_episodes} and {self.eval_from}")
 
 
 @dataclass
@@ -281,17 +282,19 @@ def load_offline_checkpoint(path: str | Path, fmt: str, config_cls: type, build_
 def run_identity_of(cfg, seeds: Sequence[int], *, tag: dict | None = None, **fields) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists): `tag`
     first, then the config (without `cuda_graph`: how the step executes, not which run this
-    is; `compile_update` only when on, so the runs and resume states made before it existed keep
-    their identity), the seeds and `fields`."""
+    is; `compile_update` only when on and `eval_from` only when not 0, so the runs and resume
+    states made before they existed keep their identity), the seeds and `fields`."""
     config = dataclasses.asdict(cfg)
     config.pop("cuda_graph")
     if not config.get("compile_update", True):
         config.pop("compile_update")
+    if not config.get("eval_from", 1):
+        config.pop("eval_from")
     return json.loads(json.dumps({**(tag or {}), "config": config, "seeds": list(seeds), **fields}))
 
 
 def loop_settings(cfg) -> LoopSettings:
-    return LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every)
+    return LoopSettings(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every, eval_from=cfg.eval_from)
 
 
 def train_offline(trainer: StackedTrainer, save_checkpoint: Callable, checkpoint_dir: Path,

@@ -95,6 +95,7 @@ class LoopSettings:
     checkpoint_every: int
     eval_every: int = 0
     resume_every_s: float = 0.0  # a resume state after a checkpoint once this long since the last (0: every one)
+    eval_from: int = 0  # no evaluation before this step, but the last step is always evaluated
 
 
 def train_loop(trainer: StackedTrainer, loop: LoopSettings, checkpoint_dir: Path,
@@ -217,7 +218,7 @@ def _train_loop(trainer, loop, checkpoint_dir, save_checkpoint, metric_keys, par
                 if monitor is not None:
                     monitor.progress(step, rate)
                 last_report = now
-        if loop.eval_every and (step % loop.eval_every == 0 or step == loop.steps):
+        if loop.eval_every and ((step % loop.eval_every == 0 and step >= loop.eval_from) or step == loop.steps):
             if pending is not None:
                 pending.collect(eval_rows)
                 pending.submit(step, evaluate.snapshot(trainer))
