@@ -65,7 +65,12 @@ def test_collect_run_gathers_the_report_data_cards_and_metadata(tmp_path):
              "resources/generated/evidence/Hopper-v5/training/final.pt": "big",
              "results/benchmarks/train/a.tsv": BENCHMARK_TSV.format(s=2.5),
              "results/benchmarks/seem/b.tsv": BENCHMARK_TSV.format(s=1.5),
-             ".snakemake/log/2026-12-07T000000.snakemake.log": "Finished job 0.\n"}
+             ".snakemake/log/2026-12-07T000000.snakemake.log": "Finished job 0.\n",
+             "results/runs/ev-x/1pct/td3bc_ev/ln/run.json": "{}",
+             "results/runs/ev-x/1pct/td3bc_ev/ln/seem.parquet": "s",
+             "results/runs/ev-x/1pct/td3bc_ev/ln/metrics.parquet": "m",
+             "results/runs/ev-x/1pct/td3bc_ev/ln/evaluations.parquet": "e",
+             "results/runs/ev-x/1pct/td3bc_ev/ln/checkpoints/step_0000000.pt": "big"}
     for name, text in files.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text(text)
@@ -76,9 +81,11 @@ def test_collect_run_gathers_the_report_data_cards_and_metadata(tmp_path):
            env=env, cwd=run)
     assert r.returncode == 0, r.stderr
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    runs = [f"runs/ev-x/1pct/td3bc_ev/ln/{f}" for f in ("evaluations.parquet", "metrics.parquet", "run.json",
+                                                         "seem.parquet")]
     assert got == ["claims.md", "curves/x.png", "environment.json", "jobs.csv", "recipe/Hopper-v5.recipe.json",
-                   "recipe/ev-x.card.json", "run.json", "run.md", "sha256.txt", "snakemake.log", "summary.md",
-                   "totals/evidence.csv"]
+                   "recipe/ev-x.card.json", "run.json", "run.md", *runs, "sha256.txt", "snakemake.log", "summary.md",
+                   "totals/evidence.csv"]  # no checkpoint, no data
     meta = json.loads((out / "run.json").read_text())
     assert (meta["commit"], meta["wall_seconds"], meta["jobs"]) == ("abc123", 99.0, 2)
     assert {r["rule"] for r in meta["rules"]} == {"train", "seem"}

@@ -2,7 +2,9 @@
 # Gather a finished workflow run's small outputs into one folder, as committed under docs/results/:
 # the report (claims, summary, scores, predictions, figures), the generated data's recipe reports
 # and cards with the tables' sha256, Snakemake's log, and the run metadata (commit, command, GPU,
-# versions, wall time per rule: `seemrl run-metadata`). Checkpoints, metrics and data stay behind.
+# versions, wall time per rule: `seemrl run-metadata`), and each training run's small tables under
+# runs/ (run.json, metrics, evaluations, SEEM per checkpoint: what the report was computed from, so
+# a new analysis can be run on them later). Checkpoints and data stay behind.
 #   usage: tools/collect_run.sh OUT_DIR COMMIT CONFIG 'COMMAND' [WALL_SECONDS]
 # COMMIT is given, not read from git: a copied tree's .git can be another commit's.
 set -euo pipefail
@@ -16,6 +18,13 @@ done
 for d in totals curves seem_q tables; do
     [ -d "$r/$d" ] && cp -r "$r/$d" "$out/"
 done
+if [ -d results/runs ]; then
+    (cd results/runs && find . -type f \( -name run.json -o -name metrics.parquet -o -name evaluations.parquet \
+        -o -name seem.parquet \) -not -path '*/checkpoints/*' -print0) |
+    while IFS= read -r -d '' f; do
+        mkdir -p "$out/runs/$(dirname "$f")" && cp "results/runs/$f" "$out/runs/$f"
+    done
+fi
 mkdir -p "$out/recipe"
 for f in resources/generated/*/*/training/recipe.json; do
     [ -f "$f" ] && cp "$f" "$out/recipe/$(basename "$(dirname "$(dirname "$f")")").recipe.json"
