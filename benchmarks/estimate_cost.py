@@ -4,8 +4,11 @@ GPU-hours come from the stacked trainers' measured rates (seed-steps/s on one H2
 update as a CUDA graph; benchmarks/README.md, "Final figures of this session" and "Table 1 wall
 time, re-estimated"), SEEM from its measured 0.049 s per checkpoint at N=2560 (one H100). Rates were
 measured with 10 seeds per job: a job of 5 seeds runs fewer seed-steps per second, so its
-estimate is a lower bound. Policy evaluation in the environment is not included (AntMaze's is
-estimated separately in benchmarks/README.md). Disk is measured, not estimated: one checkpoint of
+estimate is a lower bound. Policy evaluation in the environment is estimated for AntMaze only, worst
+case (every episode runs to its cap), from the rates measured on the H200 host with 4 worker
+processes per job (benchmarks/README.md, "AntMaze evaluation in worker processes"), and counts the
+evaluations the config schedules (`eval_every`, `eval_from`, the last step); it is CPU time beside
+the training, partly overlapped with it. Disk is measured, not estimated: one checkpoint of
 each cell's networks (its seeds, its dataset's dimensions) is written and its size multiplied by
 the checkpoints the run keeps. A job that trains cells together (`train_together`) runs their
 members in one stack, at the rate of its stack size (`rate`).
@@ -37,6 +40,27 @@ RATES_40 = {("td3", False): 42_069, ("td3", True): 37_535, ("iql", False): 27_15
             ("cql", False): 4_929, ("cql", True): 4_267, ("diffql", False): 2_631, ("diffql", True): 2_413}
 SEEM_SECONDS = 0.049  # per checkpoint and seed, N=2560, 256-256 critic, Krylov-Schur eigen-solve (one H100; benchmarks/README.md)
 DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6), "AntMaze": (29, 8)}
+# AntMaze evaluation (benchmarks/README.md, lent H200 host): 7,822 env steps/s with 4 worker processes;
+# Diffusion-QL's policy 5.4 ms per call of 250 states (50 sampled actions each); an MLP policy's calls are
+# negligible beside the physics
+ANTMAZE_ENV_STEPS_PER_S = 7_822
+POLICY_S_PER_CALL = {"diffql": 5.4e-3}
+POLICY_STATES_PER_CALL = 250
+
+
+def evaluation_steps(steps: int, every: int, start: int = 0) -> list[int]:
+    """The steps a run evaluates at: every `every` from `start` on, and the last step."""
+    if not every:
+        return []
+    return sorted({s for s in range(every, steps + 1, every) if s >= start} | {steps})
+
+
+def antmaze_eval_seconds(trainer: str, cfg, seeds: int, max_episode_steps: int) -> float:
+    """Worst-case seconds of a run's AntMaze evaluations: each episode to its cap."""
+    episodes = seeds * cfg.eval_episodes
+    per_eval = episodes * max_episode_steps / ANTMAZE_ENV_STEPS_PER_S + POLICY_S_PER_CALL.get(trainer, 0.0) * \
+        max_episode_steps * -(-episodes // POLICY_STATES_PER_CALL)
+    return len(evaluation_steps(cfg.steps, cfg.eval_every, getattr(cfg, "eval_from", 0))) * per_eval
 
 
 def merged(name: str) -> dict:
@@ -100,7 +124,7 @@ def estimate(name: str, cache: dict, together: list[str] | None = None) -> dict:
         key = tuple(c.values())
         members[job_of.get(key, key)] = members.get(job_of.get(key, key), 0) + \
             len(plan.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]])
-    train_s = seem_s = disk = 0.0
+    train_s = seem_s = eval_s = disk = 0.0
     for c in plan.cells():
         cfg = plan.resolved[c["algo"], c["norm"]]
         trainer = plan.config["algorithms"][c["algo"]]["trainer"]
@@ -111,13 +135,19 @@ def estimate(name: str, cache: dict, together: list[str] | None = None) -> dict:
         train_s += seeds * cfg.steps / rate(trainer, bool(ln), members[job_of.get(key, key)])
         checkpoints = cfg.steps // cfg.checkpoint_every + 1
         seem_s += checkpoints * seeds * SEEM_SECONDS
-        env = plan.registry_entry(c["dataset"])["env_id"]
+        entry = plan.registry_entry(c["dataset"])
+        env = entry["env_id"]
         dims = next(d for prefix, d in DIMS.items() if env.startswith(prefix))
+        if env.startswith("AntMaze"):
+            from seemrl.training.antmaze import antmaze_task
+
+            eval_s += antmaze_eval_seconds(trainer, cfg, seeds, antmaze_task(c["dataset"], entry).max_episode_steps)
         disk += checkpoints * checkpoint_bytes(trainer, cfg, seeds, dims, cache)
     online = plan.config.get("online") or {}
     return {"config": name + (f" (together: {', '.join(together)})" if together else ""), "training jobs": len(members),
             "online jobs": len(online.get("envs") or []) * len(online.get("variants") or {}),
-            "training GPU-h": train_s / 3600, "SEEM GPU-h": seem_s / 3600, "checkpoints GB": disk / 1e9}
+            "training GPU-h": train_s / 3600, "SEEM GPU-h": seem_s / 3600,
+            "AntMaze evaluation h (worst case, summed over jobs)": eval_s / 3600, "checkpoints GB": disk / 1e9}
 
 
 def main() -> None:
