@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import algo_checks as checks
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from algo_checks import one_thread  # noqa: F401 (autouse fixture)
@@ -204,6 +205,35 @@ def test_resume_continues_as_an_uninterrupted_run(tmp_path, monkeypatch):
     assert result.evaluations.equals(reference.evaluations) and len(result.evaluations) == 6  # steps 4, 8, 12
     assert [p.name for p in checkpoint_paths(tmp_path / "out")] == \
            [p.name for p in checkpoint_paths(tmp_path / "ref")]
+
+
+def test_an_evaluation_draws_the_same_noise_whichever_evaluations_came_before(tmp_path):
+    """The stochastic evaluation policy's noise after step t comes from (eval_seed, seed, t): a run
+    evaluated only from `eval_from` on keeps the evaluations of a run evaluated all along, and
+    trains the same; an evaluation's noise differs from one step to the next."""
+    t = _transitions(sparse=True)
+    probe = torch.ones(2, 3, OBS)
+
+    def evaluate(nets):
+        a = nets.policy(probe)
+        return [SimpleNamespace(seed=s, return_mean=float(a[i].sum()), return_std=0.0, normalized_score=None,
+                                nonfinite_actions=False) for i, s in enumerate((0, 1))]
+
+    runs = {}
+    for eval_from in (0, 6):
+        cfg = _cfg(eval_every=2, eval_from=eval_from)
+        data, nets = _setup(cfg, [0, 1], t)
+        runs[eval_from] = diffql.train(cfg, [0, 1], data, nets, tmp_path / str(eval_from), log=lambda m: None,
+                                       evaluate=evaluate), nets
+    (every, nets_every), (late, nets_late) = runs[0], runs[6]
+    assert sorted(set(late.evaluations.step)) == [s for s in sorted(set(every.evaluations.step)) if s >= 6]
+    kept = every.evaluations[every.evaluations.step >= 6].reset_index(drop=True)
+    pd.testing.assert_frame_equal(late.evaluations.reset_index(drop=True), kept, check_exact=True)
+    assert every.metrics.equals(late.metrics)
+    assert all(torch.equal(x, y) for x, y in zip(_tensors(nets_every), _tensors(nets_late)))
+    # the noise is not the same at every evaluation: the same policy evaluated at two steps differs
+    a, b = (diffql.eval_generators([0, 1], 0, step) for step in (2, 4))
+    assert not torch.equal(torch.randn(3, generator=a[0]), torch.randn(3, generator=b[0]))
 
 
 # ------------------------------------------------------------------ samplers

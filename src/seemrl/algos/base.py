@@ -333,6 +333,9 @@ class NetsEvaluation:
         self.overlap = bool(getattr(evaluate, "overlap", False)) and bool(nets.POLICY_MODULES)
 
     def __call__(self, trainer):
+        start = getattr(trainer, "start_evaluation", None)  # e.g. Diffusion-QL's noise for this step
+        if start is not None:
+            start()
         return self.evaluate(trainer.nets)
 
     def snapshot(self, trainer):

@@ -346,10 +346,12 @@ class DiffusionActor(nn.Module):
 
 
 # ------------------------------------------------------------------ networks
-def eval_generators(seeds: Sequence[int], eval_seed: int) -> list[torch.Generator]:
-    """Per-seed CPU generators of the evaluation policy's noise, from (eval_seed, seed) only."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([int(eval_seed), int(s), STREAM_EVAL])
-                                              .generate_state(1)[0])) for s in seeds]
+def eval_generators(seeds: Sequence[int], eval_seed: int, step: int | None = None) -> list[torch.Generator]:
+    """Per-seed CPU generators of the evaluation policy's noise, from (eval_seed, seed) only, or
+    with `step` from (eval_seed, seed, step): the training loop's evaluation after step t draws the
+    same noise whichever evaluations came before it (`DiffQLTrainer.start_evaluation`)."""
+    key = lambda s: [int(eval_seed), int(s), STREAM_EVAL] + ([] if step is None else [int(step)])
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence(key(s)).generate_state(1)[0])) for s in seeds]
 
 
 @dataclass
@@ -669,6 +671,12 @@ class DiffQLTrainer(CriticTrainer):
             src = [t for n in names for t in (*self.networks[n].parameters(), *self.networks[n].buffers())]
             tgt = [t for n in names for t in (*self.targets[n].parameters(), *self.targets[n].buffers())]
             torch._foreach_lerp_(tgt, src, tau)
+
+    def start_evaluation(self) -> None:
+        """Before the training loop's evaluation after step `it`: the evaluation noise from
+        (eval_seed, seed, it), so an evaluation does not depend on the schedule before it
+        (`eval_every`, `eval_from`)."""
+        self.nets.eval_gens = eval_generators(self.seeds, self.cfg.eval_seed, self.it)
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "eval_gens": self.nets.eval_rng_states()}
