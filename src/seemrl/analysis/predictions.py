@@ -24,7 +24,7 @@ RUN_COLUMNS = ("run", "dataset", "percent", "algo", "critic_norm")
 # gives |SEEM| / ||A||_F ~ 1e-18 from rounding; the same tolerance as `divergence_verdict`.
 DEFAULT_POSITIVE_TOL = 1e-6
 DEFAULT_K = 2  # consecutive positive checkpoints that make "SEEM positive"
-# Normalised SEEM at or above this is a *surge* (paper Fig. 3: Q stays stable "until the normalized
+# Normalised SEEM above this (for k checkpoints) is a *surge* (paper Fig. 3: Q stays stable "until the normalized
 # kernel matrix's SEEM rises up to a large positive value"). The paper gives no number; 0.1 is this
 # project's choice, first used on the second evidence run's page (docs/results), not fitted to a verdict.
 DEFAULT_SURGE = 0.1
