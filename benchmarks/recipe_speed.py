@@ -11,6 +11,9 @@ deterministic evaluations included):
              the host while the GPU updates)
   parallel   the recipe's SAC on several environments at once in one process, one thread and
              CUDA stream each (`--parallel Hopper-v5 Walker2d-v5 HalfCheetah-v5`)
+  processes  the same environments at once, one process each (the workflow's way: one recipe per
+             job); on a GPU shared through NVIDIA MPS (`tools/mps.sh start`) their kernels can run
+             side by side instead of taking turns, and the table says whether MPS was on
 and prints env steps/s (whole call, and steady: between the first and last evaluation, leaving
 out warm-up, compilation and capture), minutes per 1M steps, the speed-up over plain, and each
 run's last deterministic evaluation return (competence, when run for 1M steps).
@@ -18,12 +21,16 @@ Issue 16's target: 1M steps with 1M updates in <= 10 min per environment on one 
 
     python benchmarks/recipe_speed.py --env Hopper-v5 --steps 20000 --learning-starts 2000
     python benchmarks/recipe_speed.py --steps 1000000 --only parallel --parallel Hopper-v5 Walker2d-v5 HalfCheetah-v5
+    tools/mps.sh start && python benchmarks/recipe_speed.py --steps 1000000 --only processes --parallel ...
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-MODES = ("plain", "engine", "recipe", "parallel")
+MODES = ("plain", "engine", "recipe", "parallel", "processes")
 
 
 def recipe_config(a, eval_every: int):
@@ -87,7 +94,10 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=MODES, default=["plain", "engine", "recipe"])
     p.add_argument("--parallel", nargs="+", default=[], help="environments trained at once (mode parallel)")
     p.add_argument("--progress", action="store_true", help="print the runs' progress lines")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON (each with its evaluations)")
     a = p.parse_args()
+    if "processes" in a.only:
+        return run_processes(a)
 
     import torch
 
@@ -123,10 +133,13 @@ def main() -> None:
             wall, result, steady = run_engine(cfg, a.env, a.device, log)
             rows.append((f"engine, act after update ({result.update_mode})", a.env, a.steps, wall,
                          result.evaluations["return_mean"].iloc[-1], steady))
+    evaluations = {}  # env -> every evaluation's (step, mean return) of the recipe's run
     if "recipe" in a.only:
         wall, result, steady = run_engine(rcfg, a.env, a.device, log)
         rows.append((f"recipe's SAC: engine, act before update ({result.update_mode})", a.env, a.steps, wall,
                      result.evaluations["return_mean"].iloc[-1], steady))
+        evaluations[a.env] = [(int(s_), float(r)) for s_, r in
+                              zip(result.evaluations["step"], result.evaluations["return_mean"])]
     if "parallel" in a.only and a.parallel:
         results: dict[str, tuple] = {}
         walls: dict[str, float] = {}
@@ -151,6 +164,16 @@ def main() -> None:
                          a.steps, wall, result.evaluations["return_mean"].iloc[-1], steady))
         print(f"{len(a.parallel)} environments at once: {total:.1f} s wall for all", flush=True)
 
+    if a.json:
+        a.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "evaluations": evaluations,
+                                      "rows": [dict(zip(ROW_KEYS, r)) for r in rows]}, indent=1))
+    print_table(rows)
+
+
+ROW_KEYS = ("label", "env", "steps", "wall", "last_return", "steady")
+
+
+def print_table(rows) -> None:
     base = (rows[0][5] or rows[0][2] / rows[0][3]) if rows and rows[0][0].startswith("plain") else None
     print("Whole: steps / wall time of the whole call. Steady: between the first and the last evaluation "
           "(after warm-up, compilation and capture; evaluations included); for the plain loop, over its last "
@@ -166,6 +189,50 @@ def main() -> None:
         steady_s = "-" if steady is None else f"{steady:,.0f}"
         print(f"| {label} | {env_id} | {steps:,} | {wall:.1f} | {rate:,.0f} | {steady_s} | {1e6 / best / 60:.1f} "
               f"| {ratio} | {ret_s} |")
+
+
+def mps_active() -> bool:
+    """Whether this process's CUDA clients go through an NVIDIA MPS control daemon (the pipe
+    directory it listens on, `CUDA_MPS_PIPE_DIRECTORY` or the default, has its control pipe)."""
+    pipe_dir = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+    return (pipe_dir / "control").exists()
+
+
+def run_processes(a) -> None:
+    """Each environment of --parallel in a process of its own (this script, mode recipe), all
+    started at once; the table is theirs, plus the wall time of all, and every evaluation return."""
+    if not a.parallel:
+        raise SystemExit("--only processes needs --parallel ENV [ENV ...]")
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = {}
+        t0 = time.perf_counter()
+        for env_id in a.parallel:
+            cmd = [sys.executable, __file__, "--env", env_id, "--only", "recipe", "--steps", str(a.steps),
+                   "--learning-starts", str(a.learning_starts), "--eval-episodes", str(a.eval_episodes),
+                   "--hidden", *map(str, a.hidden), "--device", a.device, "--json", f"{tmp}/{env_id}.json"]
+            if a.eval_every:
+                cmd += ["--eval-every", str(a.eval_every)]
+            if a.progress:
+                cmd.append("--progress")
+            procs[env_id] = subprocess.Popen(cmd, stdout=None if a.progress else subprocess.DEVNULL)
+        for proc in procs.values():
+            proc.wait()
+        total = time.perf_counter() - t0
+        failed = [e for e, proc in procs.items() if proc.returncode != 0]
+        if failed:
+            raise SystemExit(f"the run on {', '.join(failed)} failed (see above)")
+        outs = {e: json.loads(Path(f"{tmp}/{e}.json").read_text()) for e in a.parallel}
+    mps = "through MPS" if mps_active() else "no MPS"
+    rows = []
+    for env_id, out in outs.items():
+        r = out["rows"][0]
+        rows.append((f"recipe's SAC, {len(a.parallel)} envs at once (processes, {mps})", env_id, r["steps"],
+                     r["wall"], r["last_return"], r["steady"]))
+        returns = " / ".join(f"{ret:,.0f} ({step:,})" for step, ret in out["evaluations"][env_id])
+        print(f"{env_id}: evaluation returns (step): {returns}")
+    print(f"{len(a.parallel)} environments at once, one process each ({mps}), {outs[a.parallel[0]]['device']}: "
+          f"{total:.1f} s wall for all\n", flush=True)
+    print_table(rows)
 
 
 class _nothing:

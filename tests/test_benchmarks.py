@@ -25,6 +25,10 @@ BENCH = ROOT / "benchmarks"
     ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--hidden", "16", "16",
                          "--only", "plain", "recipe", "parallel", "--parallel", "Hopper-v5", "HalfCheetah-v5"],
      "| recipe's SAC, 2 envs at once (threads, one stream each) | HalfCheetah-v5 | 300 |"),
+    # one process per environment (how the workflow runs recipes; on a GPU, with or without MPS)
+    ("recipe_speed.py", ["--device", "cpu", "--steps", "300", "--learning-starts", "150", "--hidden", "16", "16",
+                         "--only", "processes", "--parallel", "Hopper-v5", "HalfCheetah-v5"],
+     "| recipe's SAC, 2 envs at once (processes, no MPS) | HalfCheetah-v5 | 300 |"),
 ])
 def test_benchmark_runs_at_tiny_size(script, args, needle):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
