@@ -97,11 +97,17 @@ def offline_stacked(trainer_cls: type, build_nets: Callable, data: OfflineData, 
 
 def peer_trainer(algo: str, hidden, norm: str, seeds: int, device, data: OfflineData, obs_dim: int, act_dim: int, *,
                  compiled: bool = False, graph: bool = True, precision: str = "tf32"):
-    """seemrl's stacked TD3+BC ("td3bc") or IQL ("iql") trainer as the JAX peer and the step
-    profile measure it: the algorithm's defaults, the critic's norm, S = `seeds` seeds."""
-    from seemrl.algos import iql, td3
+    """seemrl's stacked TD3+BC ("td3bc"), IQL ("iql") or Diffusion-QL ("diffql", as
+    `diffql_throughput.py` runs it: the authors' AntMaze setting, gradient clip 7) trainer as the
+    JAX peer and the step profile measure it: the algorithm's defaults, the critic's norm, S =
+    `seeds` seeds."""
+    from seemrl.algos import diffql, iql, td3
 
-    if algo == "td3bc":
+    if algo == "diffql":
+        cfg = diffql.DiffQLConfig(hidden=tuple(hidden) + (hidden[-1],) * (3 - len(hidden)), grad_clip=7.0,
+                                  critic={"norm": norm}, compile_update=compiled)
+        make = offline_stacked(diffql.DiffQLTrainer, diffql.build_nets, data, device, obs_dim, act_dim)
+    elif algo == "td3bc":
         cfg = td3.TD3Config(hidden=hidden, tau=0.005, bc_weight=1.0, critic={"norm": norm}, compile_update=compiled)
         make = offline_stacked(td3.TD3Trainer, td3.build_nets, data, device, obs_dim, act_dim)
     else:

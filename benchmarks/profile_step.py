@@ -1,9 +1,11 @@
 """Where one update step's time goes (issue 17: profile first, then decide what to fuse).
 
 For seemrl's stacked TD3+BC and IQL at the sizes of `jax_peer.py` (1M transitions, hidden
-256-256, batch 256): kernels per step, their summed GPU time per step and the kernels that take
-it, by kind (matmul, Triton from torch.compile, elementwise, reduction, optimiser, other), for
-the eager step and the step through torch.compile (`compile_update`). The profiler records the
+256-256, batch 256), and Diffusion-QL at those of `diffql_throughput.py` (AntMaze's sizes, 3x256
+nets, 15-step DPM-Solver, max-Q backup over 10 samples): kernels per step, their summed GPU time
+per step and the kernels that take it, by kind (matmul, Triton from torch.compile, elementwise,
+reduction, optimiser, other), for the eager step and the step through torch.compile
+(`compile_update`). The profiler records the
 steps without a CUDA graph (a graph replays the kernels its capture recorded); each
 configuration's rate with the graph, as training runs it, is timed beside, so the two columns
 say whether the graphed step is bound by its kernels' GPU time or by something else.
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-OBS, ACT = 17, 6
+DIMS = {"td3bc": (17, 6), "iql": (17, 6), "diffql": (29, 8)}  # (state, action): HalfCheetah's; AntMaze's
 KINDS = ("matmul", "triton", "elementwise", "reduction", "optimiser", "other")
 MODES = ("eager", "compiled", "compiled+foreach-adam")
 
@@ -43,7 +45,8 @@ def foreach_adam(trainer) -> None:
 def make(algo, hidden, norm, seeds, device, data, mode: str, graph: bool):
     from common import peer_trainer
 
-    trainer = peer_trainer(algo, hidden, norm, seeds, device, data, OBS, ACT, compiled=mode != "eager", graph=graph)
+    trainer = peer_trainer(algo, hidden, norm, seeds, device, data[algo], *DIMS[algo], compiled=mode != "eager",
+                           graph=graph)
     if mode == "compiled+foreach-adam":
         foreach_adam(trainer)
     return trainer
@@ -122,7 +125,7 @@ def profile_steps(trainer, device, steps: int, warmup: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="CPU, hidden 32-32, S = 1, 2, 10k transitions (plumbing)")
-    p.add_argument("--algos", nargs="+", choices=("td3bc", "iql"), default=["td3bc", "iql"])
+    p.add_argument("--algos", nargs="+", choices=tuple(DIMS), default=["td3bc", "iql"])
     p.add_argument("--seeds", nargs="+", type=int, help="seed counts S (default 1 10 40)")
     p.add_argument("--norms", nargs="+", choices=("none", "layernorm"), default=["none", "layernorm"])
     p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compiled"],
@@ -140,7 +143,9 @@ def main() -> None:
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     hidden = (32, 32) if args.tiny else (256, 256)
     seed_counts = args.seeds or ([1, 2] if args.tiny else [1, 10, 40])
-    data = offline_data(10_000 if args.tiny else 1_000_000, OBS, ACT, device)
+    n = 10_000 if args.tiny else 1_000_000
+    data = {algo: offline_data(n, *DIMS[algo], device, action_bound=0.999 if algo == "diffql" else 1.0)
+            for algo in args.algos}
     unit = "kernels" if device.type == "cuda" else "outermost ATen ops"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; hidden {hidden}, batch 256; TF32 matmuls on CUDA; "
