@@ -324,6 +324,9 @@ class StackedMLP(nn.Module):
 # ------------------------------------------------------------------ fused LayerNorm + activation
 FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kernels off
 INDUCTOR_DETERMINISTIC_ENV = "SEEMRL_INDUCTOR_DETERMINISTIC"  # "0": reductions tuned by timing (may differ run to run)
+# "1": Inductor's max-autotune (GEMM templates with fused epilogues, picked by timing): a speed
+# trial for benchmarks only, not a setting of runs (the timed picks can change the bits)
+INDUCTOR_MAX_AUTOTUNE_ENV = "SEEMRL_INDUCTOR_MAX_AUTOTUNE"
 
 
 def inductor_options() -> dict[str, Any]:
@@ -336,9 +339,10 @@ def inductor_options() -> dict[str, Any]:
     SEEMRL_INDUCTOR_DETERMINISTIC=0 asks for timing-based picks."""
     import torch._inductor.config as inductor_config
 
+    trial = {"max_autotune": True} if os.environ.get(INDUCTOR_MAX_AUTOTUNE_ENV) == "1" else {}
     if os.environ.get(INDUCTOR_DETERMINISTIC_ENV, "1") == "0" or not hasattr(inductor_config, "deterministic"):
-        return {}
-    return {"deterministic": True}
+        return trial
+    return {"deterministic": True, **trial}
 
 
 class Compiled:
