@@ -192,10 +192,14 @@ def print_table(rows) -> None:
 
 
 def mps_active() -> bool:
-    """Whether this process's CUDA clients go through an NVIDIA MPS control daemon (the pipe
-    directory it listens on, `CUDA_MPS_PIPE_DIRECTORY` or the default, has its control pipe)."""
-    pipe_dir = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
-    return (pipe_dir / "control").exists()
+    """Whether an NVIDIA MPS control daemon answers (at `CUDA_MPS_PIPE_DIRECTORY` or the default
+    pipe directory), so that this process's CUDA clients go through it. Asked, not read from the
+    pipe directory: a stopped daemon can leave its pipes behind."""
+    try:
+        return subprocess.run(["nvidia-cuda-mps-control"], input="get_server_list\n", capture_output=True,
+                              text=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def run_processes(a) -> None:

@@ -10,21 +10,24 @@ set -euo pipefail
 pipe=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}
 logs=${CUDA_MPS_LOG_DIRECTORY:-/tmp/nvidia-mps-log}
 export CUDA_MPS_PIPE_DIRECTORY=$pipe CUDA_MPS_LOG_DIRECTORY=$logs
+# whether a daemon answers (a stopped one can leave its pipes behind)
+answers() { echo get_server_list | timeout 10 nvidia-cuda-mps-control > /dev/null 2>&1; }
 case ${1:-} in
     start)
         command -v nvidia-cuda-mps-control > /dev/null || { echo "mps.sh: nvidia-cuda-mps-control is not installed" >&2; exit 1; }
-        [ -e "$pipe/control" ] && { echo "mps.sh: a daemon is already listening in $pipe"; exit 0; }
+        answers && { echo "mps.sh: a daemon already answers in $pipe"; exit 0; }
         mkdir -p "$pipe" "$logs"
         nvidia-cuda-mps-control -d
-        for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e "$pipe/control" ] && break; sleep 0.5; done
-        [ -e "$pipe/control" ] || { echo "mps.sh: the daemon did not start (see $logs/control.log)" >&2; exit 1; }
+        for _ in 1 2 3 4 5 6 7 8 9 10; do answers && break; sleep 0.5; done
+        answers || { echo "mps.sh: the daemon did not start (see $logs/control.log)" >&2; exit 1; }
         echo "MPS daemon started (pipes $pipe, logs $logs)";;
     stop)
-        [ -e "$pipe/control" ] || { echo "mps.sh: no daemon listens in $pipe"; exit 0; }
+        command -v nvidia-cuda-mps-control > /dev/null && answers || { echo "mps.sh: no daemon answers in $pipe"; exit 0; }
         echo quit | nvidia-cuda-mps-control
         echo "MPS daemon stopped";;
     status)
-        if [ -e "$pipe/control" ]; then echo "MPS daemon listening in $pipe"; echo get_server_list | nvidia-cuda-mps-control || true
-        else echo "no MPS daemon in $pipe"; fi;;
+        if command -v nvidia-cuda-mps-control > /dev/null && answers; then
+            echo "MPS daemon answers in $pipe; servers:"; echo get_server_list | nvidia-cuda-mps-control
+        else echo "no MPS daemon answers in $pipe"; fi;;
     *) echo "usage: $0 start|stop|status" >&2; exit 2;;
 esac
