@@ -73,9 +73,18 @@ def kernel_kind(name: str) -> str:
 def device_kernels(events, device_type) -> list:
     """The kernels and copies among a profile's device events. A `record_function` range (such as
     `Optimizer.step#Adam.step`) is drawn on the device's timeline too, spanning the kernels it
-    launched; it has a host event of the same name, which no kernel has."""
+    launched: the profiler marks it a user annotation, and it has a host event of the same name.
+    A Triton kernel from torch.compile has a host event of its name too (Inductor's launcher
+    records one), but it is a kernel: a name match alone must not drop it (the first Diffusion-QL
+    profile, 2026-12-07, lost every Triton kernel that way)."""
     host_names = {e.name for e in events if e.device_type != device_type}
-    return [e for e in events if e.device_type == device_type and e.name not in host_names]
+
+    def is_range(e) -> bool:
+        if getattr(e, "is_user_annotation", False):
+            return True
+        return e.name in host_names and not e.name.startswith("triton")
+
+    return [e for e in events if e.device_type == device_type and not is_range(e)]
 
 
 def _inside_aten(event) -> bool:

@@ -268,7 +268,8 @@ def test_profile_step_counts_the_step_it_profiles(tmp_path):
 
 def test_profile_step_leaves_out_ranges_drawn_on_the_device():
     """A record_function range shows as a device event spanning its kernels (on an H100, Adam's
-    `Optimizer.step#Adam.step` added 130 us per step to the kernels' time); it is not a kernel."""
+    `Optimizer.step#Adam.step` added 130 us per step to the kernels' time); it is not a kernel.
+    A Triton kernel whose launcher left a host event of its name is one."""
     from types import SimpleNamespace
 
     sys.path.insert(0, str(BENCH))
@@ -279,9 +280,14 @@ def test_profile_step_leaves_out_ranges_drawn_on_the_device():
               SimpleNamespace(name="Optimizer.step#Adam.step", device_type=cuda),
               SimpleNamespace(name="aten::mm", device_type=cpu),
               SimpleNamespace(name="void multi_tensor_apply_kernel<FusedAdamMathFunctor>", device_type=cuda),
-              SimpleNamespace(name="Memcpy DtoD (Device -> Device)", device_type=cuda)]
+              SimpleNamespace(name="Memcpy DtoD (Device -> Device)", device_type=cuda),
+              # Inductor's launcher records a host event named as its Triton kernel: still a kernel
+              SimpleNamespace(name="triton_poi_fused_add_mish_0", device_type=cpu),
+              SimpleNamespace(name="triton_poi_fused_add_mish_0", device_type=cuda, is_user_annotation=False),
+              SimpleNamespace(name="my range", device_type=cuda, is_user_annotation=True)]
     assert [e.name for e in device_kernels(events, cuda)] == [
-        "void multi_tensor_apply_kernel<FusedAdamMathFunctor>", "Memcpy DtoD (Device -> Device)"]
+        "void multi_tensor_apply_kernel<FusedAdamMathFunctor>", "Memcpy DtoD (Device -> Device)",
+        "triton_poi_fused_add_mish_0"]
 
 
 def test_profile_step_switches_fused_adam_to_foreach():
