@@ -162,13 +162,13 @@ def print_title(device: torch.device, what: str, *, matmul: bool = True) -> None
 def compare(device: torch.device, norms: Sequence[str], precisions: Sequence[str] | None, seed_counts: Sequence[int],
             *, config: Callable, plain: Callable, stacked: Callable, iters: int, warmup: int, graph_factor: int = 4,
             fmt: str = ".0f", plain_label: str = "plain PyTorch", plain_memory: bool = False,
-            check: Callable | None = None) -> None:
+            check: Callable | None = None) -> list[dict]:
     """The table's rows. Per critic norm: config(norm) -> cfg; plain(cfg) -> the baseline's step,
     timed in the first precision (its peak memory too with `plain_memory`); then for every mode
     (eager, and on a GPU the CUDA graph, which times `graph_factor` times more steps), precision
     and number of seeds S, stacked(cfg, graph, precision, seeds) -> a trainer whose `step()` is
     timed; check(trainer) -> a note for its row (or raises). Precisions None: no matmul column
-    (the rows run in the config's own precision)."""
+    (the rows run in the config's own precision). Returns the stacked rows' numbers."""
     matmul = precisions is not None
     if not matmul:
         precisions = [None]
@@ -177,6 +177,7 @@ def compare(device: torch.device, norms: Sequence[str], precisions: Sequence[str
     in_precision = lambda p: contextlib.nullcontext() if p is None else matmul_precision(p)  # noqa: E731
     column = lambda p: [p] if matmul else []  # noqa: E731
     modes = [("seemrl stacked", False)] + ([("seemrl stacked + CUDA graph", True)] if device.type == "cuda" else [])
+    rows = []
     for norm in norms:
         cfg = config(norm)
         if plain_memory:
@@ -198,4 +199,7 @@ def compare(device: torch.device, norms: Sequence[str], precisions: Sequence[str
             note = check(trainer) if check is not None else ""
             print(row(norm, label, *column(precision), s, f"{rate:{fmt}}", f"{rate * s:{fmt}}",
                       f"{rate * s / base:.1f}x", mem) + note, flush=True)
+            rows.append({"norm": norm, "graph": graph, "precision": precision, "seeds": s, "seed_steps": rate * s,
+                         "plain": base})
             del trainer
+    return rows

@@ -15,6 +15,12 @@ seeds, the speed-up over plain and the peak GPU memory. Both use the same DPM-So
 
     python benchmarks/diffql_throughput.py            # GPU if present: S = 1, 10, 40
     python benchmarks/diffql_throughput.py --tiny     # CPU smoke run, small nets and batch (tests keep it working)
+    python benchmarks/diffql_throughput.py --seeds 10 --variants default compiled bf16-backup compiled+bf16-backup
+
+`--variants` times seemrl's step in several settings, each beside its own plain baseline, then
+prints each one's seed-steps/s against the first variant's, row by row: `compiled` is
+`compile_update`; `bf16-backup` is `backup_dtype: bfloat16` (the backup's sampler and target
+critics under bfloat16 autocast: a speed trial that changes results beyond rounding).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 from common import compare, mlp, offline_data, offline_stacked, parser, polyak, print_title, setup
 
 OBS, ACT = 29, 8  # AntMaze sizes
+VARIANTS = {"default": {}, "compiled": {"compile_update": True}, "bf16-backup": {"backup_dtype": "bfloat16"},
+            "compiled+bf16-backup": {"compile_update": True, "backup_dtype": "bfloat16"}}
 
 
 # ------------------------------------------------------------------ the plain baseline
@@ -129,6 +137,8 @@ def plain(cfg: diffql.DiffQLConfig, data, device) -> PlainDiffQL:
 def main():
     p = parser(__doc__, precisions=["tf32"])
     p.add_argument("--sample-steps", type=int, default=15, help="DPM-Solver function evaluations")
+    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=["default"],
+                   help="settings of seemrl's step to time, each against the first")
     args = p.parse_args()
     device, seed_counts, iters = setup(args, iters=100, tiny_iters=5)
     hidden = (16, 16, 16) if args.tiny else (256, 256, 256)
@@ -138,12 +148,27 @@ def main():
                         action_bound=0.999, reward=lambda rng, n: 10.0 * (rng.random(n) < 0.01))
     print_title(device, f"Diffusion-QL, hidden {hidden}, batch {batch}, T 1000, {args.sample_steps}-step DPM-Solver, "
                         f"max-Q backup over 10 samples, {iters} timed steps after {warmup} warm-up")
-    compare(device, args.norms, args.precision, seed_counts, iters=iters, warmup=warmup, graph_factor=2, fmt=".1f",
+    results = {}
+    for variant in args.variants:
+        if len(args.variants) > 1:
+            print(f"\nvariant: {variant} ({VARIANTS[variant] or 'the defaults'})\n", flush=True)
+        results[variant] = compare(
+            device, args.norms, args.precision, seed_counts, iters=iters, warmup=warmup, graph_factor=2, fmt=".1f",
             config=lambda norm: diffql.DiffQLConfig(steps=1_000_000, batch_size=batch, hidden=hidden,
                                                     sample_steps=args.sample_steps, grad_clip=7.0,
-                                                    critic={"norm": norm}),
+                                                    critic={"norm": norm}, **VARIANTS[variant]),
             plain=lambda cfg: plain(cfg, data, device).step,
             stacked=offline_stacked(diffql.DiffQLTrainer, diffql.build_nets, data, device, OBS, ACT))
+    if len(args.variants) > 1:
+        first = args.variants[0]
+        print(f"\nseed-steps/s against {first}, measured above in this run:\n")
+        print("| critic | step | seeds | " + " | ".join(args.variants) + " |")
+        print("|---|---|---|" + "---|" * len(args.variants))
+        for k, base in enumerate(results[first]):
+            cells = [f"{results[v][k]['seed_steps']:.1f} ({results[v][k]['seed_steps'] / base['seed_steps']:.2f}x)"
+                     for v in args.variants]
+            print(f"| {base['norm']} | {'graphed' if base['graph'] else 'eager'} | {base['seeds']} | "
+                  + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def main() -> None:
     from seemrl.generate.behaviour_sac import SACConfig, train_sac_run
 
     torch.set_num_threads(1)
+    threading.current_thread().name = a.env  # progress lines name their environment (processes mode too)
     eval_every = a.eval_every or a.steps
     log = (lambda msg: print(f"  [{threading.current_thread().name}] {msg}", flush=True)) if a.progress else (lambda *_: None)
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"

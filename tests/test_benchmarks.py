@@ -327,3 +327,31 @@ def test_estimate_cost_counts_the_scheduled_evaluations():
     assert evaluation_steps(1_000_000, 50_000, 550_000) == list(range(550_000, 1_000_001, 50_000))
     assert evaluation_steps(130, 50, 60) == [100, 130]
     assert evaluation_steps(130, 0) == []
+
+
+def test_setting_check_plumbing(tmp_path):
+    """benchmarks/setting_check.py trains one algorithm twice on one table, with and without the
+    setting under test (here Diffusion-QL's bfloat16 backup, at tiny sizes on the CPU), and
+    prints both sides and their speed ratio; the JSON holds each side's per-seed numbers, and
+    the two sides' critics differ (the setting took effect). A setting not written KEY=VALUE is
+    refused, naming it."""
+    from helpers import make_transitions
+    from seemrl.data.transitions import write_transitions
+
+    t = make_transitions(episode_lengths=(40, 30, 50, 40), obs_dim=11, act_dim=3)
+    t.meta.update(env_id="Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3)
+    write_transitions(tmp_path / "t.parquet", t)
+    base = ["hidden=[16,16,16]", "reward_transform=none", "normalize_states=true", "sample_steps=3",
+            "backup_samples=3", "eval_samples=4", "batch_size=32"]
+    cmd = [sys.executable, str(BENCH / "setting_check.py"), str(tmp_path / "t.parquet"), "--algo", "diffql",
+           "--steps", "30", "--seeds", "0", "1", "--eval-episodes", "1", "--device", "cpu", "--base", *base]
+    proc = subprocess.run([*cmd, "--setting", "backup_dtype=bfloat16", "--json", str(tmp_path / "c.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| with backup_dtype=bfloat16 | " in proc.stdout and "speed ratio" in proc.stdout
+    out = json.loads((tmp_path / "c.json").read_text())
+    as_given, with_setting = out["results"].values()
+    assert len(as_given["scores"]) == len(with_setting["q_mean"]) == 2
+    assert as_given["q_mean"] != with_setting["q_mean"]
+    bad = subprocess.run([*cmd, "--setting", "backup_dtype"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "'backup_dtype': expected KEY=VALUE" in bad.stderr

@@ -348,6 +348,30 @@ def test_max_q_backup_is_max_over_samples_per_head_then_min(extra):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+
+def test_bfloat16_backup_is_close_to_float32_and_a_run_of_its_own():
+    """`backup_dtype: bfloat16` (a speed trial, off by default) runs the max-Q backup's sampler and
+    target critics under bfloat16 autocast: float32 targets near the float32 ones (bfloat16 keeps 8
+    bits of mantissa), not equal to them; a run of its own, while the default adds nothing to the
+    run identity (runs made before the setting keep theirs); other dtypes are refused."""
+    cfg = _cfg()
+    tr32 = _trainer(cfg, [0, 1])
+    tr16 = _trainer(_cfg(backup_dtype="bfloat16"), [0, 1])
+    draws = tr32.sample_draws()
+    idx = draws["idx"]
+    d = tr32.data
+    args = (d.reward[idx] * 0 + 5.0, d.next_obs[idx], d.not_done[idx] * 0 + 1, draws)  # the Q term matters
+    t32, t16 = tr32.backup_target(*args), tr16.backup_target(*args)
+    assert t16.dtype == t32.dtype == torch.float32
+    assert not torch.equal(t16, t32)
+    q32, q16 = t32 - 5.0, t16 - 5.0  # gamma * min over heads of max over samples
+    assert (q16 - q32).abs().max() <= 0.05 * q32.abs().max()
+    ident = diffql.run_identity(cfg, [0], "x")
+    assert "backup_dtype" not in ident["config"]
+    assert diffql.run_identity(_cfg(backup_dtype="bfloat16"), [0], "x")["config"]["backup_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="backup_dtype"):
+        _cfg(backup_dtype="float16")
+
 def test_ema_actor_follows_edp_schedule():
     cfg = _cfg()  # EMA actor at step numbers n > 3 with n % 2 == 0
     tr = _trainer(cfg, [0])
@@ -488,10 +512,15 @@ def test_benchmark_runs_at_tiny_size():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "diffql_throughput.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), "--tiny", "--iters", "2", "--seeds", "1", "2",
-                           "--sample-steps", "3"], capture_output=True, text=True, timeout=300, env=env)
+                           "--sample-steps", "3", "--variants", "default", "bf16-backup"],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| none | plain PyTorch | ieee | 1 |" in proc.stdout
     assert "| layernorm | seemrl stacked | ieee | 2 |" in proc.stdout
+    # the variants side by side, each against the first
+    assert "variant: bf16-backup ({'backup_dtype': 'bfloat16'})" in proc.stdout
+    assert "| critic | step | seeds | default | bf16-backup |" in proc.stdout
+    assert "| layernorm | eager | 2 | " in proc.stdout.split("seed-steps/s against default")[1]
 
 
 # ------------------------------------------------------------------ CUDA (skipped without a GPU)
@@ -528,3 +557,29 @@ def test_sampling_eps_equals_the_actor_on_concatenated_inputs():
         full = actor(x, x.new_full((2, 7), t), s)
         torch.testing.assert_close(actor.sampling_eps(x, t_proj[:, k:k + 1], actor.state_projection(s)), full,
                                    rtol=1e-5, atol=1e-6)
+
+
+
+def test_compiled_update_matches_eager_on_the_cpu():
+    """`compile_update` (the whole Diffusion-QL step through torch.compile, 1.12x faster on an H100
+    at S = 10) compiles and follows the eager step to rounding: max-Q backup, EMA actor steps and
+    gradient clipping included."""
+    make = lambda compiled: _trainer(_cfg(compile_update=compiled, grad_clip=1.0), [0, 1])  # noqa: E731
+    checks.check_compiled_update_matches_eager(make, lambda t: _tensors(t.nets), steps=5)
+
+
+def test_the_sampler_compiled_equals_the_sampler_eager():
+    """Inside a compiled region the sampler's first layer is a bmm plus the state-and-time term,
+    fused into the activation's kernel, instead of a `baddbmm` that first copies that full-size
+    term into its output (`DiffusionActor.sampling_eps`): the same actions to rounding. (Through
+    a whole training step the backup's actions barely move the losses at these sizes; this
+    compares them directly.)"""
+    cfg = _cfg(sample_steps=3)
+    _, nets = _setup(cfg, [0, 1])
+    g = torch.Generator().manual_seed(0)
+    obs, x_T = torch.randn(2, 6, OBS, generator=g), torch.randn(2, 6, 3, ACT, generator=g)
+    sample = lambda o, x: nets.sample_actions(nets.actor, o, x)  # noqa: E731
+    eager = sample(obs, x_T)
+    compiled = torch.compile(sample, dynamic=False)(obs, x_T)
+    assert not torch.equal(eager, x_T.clamp(-1, 1))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

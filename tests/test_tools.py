@@ -1,9 +1,11 @@
 """tools/: a command run detached (start.sh, wait.sh), a finished run's outputs gathered
-(collect_run.sh) and the offline environment of carried wheels (offline_env.sh)."""
+(collect_run.sh), the offline environment of carried wheels (offline_env.sh) and the NVIDIA MPS
+daemon's start and stop (mps.sh)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +118,19 @@ def test_offline_env_never_writes_through_an_old_link_to_the_interpreter(tmp_pat
         assert not (site / "bin/python").is_symlink() and "exec " in (site / "bin/python").read_text()
     finally:
         subprocess.run(["rm", "-rf", str(site)])
+
+
+def test_mps_script_says_what_it_cannot_do_without_the_nvidia_binary(tmp_path):
+    """tools/mps.sh on a machine without NVIDIA's MPS control binary (this one; on a GPU host it
+    started and stopped a daemon, 2026-12-07): start fails naming the binary, stop and status say
+    no daemon answers, anything else is a usage error. PATH keeps only the shell's tools."""
+    env = {"PATH": "/usr/bin:/bin", "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipes")}
+    if shutil.which("nvidia-cuda-mps-control", path=env["PATH"]):
+        pytest.skip("NVIDIA's MPS control binary is installed here")
+    start = sh(TOOLS / "mps.sh", "start", env=env)
+    assert start.returncode == 1 and "nvidia-cuda-mps-control is not installed" in start.stderr
+    for cmd in ("stop", "status"):
+        r = sh(TOOLS / "mps.sh", cmd, env=env)
+        assert r.returncode == 0 and f"no MPS daemon answers in {tmp_path / 'pipes'}" in r.stdout + r.stderr, cmd
+    bad = sh(TOOLS / "mps.sh", "restart", env=env)
+    assert bad.returncode == 2 and "usage" in bad.stderr

@@ -22,7 +22,7 @@ case ${1:-} in
         answers || { echo "mps.sh: the daemon did not start (see $logs/control.log)" >&2; exit 1; }
         echo "MPS daemon started (pipes $pipe, logs $logs)";;
     stop)
-        command -v nvidia-cuda-mps-control > /dev/null && answers || { echo "mps.sh: no daemon answers in $pipe"; exit 0; }
+        command -v nvidia-cuda-mps-control > /dev/null && answers || { echo "mps.sh: no MPS daemon answers in $pipe"; exit 0; }
         echo quit | nvidia-cuda-mps-control
         echo "MPS daemon stopped";;
     status)

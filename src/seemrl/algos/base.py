@@ -83,6 +83,9 @@ class RunSettings:
     # a former setting name -> the fields that replace it: a config naming it is rejected, naming
     # them; a checkpoint saved with it loads (`seemrl.config.migrate`)
     RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # settings added after runs existed, with the value those runs had: at that value they stay out
+    # of the run identity, so those runs and their resume states keep theirs (`run_identity_of`)
+    LATER_SETTINGS: ClassVar[dict[str, object]] = {"compile_update": False, "eval_from": 0}
 
     def __post_init__(self):
         check_at_least_one(self, ("steps", "checkpoint_every", "log_every"))
@@ -282,14 +285,14 @@ def load_offline_checkpoint(path: str | Path, fmt: str, config_cls: type, build_
 def run_identity_of(cfg, seeds: Sequence[int], *, tag: dict | None = None, **fields) -> dict:
     """What makes two runs the same run, as plain JSON values (tuples become lists): `tag`
     first, then the config (without `cuda_graph`: how the step executes, not which run this
-    is; `compile_update` only when on and `eval_from` only when not 0, so the runs and resume
-    states made before they existed keep their identity), the seeds and `fields`."""
+    is; a setting of `LATER_SETTINGS` only away from the value runs had before it existed, such
+    as `compile_update` only when on, so those runs and resume states keep their identity), the
+    seeds and `fields`."""
     config = dataclasses.asdict(cfg)
     config.pop("cuda_graph")
-    if not config.get("compile_update", True):
-        config.pop("compile_update")
-    if not config.get("eval_from", 1):
-        config.pop("eval_from")
+    for name, before in getattr(cfg, "LATER_SETTINGS", {}).items():
+        if name in config and config[name] == before:
+            config.pop(name)
     return json.loads(json.dumps({**(tag or {}), "config": config, "seeds": list(seeds), **fields}))
 
 

@@ -40,6 +40,7 @@ STREAM_EVAL = 40  # the evaluation policy's CPU generators (with eval_seed)
 CRITIC_STREAMS = ((STREAM_Q1, STREAM_DROPOUT_Q1), (STREAM_Q2, STREAM_DROPOUT_Q2))  # (init, dropout) of Q1, Q2
 
 SAMPLERS = ("dpm_solver", "ddpm")
+BACKUP_DTYPES = ("float32", "bfloat16")
 BETA_SCHEDULES = ("linear", "vp")
 GUIDE_Q = ("random", "q1", "min")
 LR_DECAY = ("both", "actor", "none")
@@ -67,6 +68,7 @@ class DiffQLConfig(OfflineConfig):
     guide_q: str = "random"  # critic head of the actor's Q term: "random" per step (EDP, Diffusion-QL), "q1", "min"
     max_q_backup: bool = True  # max over backup_samples actions at s' per head, then min over heads
     backup_samples: int = 10  # actions sampled at s' for the max-Q backup
+    backup_dtype: str = "float32"  # the max-Q backup (sampler, target critics) on CUDA: "float32" (TF32 matmuls) or "bfloat16" (autocast; a speed trial: changes results beyond rounding)
     actor_ema_every: int = 5  # the EMA actor updates at step numbers n % actor_ema_every == 0 ...
     actor_ema_start: int = 1000  # ... and n > actor_ema_start (EDP: 5 and 1000)
     grad_clip: float = 0.0  # per-seed gradient-norm clip of actor, Q1 and Q2 (each); 0 = none
@@ -82,11 +84,12 @@ class DiffQLConfig(OfflineConfig):
     eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
 
     RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
+    LATER_SETTINGS = {**OfflineConfig.LATER_SETTINGS, "backup_dtype": "float32"}
 
     def __post_init__(self):
         choices = {"lr_decay": LR_DECAY, "activation": tuple(ACTIVATIONS), "beta_schedule": BETA_SCHEDULES,
                    "sampler": SAMPLERS, "guide_q": GUIDE_Q, "eval_select": ("softmax", "argmax"),
-                   "eval_actor": ("online", "ema")}
+                   "eval_actor": ("online", "ema"), "backup_dtype": BACKUP_DTYPES}
         for name, allowed in choices.items():
             check_one_of(self, name, allowed)
         check_at_least_one(self, ("sample_steps", "backup_samples", "actor_ema_every", "eval_samples"))
@@ -341,7 +344,13 @@ class DiffusionActor(nn.Module):
     def sampling_eps(self, x: torch.Tensor, t_proj: torch.Tensor, s_proj: torch.Tensor) -> torch.Tensor:
         """eps(x, t, s) for one time t shared by all rows, given its `time_projection` [S, 1,
         hidden] and `state_projection(s)`."""
-        h = stacked_affine(s_proj + t_proj, x, self.net.weights[0][:, :self.act_dim])
+        w = self.net.weights[0][:, :self.act_dim]
+        if torch.compiler.is_compiling():
+            # the full-size first-layer term joins the activation's fused kernel; baddbmm would
+            # first copy it into its output (a [S, B*n, hidden] device copy per solver evaluation)
+            h = (s_proj + t_proj) + torch.bmm(x, w)
+        else:
+            h = stacked_affine(s_proj + t_proj, x, w)
         return self.net.forward_from(h, 0)
 
 
@@ -589,14 +598,17 @@ class DiffQLTrainer(CriticTrainer):
     @torch.no_grad()
     def backup_target(self, r: torch.Tensor, s2: torch.Tensor, not_done: torch.Tensor,
                       draws: dict[str, torch.Tensor]) -> torch.Tensor:
-        """r + gamma * not_done * min over heads of max over the sampled actions at s' [S, B, 1]."""
+        """r + gamma * not_done * min over heads of max over the sampled actions at s' [S, B, 1].
+        With `backup_dtype` "bfloat16" the sampler and the target critics run under autocast
+        (matmuls in bfloat16, float32 accumulation); the target is float32 either way."""
         nets = self.nets
-        a2 = nets.sample_actions(nets.actor_ema, s2, draws["backup_xT"], draws.get("backup_steps"))
-        S, B, n, _ = a2.shape
-        x2 = torch.cat([s2.unsqueeze(2).expand(S, B, n, s2.shape[-1]), a2], -1).reshape(S, B * n, -1)
-        q1 = nets.q1_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
-        q2 = nets.q2_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
-        return r + self.cfg.gamma * not_done * torch.minimum(q1, q2)
+        with torch.autocast(s2.device.type, dtype=torch.bfloat16, enabled=self.cfg.backup_dtype == "bfloat16"):
+            a2 = nets.sample_actions(nets.actor_ema, s2, draws["backup_xT"], draws.get("backup_steps"))
+            S, B, n, _ = a2.shape
+            x2 = torch.cat([s2.unsqueeze(2).expand(S, B, n, s2.shape[-1]), a2.to(s2.dtype)], -1).reshape(S, B * n, -1)
+            q1 = nets.q1_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+            q2 = nets.q2_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+        return r + self.cfg.gamma * not_done * torch.minimum(q1, q2).float()
 
     def diffusion_terms(self, s: torch.Tensor, a: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                         actor: DiffusionActor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
