@@ -95,15 +95,15 @@ def seemrl_config(algo: str, steps: int, eval_episodes: int):
     return trainer, params, cfg
 
 
-def run_seemrl(algo: str, data_path: str, seeds: list[int], steps: int, device: str, eval_episodes: int,
-               q_rows: np.ndarray) -> dict:
-    import torch
+def train_seemrl(trainer: str, cfg, params: dict, seeds: list[int], data_path: str, device: str):
+    """seemrl's training entry point (`seemrl.train.train_offline`, seeds stacked) in a temporary
+    directory: (run.json, the metrics table, the last checkpoint's networks, wall seconds)."""
+    import pandas as pd
 
     from seemrl.algos import trainer_module
     from seemrl.train import Outputs, train_offline
     from seemrl.training.resume import checkpoint_name
 
-    trainer, params, cfg = seemrl_config(algo, steps, eval_episodes)
     with tempfile.TemporaryDirectory() as tmp:
         out = Outputs(checkpoints=f"{tmp}/checkpoints", metrics=f"{tmp}/metrics.parquet", run=f"{tmp}/run.json",
                       evaluations=f"{tmp}/evaluations.parquet")
@@ -111,9 +111,18 @@ def run_seemrl(algo: str, data_path: str, seeds: list[int], steps: int, device: 
         run = train_offline(trainer, cfg, params, seeds, data_path, out, device=device, device_info={"device": device},
                             labels={})
         wall = time.perf_counter() - t0
-        ckpt = trainer_module(trainer).load_checkpoint(Path(tmp) / "checkpoints" / checkpoint_name(steps))
+        metrics = pd.read_parquet(out.metrics)
+        ckpt = trainer_module(trainer).load_checkpoint(Path(tmp) / "checkpoints" / checkpoint_name(cfg.steps))
+    return run, metrics, ckpt.nets, wall
+
+
+def run_seemrl(algo: str, data_path: str, seeds: list[int], steps: int, device: str, eval_episodes: int,
+               q_rows: np.ndarray) -> dict:
+    import torch
+
+    trainer, params, cfg = seemrl_config(algo, steps, eval_episodes)
+    run, _, nets, wall = train_seemrl(trainer, cfg, params, seeds, data_path, device)
     per_seed = run["evaluation"]["per_seed"]
-    nets = ckpt.nets
     with torch.no_grad():
         obs, act = (torch.as_tensor(q_rows[k], dtype=torch.float32) for k in ("obs", "action"))
         obs_n = nets.normalize(obs.expand(len(seeds), *obs.shape))

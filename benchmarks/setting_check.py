@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +42,15 @@ def parse_settings(items: list[str]) -> dict:
 def train_side(algo: str, params: dict, table: str, seeds: list[int], steps: int, eval_episodes: int,
                device: str, q_rows: dict) -> dict:
     """One side: the run's final scores, Q on the rows, last critic loss and speed."""
-    import pandas as pd
     import torch
+    from peer_check import train_seemrl
 
     from seemrl.algos import trainer_module
-    from seemrl.train import Outputs, train_offline
-    from seemrl.training.resume import checkpoint_name
 
-    module = trainer_module(algo)
-    cfg = module.Config(**{**params, "steps": steps, "checkpoint_every": steps, "log_every": max(1, steps // 20),
-                           "eval_every": steps, "eval_episodes": eval_episodes})
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Outputs(checkpoints=f"{tmp}/checkpoints", metrics=f"{tmp}/metrics.parquet", run=f"{tmp}/run.json",
-                      evaluations=f"{tmp}/evaluations.parquet")
-        t0 = time.perf_counter()
-        run = train_offline(algo, cfg, params, seeds, table, out, device=device, device_info={"device": device},
-                            labels={})
-        wall = time.perf_counter() - t0
-        metrics = pd.read_parquet(out.metrics)
-        nets = module.load_checkpoint(Path(tmp) / "checkpoints" / checkpoint_name(steps)).nets
+    cfg = trainer_module(algo).Config(**{**params, "steps": steps, "checkpoint_every": steps,
+                                         "log_every": max(1, steps // 20), "eval_every": steps,
+                                         "eval_episodes": eval_episodes})
+    run, metrics, nets, wall = train_seemrl(algo, cfg, params, seeds, table, device)
     with torch.no_grad():
         obs, act = (torch.tensor(q_rows[k], dtype=torch.float32) for k in ("obs", "action"))
         x = torch.cat([nets.normalize(obs.expand(len(seeds), *obs.shape)), act.expand(len(seeds), *act.shape)], -1)
