@@ -244,6 +244,16 @@ class CriticTrainer(StackedTrainer):
         self.nets.q1.train(train)
         self.nets.q2.train(train)
 
+    def critic_backward(self, critic_loss: torch.Tensor, q1: torch.Tensor, set_to_none: bool) -> dict:
+        """After the critic-loss forward: the critics back in eval mode, their gradients from the
+        sum of the per-seed losses (so per-seed gradients), a non-finite loss recorded; returns
+        the logged critic loss and mean Q of q1 [S, B, 1]. The caller clips and steps."""
+        self._critic_mode(train=False)
+        self.optimizers["critic"].zero_grad(set_to_none=set_to_none)
+        critic_loss.sum().backward()
+        self.record_nonfinite(critic_loss)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
+
     def extra_state(self) -> dict:
         return {"dropout_gens": [m.dropout_rng_states() for m in self.dropout_modules()]}
 

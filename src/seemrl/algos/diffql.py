@@ -636,12 +636,8 @@ class DiffQLTrainer(CriticTrainer):
         self._critic_mode(train=True)
         q1 = nets.q1(x)
         critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
-        self._critic_mode(train=False)
+        out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
-        critic_opt.zero_grad(set_to_none=set_to_none)
-        critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
-        self.record_nonfinite(critic_loss)
-        out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         n1, n2 = self._clip(nets.q1), self._clip(nets.q2)
         if grad_norm:  # before clipping
             out["critic_grad_norm"] = torch.sqrt(n1 ** 2 + n2 ** 2) if cfg.grad_clip > 0 else critic_grad_norm(nets)

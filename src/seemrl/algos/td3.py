@@ -153,12 +153,8 @@ class TD3Trainer(CriticTrainer):
         critic_loss = ((q1 - target) ** 2).mean((1, 2))
         if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
             critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
-        self._critic_mode(train=False)
+        out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
-        critic_opt.zero_grad(set_to_none=set_to_none)
-        critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
-        self.record_nonfinite(critic_loss)
-        out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = critic_grad_norm(nets)
         critic_opt.step()
