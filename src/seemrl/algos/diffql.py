@@ -68,7 +68,7 @@ class DiffQLConfig(OfflineConfig):
     guide_q: str = "random"  # critic head of the actor's Q term: "random" per step (EDP, Diffusion-QL), "q1", "min"
     max_q_backup: bool = True  # max over backup_samples actions at s' per head, then min over heads
     backup_samples: int = 10  # actions sampled at s' for the max-Q backup
-    backup_dtype: str = "float32"  # the max-Q backup (sampler, target critics) on CUDA: "float32" (TF32 matmuls) or "bfloat16" (autocast; a speed trial: changes results beyond rounding)
+    backup_dtype: str = "float32"  # the max-Q backup (sampler, target critics): "float32" (TF32 matmuls on CUDA) or "bfloat16" (autocast, any device; a speed trial: changes results beyond rounding)
     actor_ema_every: int = 5  # the EMA actor updates at step numbers n % actor_ema_every == 0 ...
     actor_ema_start: int = 1000  # ... and n > actor_ema_start (EDP: 5 and 1000)
     grad_clip: float = 0.0  # per-seed gradient-norm clip of actor, Q1 and Q2 (each); 0 = none
