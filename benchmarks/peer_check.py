@@ -202,7 +202,7 @@ def run_d3rlpy(tasks: list[tuple], jobs: int = 1, meanwhile=lambda: None):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_d3rlpy_seed, task): task for task in tasks}
+        futures = {pool.submit(d3rlpy_seed_in_pool, task): task for task in tasks}
         meanwhile()
         for future in as_completed(futures):
             task = futures[future]
@@ -297,6 +297,20 @@ def _d3rlpy_seed(task) -> dict:
     q_pi = float(np.mean(model.predict_value(q_rows["obs"], model.predict(q_rows["obs"]))))  # deterministic action
     return {"score": result.normalized_score, "return": result.return_mean, "q_mean": q, "q_policy": q_pi,
             "wall": wall}
+
+
+def d3rlpy_seed_in_pool(task) -> dict:
+    """`_d3rlpy_seed` in a pool's worker process: an error comes back as a RuntimeError naming
+    the run, with the worker's traceback as text. The error itself may not cross to the parent:
+    TorchDynamo's errors hold modules, which do not pickle, and the pool then reports only
+    "cannot pickle 'module' object" (d3rlpy's compiled CQL in torch 2.11, 2026-12-07)."""
+    try:
+        return _d3rlpy_seed(task)
+    except Exception as exc:
+        import traceback
+
+        raise RuntimeError(f"d3rlpy {task[0]} seed {task[2]} failed: {type(exc).__name__}: {exc}\n"
+                           f"{traceback.format_exc()}") from None
 
 
 class D3State:

@@ -78,6 +78,22 @@ def test_cql_q_trace_plumbing(tmp_path):
     assert "mean Q on the data's (s, a):" in proc.stdout
 
 
+def test_a_d3rlpy_run_failing_in_a_worker_comes_back_named_and_picklable(tmp_path):
+    """A d3rlpy run that fails in a pool worker raises an error the pool can send back (a plain
+    RuntimeError naming the algorithm and seed, with the worker's traceback), whatever failed:
+    here the import of d3rlpy (absent in CI) or the missing table."""
+    import pickle
+
+    sys.path.insert(0, str(BENCH))
+    import peer_check
+
+    task = ("cql", str(tmp_path / "missing.parquet"), 3, 10, "cpu", 1, {}, None, False, None, 0)
+    with pytest.raises(RuntimeError, match="d3rlpy cql seed 3 failed") as err:
+        peer_check.d3rlpy_seed_in_pool(task)
+    assert "Traceback" in str(err.value)
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value)
+
+
 def test_peer_check_plumbing(tmp_path):
     """benchmarks/peer_check.py on a tiny Hopper-shaped table of whole episodes: seemrl's half runs
     and is scored by the evaluator; d3rlpy's half runs where d3rlpy is installed (not in the jobs'
