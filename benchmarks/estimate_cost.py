@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT / "src"))
 RATES = {("td3", False): 17_356, ("td3", True): 15_535, ("iql", False): 10_892, ("iql", True): 10_892,
          ("cql", False): 3_308, ("cql", True): 3_308, ("diffql", False): 2_631, ("diffql", True): 2_413}
 # ... and with 40 seeds per job (the same tables; CQL's from the S=40 / S=10 ratio of its earlier
-# measurement, 1.49x without LN and 1.29x with it; Diffusion-QL's not measured: its S=10 rate)
+# measurement, 1.49x without LN and 1.29x with it; Diffusion-QL's measured at S=40 in the same session
+# as its S=10 rates: benchmarks/README.md, "Diffusion-QL with the compiled backup sampler")
 RATES_40 = {("td3", False): 42_069, ("td3", True): 37_535, ("iql", False): 27_154, ("iql", True): 27_154,
-            ("cql", False): 4_929, ("cql", True): 4_267, ("diffql", False): 2_631, ("diffql", True): 2_413}
+            ("cql", False): 4_929, ("cql", True): 4_267, ("diffql", False): 3_532, ("diffql", True): 3_379}
 SEEM_SECONDS = 0.049  # per checkpoint and seed, N=2560, 256-256 critic, Krylov-Schur eigen-solve (one H100; benchmarks/README.md)
 DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6), "AntMaze": (29, 8)}
 # AntMaze evaluation (benchmarks/README.md, lent H200 host): 7,822 env steps/s with 4 worker processes;
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", help="names under config/paper/ (default: all of them)")
     parser.add_argument("--together", nargs="+", choices=["percents", "datasets"],
                         help="also each config as if its grids trained these axes' cells together "
-                             "(`train_together`; TD3, IQL and CQL only), a row beside each")
+                             "(`train_together`), a row beside each")
     args = parser.parse_args()
     os.chdir(ROOT)  # the registry path in the config is relative to the project
     import torch

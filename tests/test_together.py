@@ -75,7 +75,9 @@ def _assert_same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("trainer,extra", [("td3", {"bc_weight": 1.0}), ("iql", {}),
-                                           ("cql", {"critic": {"norm": "layernorm"}})])
+                                           ("cql", {"critic": {"norm": "layernorm"}}),
+                                           ("diffql", {"diffusion_steps": 3, "sample_steps": 3, "backup_samples": 2,
+                                                       "eval_samples": 3, "actor_ema_start": 10})])
 def test_cells_trained_together_match_each_cell_alone(tmp_path, trainer, extra):
     params = {**PARAMS, **extra}
     together = _together(tmp_path, trainer, params)
@@ -122,8 +124,8 @@ def test_bad_together_jobs_are_refused_by_name(tmp_path):
     base = ["train-together", "--params", json.dumps(PARAMS), "--device", "cpu"]
     with pytest.raises(SystemExit, match="at least two cells"):
         main(base + ["--cells", json.dumps([cell])])
-    with pytest.raises(SystemExit, match="diffql"):
-        main(base + ["--trainer", "diffql", "--cells", json.dumps([cell, cell])])
+    with pytest.raises(SystemExit, match="'online_sac' cannot train cells together"):
+        main(base + ["--trainer", "online_sac", "--cells", json.dumps([cell, cell])])
     with pytest.raises(SystemExit, match="needs data, seeds"):
         main(base + ["--cells", json.dumps([{"data": str(a)}, cell])])
     # another environment's table: state sizes differ, named

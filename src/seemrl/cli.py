@@ -173,9 +173,10 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_train_together(a: argparse.Namespace) -> None:
     from seemrl.algos import trainer_module
-    from seemrl.train import Cell, train_offline_together
+    from seemrl.train import Cell, check_together_trainer, train_offline_together
 
     _setup(compute=True)
+    check_together_trainer(a.trainer)
     a.seeds = "0"  # each cell names its own
     params, cfg, _, device, device_info = _run_settings(a, trainer_module(a.trainer).Config, a.trainer)
     try:
@@ -536,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train-together", cmd_train_together, "train several cells of one algorithm config in one stack, "
              "each with the outputs it would have alone")
-    sp.add_argument("--trainer", default="td3", help="algorithm module: td3, iql or cql")
+    sp.add_argument("--trainer", default="td3", help="algorithm module: td3, iql, cql or diffql")
     sp.add_argument("--params", required=True, help="JSON of the algorithm's Config fields (shared by the cells)")
     sp.add_argument("--cells", required=True, help="JSON list of cells: {data, seeds, labels, checkpoints, metrics, "
                     "evaluations, run, progress}")

@@ -204,7 +204,13 @@ def train_offline(trainer: str, cfg, params: dict, seeds: list[int], data_path: 
 
 
 # ------------------------------------------------------------------ cells trained together
-TOGETHER_TRAINERS = ("td3", "iql", "cql")  # Diffusion-QL's sampler keeps state in its nets: not yet
+TOGETHER_TRAINERS = ("td3", "iql", "cql", "diffql")
+
+
+def check_together_trainer(trainer: str) -> None:
+    """Refuse, by name, a trainer that cannot train cells together."""
+    if trainer not in TOGETHER_TRAINERS:
+        raise SystemExit(f"trainer {trainer!r} cannot train cells together (only {', '.join(TOGETHER_TRAINERS)})")
 
 
 @dataclass
@@ -278,6 +284,7 @@ class _CellsEvaluation:
     def _cells(self, stack_nets):
         for k, nets in enumerate(self.cell_nets):
             load_members(nets, stack_nets, self.spans[k], self.modules)
+            nets.adopt_members(stack_nets, self.spans[k])  # e.g. Diffusion-QL's evaluation generators
             yield self.evaluations[k], nets
 
     def __call__(self, stack_nets):
@@ -325,8 +332,7 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
     from seemrl.training.draws import OfflineData
     from seemrl.training.resume import checkpoint_paths
 
-    if trainer not in TOGETHER_TRAINERS:
-        raise SystemExit(f"trainer {trainer!r} cannot train cells together (only {', '.join(TOGETHER_TRAINERS)})")
+    check_together_trainer(trainer)
     if len(cells) < 2:
         raise SystemExit(f"training together needs at least two cells, got {len(cells)}")
     algo = trainer_module(trainer)

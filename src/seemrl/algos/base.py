@@ -197,6 +197,11 @@ class OfflineNets:
         return dataclasses.replace(self, **moved, obs_mean=self.obs_mean.to(device, copy=True),
                                    obs_std=self.obs_std.to(device, copy=True))
 
+    def adopt_members(self, stack, members: slice) -> None:
+        """For cells trained together, after their networks came from members `members` of the
+        stack's nets `stack` (`seemrl.train.load_members`): take whatever else of those members the
+        policy reads. Nothing for a policy of its networks alone."""
+
     def host_policy(self):
         """What evaluation acts with. The environments step on the host, one batch of actions per
         step: a policy on the GPU costs a round trip per step, and on a GPU shared by several jobs

@@ -476,6 +476,11 @@ class DiffQLNets(OfflineNets):
         """As `policy`, but the sampled action with the highest min(Q1_target, Q2_target)."""
         return self.select_actions(obs_n, greedy=True)
 
+    def adopt_members(self, stack: "DiffQLNets", members: slice) -> None:
+        """The stack's evaluation generators of `members` (the same objects: each cell's
+        evaluation draws from, and advances, its members' generators as the stack's would)."""
+        self.eval_gens = stack.eval_gens[members]
+
     def eval_rng_states(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.eval_gens]
 
