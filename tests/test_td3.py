@@ -211,6 +211,36 @@ def test_matmul_precision_is_scoped_and_validated():
         td3.TD3Config(matmul_precision="fp16")
 
 
+def test_matmul_precision_under_the_max_autotune_trial_keeps_the_legacy_reading_working():
+    """Inductor's max-autotune (SEEMRL_INDUCTOR_MAX_AUTOTUNE=1) reads torch's legacy matmul
+    precision in torch 2.11, which raises once the per-backend switch was written; under that
+    trial the block writes the legacy switch, so both readings agree inside and after it. In a
+    fresh process: the mixed state, once made, stays for the process."""
+    code = """
+import os, torch
+from seemrl.training.devices import matmul_precision
+os.environ["SEEMRL_INDUCTOR_MAX_AUTOTUNE"] = "1"
+with matmul_precision("tf32"):
+    print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision)
+print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision)
+del os.environ["SEEMRL_INDUCTOR_MAX_AUTOTUNE"]
+with matmul_precision("tf32"):
+    try:
+        torch.get_float32_matmul_precision()
+        print("legacy read works")
+    except RuntimeError as exc:
+        print("mixed" if "mix of the legacy and new APIs" in str(exc) else exc)
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.split("\n")
+    assert lines[:2] == ["high tf32", "highest ieee"], out.stdout + out.stderr
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the per-backend switch
+        assert lines[2] == "mixed", out.stdout  # what the trial avoids
+
+
 def test_matmul_precision_is_shared_by_overlapping_runs_and_never_mixed():
     """Runs in threads of one process overlap their blocks: the first in sets the switch, the
     last out restores it (no run flips it under another), and a different precision meanwhile

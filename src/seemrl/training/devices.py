@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+
+# "1": Inductor's max-autotune (GEMM templates with fused epilogues, picked by timing): a speed
+# trial for benchmarks only, not a setting of runs (the timed picks can change the bits)
+INDUCTOR_MAX_AUTOTUNE_ENV = "SEEMRL_INDUCTOR_MAX_AUTOTUNE"
 
 
 def resolve_device(name: str | None) -> str:
@@ -39,7 +44,11 @@ def matmul_precision(precision: str):
     if precision not in MATMUL_PRECISIONS:
         raise ValueError(f"matmul precision must be one of {list(MATMUL_PRECISIONS)}, got {precision!r}")
     backend = torch.backends.cuda.matmul
-    modern = hasattr(backend, "fp32_precision")  # torch >= 2.9
+    # torch >= 2.9 has the per-backend switch. Once it is written, torch's legacy getters raise
+    # ("mix of the legacy and new APIs"), and Inductor's max-autotune in torch 2.11 reads one (its
+    # autotune cache key): under that trial the legacy switch is written instead, which keeps
+    # both readings consistent.
+    modern = hasattr(backend, "fp32_precision") and os.environ.get(INDUCTOR_MAX_AUTOTUNE_ENV) != "1"
 
     def read():
         return backend.fp32_precision if modern else backend.allow_tf32

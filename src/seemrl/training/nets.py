@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seemrl.training.devices import INDUCTOR_MAX_AUTOTUNE_ENV
+
 ACTIVATIONS = {"relu": F.relu, "mish": F.mish, "tanh": torch.tanh}
 NORMS = ("none", "layernorm", "batchnorm")
 NORM_EPS = 1e-5  # LayerNorm and BatchNorm eps, as nn.LayerNorm / nn.BatchNorm1d
@@ -324,9 +326,6 @@ class StackedMLP(nn.Module):
 # ------------------------------------------------------------------ fused LayerNorm + activation
 FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kernels off
 INDUCTOR_DETERMINISTIC_ENV = "SEEMRL_INDUCTOR_DETERMINISTIC"  # "0": reductions tuned by timing (may differ run to run)
-# "1": Inductor's max-autotune (GEMM templates with fused epilogues, picked by timing): a speed
-# trial for benchmarks only, not a setting of runs (the timed picks can change the bits)
-INDUCTOR_MAX_AUTOTUNE_ENV = "SEEMRL_INDUCTOR_MAX_AUTOTUNE"
 
 
 def inductor_options() -> dict[str, Any]:
