@@ -50,29 +50,43 @@ class PolicyEvaluation:
     """evaluate(nets) -> one result per seed: `play` of the policy, acting from a CPU copy where it
     is deterministic (`OfflineNets.host_policy`). With `overlap`, the training loop plays it in
     the background while training goes on (`seemrl.training.loop.train_loop`): snapshot(nets) is
-    a CPU copy of the policy at the step, run(copy) plays it, state(copy) / restore(nets, state)
-    carry a copy through a resume state. The same policy plays the same episodes either way."""
+    a copy of the policy at the step (`OfflineNets.policy_snapshot`), run(copy) plays it,
+    state(copy) / restore(nets, state) carry a copy through a resume state. The same policy plays
+    the same episodes either way. A policy acting on a GPU computes its float32 matmuls in the
+    run's `matmul_precision`, held for the whole evaluation: an evaluation in the background
+    would otherwise take whichever the training steps had set at each of its matmuls."""
 
-    def __init__(self, play: Callable, overlap: bool = False):
-        self.play, self.overlap = play, overlap
+    def __init__(self, play: Callable, overlap: bool = False, precision: str = "tf32"):
+        self.play, self.overlap, self.precision = play, overlap, precision
+
+    def _play(self, nets):
+        from seemrl.training.devices import matmul_precision
+
+        if nets.obs_mean.device.type != "cuda":
+            return self.play(nets)
+        with matmul_precision(self.precision):
+            return self.play(nets)
 
     def __call__(self, nets):
-        return self.play(nets.host_policy())
+        return self._play(nets.host_policy())
 
     def snapshot(self, nets):
-        return nets.policy_copy("cpu")
+        return nets.policy_snapshot()
 
     def run(self, copy):
-        return self.play(copy)
+        return self._play(copy)
 
     def state(self, copy) -> dict:
-        return {name: {k: v.detach().clone() for k, v in getattr(copy, name).state_dict().items()}
-                for name in copy.POLICY_MODULES}
+        state = {name: {k: v.detach().clone() for k, v in getattr(copy, name).state_dict().items()}
+                 for name in copy.POLICY_MODULES}
+        return {**state, "_eval_rng": copy.eval_rng_states()}
 
     def restore(self, nets, state: dict):
-        copy = nets.policy_copy("cpu")
+        copy = nets.policy_snapshot()
         for name, tensors in state.items():
-            getattr(copy, name).load_state_dict(tensors)
+            if not name.startswith("_"):
+                getattr(copy, name).load_state_dict(tensors)
+        copy.set_eval_rng_states(state.get("_eval_rng", []))
         return copy
 
 
@@ -81,7 +95,7 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
     AntMaze datasets are evaluated in the maze, start and goal of their data
     (`seemrl.training.antmaze`, stepped by `workers` processes); everything else in the
     registry's evaluation environment. `overlap`: play in the background while training goes on
-    (where the policy has a CPU copy: the nets' `POLICY_MODULES`; `seemrl.algos.base.NetsEvaluation`)."""
+    (a copy of the nets' `POLICY_MODULES`; `seemrl.algos.base.NetsEvaluation`)."""
     if not cfg.eval_every:
         return None, None
     name = meta.get("registry_name") or meta.get("name", "")
@@ -99,7 +113,7 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
                 return nets.policy(nets.normalize(x)).cpu().numpy()
             return evaluate_antmaze(policy_fn, seeds, name, cfg.eval_episodes, eval_seed=cfg.eval_seed,
                                     entry=meta.get("registry_entry"), workers=workers)
-        return PolicyEvaluation(play, overlap), {
+        return PolicyEvaluation(play, overlap, cfg.matmul_precision), {
             "env_id": f"antmaze evaluation of {name} (seemrl.training.antmaze)", "eval_workers": workers, **ref}
     from seemrl.training.evaluation import evaluate_policies
 
@@ -108,7 +122,7 @@ def evaluator(meta: dict, cfg, seeds: list[int], data_path: str, workers: int = 
         raise SystemExit(f"eval_every={cfg.eval_every} but {data_path} names no eval_env_id or env_id")
     play = functools.partial(evaluate_policies, seeds=seeds, env_id=env_id, n_episodes=cfg.eval_episodes,
                              eval_seed=cfg.eval_seed, ref_min=ref["ref_min_score"], ref_max=ref["ref_max_score"])
-    return PolicyEvaluation(play, overlap), {"env_id": env_id, **ref}
+    return PolicyEvaluation(play, overlap, cfg.matmul_precision), {"env_id": env_id, **ref}
 
 
 def _write_frames(frames: dict[str, Any]) -> None:

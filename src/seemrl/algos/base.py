@@ -181,9 +181,12 @@ class OfflineNets:
     `obs_mean` / `obs_std`; `MODULES` names its networks (those a checkpoint holds)."""
 
     MODULES: ClassVar[tuple[str, ...]] = ()
-    # the networks `policy` reads, where it is a deterministic function of them and the state:
-    # evaluation acts with a CPU copy of these (`host_policy`); () = it acts on the nets' device
+    # the networks `policy` reads: an evaluation that plays while training goes on acts with a
+    # copy of these (`policy_snapshot`); () = no copy, the policy plays in the training loop
     POLICY_MODULES: ClassVar[tuple[str, ...]] = ("actor",)
+    # whether evaluation acts from a CPU copy (`host_policy`: a small MLP), or on the nets' device
+    # (Diffusion-QL's sampler: thousands of network rows per state)
+    POLICY_ON_HOST: ClassVar[bool] = True
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
@@ -197,6 +200,19 @@ class OfflineNets:
         return dataclasses.replace(self, **moved, obs_mean=self.obs_mean.to(device, copy=True),
                                    obs_std=self.obs_std.to(device, copy=True))
 
+    def policy_snapshot(self):
+        """The policy at this step, in a copy that training does not change (an evaluation that
+        plays while training goes on): on the host where the policy acts there, else on the
+        nets' device."""
+        return self.policy_copy("cpu" if self.POLICY_ON_HOST else self.obs_mean.device)
+
+    def eval_rng_states(self) -> list[torch.Tensor]:
+        """States of the generators the policy draws from (none: a deterministic policy)."""
+        return []
+
+    def set_eval_rng_states(self, states: Sequence[torch.Tensor]) -> None:
+        """Restore what `eval_rng_states` returned."""
+
     def adopt_members(self, stack, members: slice) -> None:
         """For cells trained together, after their networks came from members `members` of the
         stack's nets `stack` (`seemrl.train.load_members`): take whatever else of those members the
@@ -207,7 +223,7 @@ class OfflineNets:
         step: a policy on the GPU costs a round trip per step, and on a GPU shared by several jobs
         each round trip waits behind the others' work (about 10 s per HalfCheetah evaluation of
         25 episodes in the evidence run), so a deterministic policy acts from a CPU copy."""
-        if not self.POLICY_MODULES or self.obs_mean.device.type == "cpu":
+        if not self.POLICY_ON_HOST or self.obs_mean.device.type == "cpu":
             return self
         return self.policy_copy("cpu")
 
@@ -347,16 +363,21 @@ class NetsEvaluation:
 
     def __init__(self, evaluate: Callable, nets):
         self.evaluate = evaluate
-        # a policy without a CPU copy (its sampler reads state of the nets) plays in the loop
+        # a policy without a copy of its own (no POLICY_MODULES) plays in the loop
         self.overlap = bool(getattr(evaluate, "overlap", False)) and bool(nets.POLICY_MODULES)
 
-    def __call__(self, trainer):
+    @staticmethod
+    def _start(trainer) -> None:
         start = getattr(trainer, "start_evaluation", None)  # e.g. Diffusion-QL's noise for this step
         if start is not None:
             start()
+
+    def __call__(self, trainer):
+        self._start(trainer)
         return self.evaluate(trainer.nets)
 
     def snapshot(self, trainer):
+        self._start(trainer)
         return self.evaluate.snapshot(trainer.nets)
 
     def run(self, copy):

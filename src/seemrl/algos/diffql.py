@@ -384,7 +384,10 @@ class DiffQLNets(OfflineNets):
     times_on: dict = field(default_factory=dict, repr=False, compare=False)
 
     MODULES = ("actor", "actor_ema", "q1", "q2", "q1_target", "q2_target")
-    POLICY_MODULES = ()  # the sampler draws from its own generators and reads the target critics
+    # the sampler reads an actor and the target critics, and draws from its own generators; it acts
+    # on the nets' device
+    POLICY_MODULES = ("actor", "actor_ema", "q1_target", "q2_target")
+    POLICY_ON_HOST = False
 
     def to(self, device) -> "DiffQLNets":
         super().to(device)
@@ -475,6 +478,16 @@ class DiffQLNets(OfflineNets):
     def policy_greedy(self, obs_n: torch.Tensor) -> torch.Tensor:
         """As `policy`, but the sampled action with the highest min(Q1_target, Q2_target)."""
         return self.select_actions(obs_n, greedy=True)
+
+    def policy_copy(self, device) -> "DiffQLNets":
+        """As `OfflineNets.policy_copy`, with generators of its own in the same states."""
+        copy = super().policy_copy(device)
+        copy.eval_gens = [torch.Generator().manual_seed(0) for _ in self.eval_gens]
+        copy.set_eval_rng_states(self.eval_rng_states())
+        if torch.device(device) != self.obs_mean.device:
+            copy.schedule = DiffusionSchedule(self.cfg.beta_schedule, self.cfg.diffusion_steps, device)
+        copy.times_on = dict(self.times_on)  # (tensors never written: shared)
+        return copy
 
     def adopt_members(self, stack: "DiffQLNets", members: slice) -> None:
         """The stack's evaluation generators of `members` (the same objects: each cell's
