@@ -108,8 +108,12 @@ def test_host_policy_of_cuda_nets_is_on_the_cpu_and_acts_alike():
 
 def test_diffql_acts_on_its_own_device():
     """Diffusion-QL's policy samples from its own generators and reads the target critics: it is
-    not copied to the host (POLICY_MODULES is empty), so its evaluation is unchanged."""
+    not copied to the host (POLICY_ON_HOST is off); the copy an evaluation in the background plays
+    stays on the nets' device, with its own generators in the same states."""
     from seemrl.algos import diffql
 
-    nets = diffql.build_nets(diffql.DiffQLConfig(hidden=(8, 8)), [0], HOPPER_OBS, HOPPER_ACT)
-    assert diffql.DiffQLNets.POLICY_MODULES == () and nets.host_policy() is nets
+    nets = diffql.build_nets(diffql.DiffQLConfig(hidden=(8, 8)), [0, 1], HOPPER_OBS, HOPPER_ACT)
+    assert not diffql.DiffQLNets.POLICY_ON_HOST and nets.host_policy() is nets
+    copy = nets.policy_snapshot()
+    assert copy.obs_mean.device == nets.obs_mean.device and copy.actor is not nets.actor
+    assert all(a is not b and torch.equal(a.get_state(), b.get_state()) for a, b in zip(copy.eval_gens, nets.eval_gens))
