@@ -108,12 +108,20 @@ def test_host_policy_of_cuda_nets_is_on_the_cpu_and_acts_alike():
 
 def test_diffql_acts_on_its_own_device():
     """Diffusion-QL's policy samples from its own generators and reads the target critics: it is
-    not copied to the host (POLICY_ON_HOST is off); the copy an evaluation in the background plays
-    stays on the nets' device, with its own generators in the same states."""
+    not copied to the host (POLICY_ON_HOST is off). A blocking evaluation and one in the
+    background both act from a copy on the nets' device, with generators of its own in the same
+    states and LayerNorms as plain ops (no compiled kernel called from an evaluation thread)."""
     from seemrl.algos import diffql
+    from seemrl.training.nets import StackedMLP
 
-    nets = diffql.build_nets(diffql.DiffQLConfig(hidden=(8, 8)), [0, 1], HOPPER_OBS, HOPPER_ACT)
-    assert not diffql.DiffQLNets.POLICY_ON_HOST and nets.host_policy() is nets
-    copy = nets.policy_snapshot()
-    assert copy.obs_mean.device == nets.obs_mean.device and copy.actor is not nets.actor
-    assert all(a is not b and torch.equal(a.get_state(), b.get_state()) for a, b in zip(copy.eval_gens, nets.eval_gens))
+    cfg = diffql.DiffQLConfig(hidden=(8, 8), critic={"norm": "layernorm"})
+    nets = diffql.build_nets(cfg, [0, 1], HOPPER_OBS, HOPPER_ACT)
+    nets.q1_target.fused_pointwise = nets.q2_target.fused_pointwise = True  # as training on CUDA sets them
+    assert not diffql.DiffQLNets.POLICY_ON_HOST
+    for copy in (nets.host_policy(), nets.policy_snapshot()):
+        assert copy is not nets and copy.obs_mean.device == nets.obs_mean.device and copy.actor is not nets.actor
+        assert all(a is not b and torch.equal(a.get_state(), b.get_state())
+                   for a, b in zip(copy.eval_gens, nets.eval_gens))
+        assert not any(m.fused_pointwise for name in copy.POLICY_MODULES for m in getattr(copy, name).modules()
+                       if isinstance(m, StackedMLP))
+    assert nets.q1_target.fused_pointwise  # the training nets keep theirs

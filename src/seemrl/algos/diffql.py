@@ -27,7 +27,8 @@ from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_
                                train_offline, twin_critics)
 from seemrl.training.draws import Draw, OfflineData, weighted_indices
 from seemrl.training.loop import Checkpoint, TrainResult
-from seemrl.training.nets import ACTIVATIONS, Compiled, StackedMLP, per_seed_norm, seed_generators, stacked_affine
+from seemrl.training.nets import (ACTIVATIONS, Compiled, StackedMLP, enable_fused_pointwise, per_seed_norm,
+                                  seed_generators, stacked_affine)
 from seemrl.training.resume import ResumeDir
 from seemrl.training.trainer import clip_grad_norm_per_seed, cosine_lr, make_optimizer, set_lr
 
@@ -480,14 +481,23 @@ class DiffQLNets(OfflineNets):
         return self.select_actions(obs_n, greedy=True)
 
     def policy_copy(self, device) -> "DiffQLNets":
-        """As `OfflineNets.policy_copy`, with generators of its own in the same states."""
+        """As `OfflineNets.policy_copy`, with generators of its own in the same states, and
+        LayerNorms as plain ops (no compiled kernel is called, or compiled, from an evaluation
+        thread beside training)."""
         copy = super().policy_copy(device)
+        enable_fused_pointwise([getattr(copy, name) for name in self.POLICY_MODULES], "cpu")  # i.e. off
         copy.eval_gens = [torch.Generator().manual_seed(0) for _ in self.eval_gens]
         copy.set_eval_rng_states(self.eval_rng_states())
         if torch.device(device) != self.obs_mean.device:
             copy.schedule = DiffusionSchedule(self.cfg.beta_schedule, self.cfg.diffusion_steps, device)
         copy.times_on = dict(self.times_on)  # (tensors never written: shared)
         return copy
+
+    def host_policy(self) -> "DiffQLNets":
+        """Evaluation acts on the nets' device (a sampler of thousands of network rows per state),
+        from the copy an evaluation in the background plays too (`policy_copy`): blocking or not,
+        the same computation."""
+        return self.policy_copy(self.obs_mean.device)
 
     def adopt_members(self, stack: "DiffQLNets", members: slice) -> None:
         """The stack's evaluation generators of `members` (the same objects: each cell's
