@@ -271,3 +271,20 @@ def test_matmul_precision_is_shared_by_overlapping_runs_and_never_mixed():
     release.set()
     t.join(10)
     assert seen == ["tf32"] and backend.fp32_precision == before
+
+
+def test_actor_update_computes_no_critic_weight_gradients():
+    """The actor loss flows through Q1, but its backward computes the actor's gradients only: Q1's
+    gradients after a step with an actor update are those its own loss gave (autograd skips the
+    GEMMs of Q1's weight gradients, which the critic optimiser's next zero_grad would drop)."""
+    trainer = _trainer(td3.TD3Config(**{**SMALL, "policy_delay": 1}))
+    critic_opt, seen = trainer.optimizers["critic"], []
+    step = critic_opt.step
+
+    def recording_step(*a, **kw):
+        seen.append([p.grad.clone() for p in trainer.nets.q1.parameters()])
+        return step(*a, **kw)
+    critic_opt.step = recording_step
+    trainer.step()
+    assert seen and all(torch.equal(a, p.grad) for a, p in zip(seen[0], trainer.nets.q1.parameters()))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.nets.actor.parameters())

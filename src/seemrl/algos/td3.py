@@ -107,6 +107,7 @@ class TD3Trainer(CriticTrainer):
     def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device):
         super().__init__(cfg, seeds, data, nets, device)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
+        self.actor_params = list(nets.actor.parameters())
         if cfg.tau < 1.0:
             import copy
             self.targets = {name: copy.deepcopy(m).eval() for name, m in self.networks.items()}
@@ -164,7 +165,9 @@ class TD3Trainer(CriticTrainer):
             lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
             actor_loss = -lmbda * q.mean((1, 2)) + cfg.bc_weight * ((pi - a) ** 2).mean((1, 2))
             actor_opt.zero_grad(set_to_none=set_to_none)
-            actor_loss.sum().backward()
+            # the actor's gradients only: autograd then skips Q1's weight gradients (GEMMs that the
+            # critic optimiser's next zero_grad would drop)
+            actor_loss.sum().backward(inputs=self.actor_params)
             actor_opt.step()
             out["actor_loss"] = actor_loss.detach()
             if self.targets:  # parameters and (BatchNorm) buffers follow the online nets
