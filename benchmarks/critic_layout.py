@@ -9,8 +9,9 @@ training runs it:
 - `two stacks`: Q1 and Q2 as two stacks of S members (today);
 - `one stack`: one stack of 2S members, the input repeated for the second half;
 
-each with the critic's input as HalfCheetah's 17 + 6 = 23 columns and padded with a zero column
-to 24. The profile of the compiled TD3+BC step found 9 matmuls a step on the CUDA cores in full
+each with the critic's input as HalfCheetah's 17 + 6 = 23 columns (input width 23, input row 23);
+as those 23 columns in rows of 24 floats (a strided view, the weights unchanged: 23, 24); and
+padded with a zero column, with a zero weight row (24, 24). The profile of the compiled TD3+BC step found 9 matmuls a step on the CUDA cores in full
 FP32 although TF32 was on; an input width that is not a multiple of 4 is the suspected cause.
 
 The step: targets r + 0.99 * min(Q1, Q2)(x') without gradient, the critic loss of both on x,
@@ -37,17 +38,18 @@ sys.path.insert(0, str(ROOT / "src"))
 from seemrl.training.nets import StackedMLP, enable_fused_pointwise, seed_generators  # noqa: E402
 from seemrl.training.trainer import make_optimizer  # noqa: E402
 
-VARIANTS = (("two stacks", 23), ("two stacks", 24), ("one stack", 23), ("one stack", 24))
+# (layout, the first layer's input width, the row length of the input's buffer)
+VARIANTS = tuple((layout, width, row) for layout in ("two stacks", "one stack") for width, row in ((23, 23), (23, 24), (24, 24)))
 
 
-def make_step(layout: str, width: int, seeds: int, batch: int, hidden, norm: str, device):
+def make_step(layout: str, width: int, row: int, seeds: int, batch: int, hidden, norm: str, device):
     """A closure running one critic update of `layout` on fixed random inputs (TD3's critic half)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     s, a = torch.randn(seeds, batch, 17, generator=g), torch.rand(seeds, batch, 6, generator=g) * 2 - 1
     s2, a2 = torch.randn(seeds, batch, 17, generator=g), torch.rand(seeds, batch, 6, generator=g) * 2 - 1
     r = torch.randn(seeds, batch, 1, generator=g)
     s, a, s2, a2, r = (t.to(device) for t in (s, a, s2, a2, r))
-    pad = torch.zeros(seeds, batch, width - 23, device=device)
+    pad = torch.zeros(seeds, batch, row - 23, device=device)
     kw = dict(hidden=hidden, norm=norm)
     gens = [seed_generators(range(seeds), k + 1) for k in range(2)]  # Q1's and Q2's: the same nets both ways
     nets = ([StackedMLP(gens[0] + gens[1], 23, 1, **kw)] if layout == "one stack"
@@ -63,7 +65,9 @@ def make_step(layout: str, width: int, seeds: int, batch: int, hidden, norm: str
 
     def inputs(obs, act):
         x = torch.cat([obs, act, pad], -1)
-        return x.repeat(2, 1, 1) if layout == "one stack" else x
+        if layout == "one stack":
+            x = x.repeat(2, 1, 1)
+        return x[..., :width]  # rows of `row` floats, `width` of them used
 
     def step():
         with torch.no_grad():
@@ -136,23 +140,24 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     seeds, hidden, batch, iters = (([2], (16, 16), 8, 3) if args.tiny
                                    else (args.seeds, (256, 256), 256, args.iters))
+
     rows = []
     print(f"critic update, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, hidden {hidden}, batch {batch}, {iters} steps each")
-    print("| critic | seeds | layout | input width | us per step | speed vs two stacks, 23 | max weight difference from it |")
-    print("|---|---:|---|---:|---:|---:|---:|")
+    print("| critic | seeds | layout | input width | input row | us per step | speed vs two stacks, 23 | max weight difference from it |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for norm in args.norms:
         for n_seeds in seeds:
             base = ref = None
-            for layout, width in VARIANTS:
-                step = make_step(layout, width, n_seeds, batch, hidden, norm, device)
+            for layout, width, row in VARIANTS:
+                step = make_step(layout, width, row, n_seeds, batch, hidden, norm, device)
                 us = time_step(step, device, iters)
                 w = step.weights()
                 base, ref = base or us, ref or w
                 diff = max(float((a - b).abs().max().detach()) for a, b in zip(w, ref))
-                rows.append({"norm": norm, "seeds": n_seeds, "layout": layout, "width": width, "us": us,
+                rows.append({"norm": norm, "seeds": n_seeds, "layout": layout, "width": width, "row": row, "us": us,
                              "speedup": base / us, "max_weight_diff": diff})
-                print(f"| {norm} | {n_seeds} | {layout} | {width} | {us:.1f} | {base / us:.2f}x | {diff:.1e} |", flush=True)
+                print(f"| {norm} | {n_seeds} | {layout} | {width} | {row} | {us:.1f} | {base / us:.2f}x | {diff:.1e} |", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows}, indent=1))
     return 0

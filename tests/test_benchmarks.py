@@ -375,14 +375,14 @@ def test_setting_check_plumbing(tmp_path):
 
 def test_critic_layout_variants_train_the_same_weights(tmp_path):
     """benchmarks/critic_layout.py times the twin critics as two stacks or one, with the input width
-    23 or padded to 24; each variant must be the same computation (bit for bit on the CPU), or its
+    23 (in rows of 23 or 24 floats) or padded to 24; each variant must be the same computation (bit for bit on the CPU), or its
     speed says nothing about the layout."""
     out = tmp_path / "layout.json"
     proc = subprocess.run([sys.executable, str(BENCH / "critic_layout.py"), "--tiny", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["layout"], r["width"], r["norm"]) for r in rows} == {
-        (layout, width, norm) for layout in ("two stacks", "one stack") for width in (23, 24)
+    assert {(r["layout"], r["width"], r["row"], r["norm"]) for r in rows} == {
+        (layout, width, row, norm) for layout in ("two stacks", "one stack") for width, row in ((23, 23), (23, 24), (24, 24))
         for norm in ("none", "layernorm")}
     assert all(r["max_weight_diff"] == 0.0 and r["us"] > 0 for r in rows), rows
