@@ -21,7 +21,8 @@ from seemrl.config import migrate
 from seemrl.data.preparation import REWARD_TRANSFORMS
 from seemrl.training.devices import MATMUL_PRECISIONS
 from seemrl.training.loop import Checkpoint, LoopSettings, TrainResult, read_checkpoint, train_loop, write_checkpoint
-from seemrl.training.nets import CRITIC_SPEC_DEFAULTS, StackedMLP, critic_from_config, per_seed_norm, seed_generators
+from seemrl.training.nets import (CRITIC_SPEC_DEFAULTS, JoinedStacks, StackedMLP, critic_from_config,
+                                  enable_fused_pointwise, per_seed_norm, seed_generators)
 from seemrl.training.resume import ResumeDir
 from seemrl.training.trainer import StackedTrainer
 
@@ -261,9 +262,26 @@ class CriticTrainer(StackedTrainer):
     def not_graphable_reason(self) -> str:
         return CRITIC_DROPOUT_REASON
 
+    twin: JoinedStacks | None = None  # q1 and q2 as one stack of 2S members, where the algorithm joins them
+
     def _critic_mode(self, train: bool) -> None:
         self.nets.q1.train(train)
         self.nets.q2.train(train)
+        if self.twin is not None:
+            self.twin.train(train)
+
+    def join_critics(self) -> None:
+        """Hold q1 and q2 (and their targets, if any) as one stack of 2S members (`JoinedStacks`),
+        so that the update can run both critics in one forward pass (`twin_forward`). Call once
+        the networks and targets exist, on the training device."""
+        self.twin = JoinedStacks(self.nets.q1, self.nets.q2)
+        self.twin_target = JoinedStacks(self.targets["q1"], self.targets["q2"]) if self.targets else self.twin
+        enable_fused_pointwise([self.twin.joined, self.twin_target.joined], self.device)
+
+    def twin_forward(self, x: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Q1 and Q2 (or their targets) of x [S, B, in] in one forward pass: [2, S, B, 1]."""
+        q = (self.twin_target if target else self.twin)(x.repeat(2, 1, 1))
+        return q.view(2, self.S, *q.shape[1:])
 
     def critic_backward(self, critic_loss: torch.Tensor, q1: torch.Tensor, set_to_none: bool) -> dict:
         """After the critic-loss forward: the critics back in eval mode, their gradients from the
@@ -271,7 +289,11 @@ class CriticTrainer(StackedTrainer):
         the logged critic loss and mean Q of q1 [S, B, 1]. The caller clips and steps."""
         self._critic_mode(train=False)
         self.optimizers["critic"].zero_grad(set_to_none=set_to_none)
+        if self.twin is not None:
+            self.twin.zero_grad(set_to_none=set_to_none)
         critic_loss.sum().backward()
+        if self.twin is not None:  # the critics' optimiser steps q1's and q2's parameters
+            self.twin.share_grads()
         self.record_nonfinite(critic_loss)
         return {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
 

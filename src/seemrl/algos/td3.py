@@ -119,6 +119,8 @@ class TD3Trainer(CriticTrainer):
                                      weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
+        if cfg.twin_q:
+            self.join_critics()
 
     @property
     def draws(self) -> list[Draw]:
@@ -146,14 +148,22 @@ class TD3Trainer(CriticTrainer):
             noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a2 = (torch.tanh(actor_t(s2)) + noise).clamp(-1.0, 1.0)
             x2 = torch.cat([s2, a2], -1)
-            q_next = torch.minimum(q1_t(x2), q2_t(x2)) if cfg.twin_q else q1_t(x2)
+            if self.twin is not None:  # both critics in one forward pass (`join_critics`)
+                q_next = self.twin_forward(x2, target=True).amin(0)
+            else:
+                q_next = torch.minimum(q1_t(x2), q2_t(x2)) if cfg.twin_q else q1_t(x2)
             target = r + cfg.gamma * not_done * q_next
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        q1 = nets.q1(x)
-        critic_loss = ((q1 - target) ** 2).mean((1, 2))
-        if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
-            critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        if self.twin is not None:
+            q = self.twin_forward(x)
+            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
+            critic_loss = se[0] + se[1]
+        else:
+            q1 = nets.q1(x)
+            critic_loss = ((q1 - target) ** 2).mean((1, 2))
+            if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
+                critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
         out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
         if grad_norm:  # the gradient the optimiser is about to apply

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import math
 import numbers
 import os
@@ -326,6 +327,65 @@ class StackedMLP(nn.Module):
 # ------------------------------------------------------------------ fused LayerNorm + activation
 FUSED_POINTWISE_ENV = "SEEMRL_FUSED_POINTWISE"  # "0" switches the compiled kernels off
 INDUCTOR_DETERMINISTIC_ENV = "SEEMRL_INDUCTOR_DETERMINISTIC"  # "0": reductions tuned by timing (may differ run to run)
+
+
+class JoinedStacks:
+    """Stacks of the same architecture (the twin critics Q1 and Q2) held as one stack of all their
+    members, sharing memory: `joined`'s parameters and buffers are the stacks' concatenated on the
+    member axis, and each stack's become views of them. One forward pass of `joined` is every
+    stack's forward with one batched matmul per layer (one kernel where there were one per stack,
+    forward and backward). Its gradients land on `joined`'s parameters; `share_grads` hands each
+    stack its part as views, so an optimiser of the stacks' own parameters steps them as before,
+    and whatever reads the stacks (checkpoints, SEEM, evaluation) sees them unchanged.
+
+    Join once the stacks are on their device (`.to` would copy them apart). Before each backward
+    through `joined`, clear its gradients (`zero_grad`): the stacks' optimiser clears only views.
+    """
+
+    def __init__(self, *stacks: StackedMLP):
+        first = stacks[0]
+        if len(stacks) < 2 or any(type(s) is not StackedMLP or s.dims != first.dims or s.extra_repr() != first.extra_repr()
+                                  for s in stacks):
+            raise ValueError("can only join two or more StackedMLPs of one architecture")
+        self.stacks, self.sizes = stacks, [s.n_seeds for s in stacks]
+        joined = copy.deepcopy(first)
+        self.params = []  # (joined parameter, the stacks' parameters it holds)
+        for name, _ in first.named_parameters():
+            parts = [s.get_parameter(name) for s in stacks]
+            whole = nn.Parameter(torch.cat([p.detach() for p in parts]), requires_grad=parts[0].requires_grad)
+            owner, _, leaf = name.rpartition(".")
+            joined.get_submodule(owner)._parameters[leaf] = whole
+            for p, view in zip(parts, whole.detach().split(self.sizes)):
+                p.data = view
+            self.params.append((whole, parts))
+        for name, _ in first.named_buffers():
+            parts = [s.get_buffer(name) for s in stacks]
+            whole = torch.cat(parts)
+            owner, _, leaf = name.rpartition(".")
+            joined.get_submodule(owner)._buffers[leaf] = whole
+            for b, view in zip(parts, whole.split(self.sizes)):
+                b.data = view
+        joined.n_seeds = sum(self.sizes)
+        joined.dropout_generators = (None if first.dropout_generators is None
+                                     else [g for s in stacks for g in s.dropout_generators])
+        self.joined = joined
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Every stack's output on its own input: x [sum of members, B, in] -> [sum of members, B, out]."""
+        return self.joined(x)
+
+    def train(self, mode: bool = True) -> None:
+        self.joined.train(mode)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.joined.zero_grad(set_to_none=set_to_none)
+
+    def share_grads(self) -> None:
+        """Each stack's parameters get their part of the joined gradients (views; None stays None)."""
+        for whole, parts in self.params:
+            grads = [None] * len(parts) if whole.grad is None else whole.grad.split(self.sizes)
+            for p, g in zip(parts, grads):
+                p.grad = g
 
 
 def inductor_options() -> dict[str, Any]:
