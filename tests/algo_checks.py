@@ -316,3 +316,25 @@ def prepared(t, cfg, device="cpu"):
 
     p = prepare(t, dataclasses.asdict(cfg))
     return OfflineData.from_prepared(p, device), p
+
+
+def check_twin_critics_joined_train_as_apart(make: Callable, trainer_cls: type, modules: Sequence[str], monkeypatch,
+                                             steps: int = 7) -> None:
+    """The twin critics held as one stack of 2S members (`CriticTrainer.join_critics`: one batched
+    matmul per layer for both) train as two separate stacks: on the CPU the metrics and every
+    network's weights and buffers (BatchNorm statistics) are equal bit for bit after `steps`
+    steps. q1 and q2 stay views of the joined stack, so checkpoints, SEEM and evaluation read
+    them as before."""
+    joined = make()
+    assert joined.twin is not None
+    n = joined.S
+    assert joined.nets.q2.weights[0].data_ptr() == joined.twin.joined.weights[0][n:].data_ptr()
+    monkeypatch.setattr(trainer_cls, "join_critics", lambda self: None)
+    apart = make()
+    assert apart.twin is None
+    for _ in range(steps):
+        m1, m2 = joined.step(grad_norm=True), apart.step(grad_norm=True)
+        assert all(torch.equal(m1[k], m2[k]) for k in m2), [k for k in m2 if not torch.equal(m1[k], m2[k])]
+    for name in modules:
+        a, b = getattr(joined.nets, name).state_dict(), getattr(apart.nets, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), name

@@ -392,3 +392,11 @@ def test_graphed_run_resumes_and_isolates_nan_on_cuda(tmp_path, monkeypatch):
         for x, y in zip(getattr(ref_nets, name).parameters(), getattr(nets, name).parameters()):
             torch.testing.assert_close(x[:2], y[:2], rtol=1e-5, atol=1e-6)
             assert torch.isfinite(y[:2]).all()
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(critic={"norm": "layernorm"}), dict(critic={"norm": "batchnorm"}),
+                                   dict(critic={"dropout": 0.2})])
+def test_twin_critics_in_one_stack_train_as_two(extra, monkeypatch):
+    """The twin critics (and their targets) run as one stack of 2S members, bit for bit as two."""
+    checks.check_twin_critics_joined_train_as_apart(lambda: _trainer(iql.IQLConfig(**SMALL, **extra), [0, 1]),
+                                                    iql.IQLTrainer, ("actor", "q1", "q2", "value"), monkeypatch)

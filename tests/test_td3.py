@@ -290,25 +290,12 @@ def test_actor_update_computes_no_critic_weight_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.nets.actor.parameters())
 
 
+
 @pytest.mark.parametrize("extra", [
     dict(), dict(critic={"norm": "layernorm"}), dict(tau=0.005, bc_weight=1.0), dict(critic={"norm": "batchnorm"}),
     dict(critic={"dropout": 0.2}), dict(critic={"weight_norm_output": True, "ofn": True, "weight_decay": 1e-3}),
 ])
 def test_twin_critics_in_one_stack_train_as_two(extra, monkeypatch):
-    """The twin critics run as one stack of 2S members (`JoinedStacks`: one batched matmul per layer
-    for both); q1 and q2 stay views of it, so checkpoints, SEEM and evaluation read them as before.
-    On the CPU the weights, metrics and BatchNorm statistics equal those of two separate stacks
-    bit for bit."""
-    cfg = td3.TD3Config(**SMALL, **extra)
-    joined = _trainer(cfg)
-    assert joined.twin is not None
-    assert joined.nets.q2.weights[0].data_ptr() == joined.twin.joined.weights[0][2:].data_ptr()
-    monkeypatch.setattr(td3.TD3Trainer, "join_critics", lambda self: None)
-    apart = _trainer(cfg)
-    assert apart.twin is None
-    for _ in range(7):
-        m1, m2 = joined.step(grad_norm=True), apart.step(grad_norm=True)
-        assert all(torch.equal(m1[k], m2[k]) for k in m2), [k for k in m2 if not torch.equal(m1[k], m2[k])]
-    for name in ("actor", "q1", "q2"):
-        a, b = getattr(joined.nets, name).state_dict(), getattr(apart.nets, name).state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in b), name
+    """The twin critics run as one stack of 2S members (`JoinedStacks`), bit for bit as two."""
+    checks.check_twin_critics_joined_train_as_apart(lambda: _trainer(td3.TD3Config(**SMALL, **extra)), td3.TD3Trainer,
+                                                    ("actor", "q1", "q2"), monkeypatch)

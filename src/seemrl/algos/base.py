@@ -283,17 +283,22 @@ class CriticTrainer(StackedTrainer):
         q = (self.twin_target if target else self.twin)(x.repeat(2, 1, 1))
         return q.view(2, self.S, *q.shape[1:])
 
-    def critic_backward(self, critic_loss: torch.Tensor, q1: torch.Tensor, set_to_none: bool) -> dict:
-        """After the critic-loss forward: the critics back in eval mode, their gradients from the
-        sum of the per-seed losses (so per-seed gradients), a non-finite loss recorded; returns
-        the logged critic loss and mean Q of q1 [S, B, 1]. The caller clips and steps."""
-        self._critic_mode(train=False)
+    def critic_grads(self, critic_loss: torch.Tensor, set_to_none: bool) -> None:
+        """The critics' gradients of the sum of the per-seed losses (so per-seed gradients), in
+        q1's and q2's parameters (views of the joined ones' where the critics are joined)."""
         self.optimizers["critic"].zero_grad(set_to_none=set_to_none)
         if self.twin is not None:
             self.twin.zero_grad(set_to_none=set_to_none)
         critic_loss.sum().backward()
         if self.twin is not None:  # the critics' optimiser steps q1's and q2's parameters
             self.twin.share_grads()
+
+    def critic_backward(self, critic_loss: torch.Tensor, q1: torch.Tensor, set_to_none: bool) -> dict:
+        """After the critic-loss forward: the critics back in eval mode, their gradients from the
+        sum of the per-seed losses (so per-seed gradients), a non-finite loss recorded; returns
+        the logged critic loss and mean Q of q1 [S, B, 1]. The caller clips and steps."""
+        self._critic_mode(train=False)
+        self.critic_grads(critic_loss, set_to_none)
         self.record_nonfinite(critic_loss)
         return {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
 

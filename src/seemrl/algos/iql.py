@@ -171,6 +171,7 @@ class IQLTrainer(CriticTrainer):
                                      weight_decay=weight_decay),
         }
         self.finish_setup()
+        self.join_critics()
 
     @property
     def draws(self) -> list[Draw]:
@@ -219,8 +220,9 @@ class IQLTrainer(CriticTrainer):
         out: dict[str, torch.Tensor] = {}
 
         # 1. V step: expectile regression on the target critics' min
-        with torch.no_grad():
-            q_target = torch.minimum(q1_t(x), q2_t(x))
+        with torch.no_grad():  # (both critics in one forward pass where joined: `join_critics`)
+            q_target = (self.twin_forward(x, target=True).amin(0) if self.twin is not None
+                else torch.minimum(q1_t(x), q2_t(x)))
         nets.value.train(True)
         v = nets.value(s)
         nets.value.train(False)
@@ -250,13 +252,16 @@ class IQLTrainer(CriticTrainer):
         # 3. Q step: regression on r + gamma * not_done * V(s') of the updated V
         with torch.no_grad():
             target = r + cfg.gamma * not_done * nets.value(s2)
-        nets.q1.train(True)
-        nets.q2.train(True)
-        q1 = nets.q1(x)
-        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        self._critic_mode(train=True)
+        if self.twin is not None:
+            q = self.twin_forward(x)
+            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
+            critic_loss = se[0] + se[1]
+        else:
+            q1 = nets.q1(x)
+            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
         self._modes(train=False)
-        critic_opt.zero_grad(set_to_none=set_to_none)
-        critic_loss.sum().backward()
+        self.critic_grads(critic_loss, set_to_none)
         self.record_nonfinite(critic_loss)
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = critic_grad_norm(nets)
@@ -269,8 +274,8 @@ class IQLTrainer(CriticTrainer):
         return out
 
     def _modes(self, train: bool) -> None:
-        for m in (self.nets.q1, self.nets.q2, self.nets.value):
-            m.train(train)
+        self._critic_mode(train)
+        self.nets.value.train(train)
 
 
 # ------------------------------------------------------------------ resumable state
