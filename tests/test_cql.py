@@ -425,3 +425,11 @@ def test_graphed_run_resumes_and_isolates_nan_on_cuda(tmp_path, monkeypatch):
     poisoned, pnets = run(tmp_path / "nan", None, poison=True)
     assert poisoned.diverged_step == [1, None, None]
     assert all(torch.isfinite(p[1:]).all() for m in _modules(pnets).values() for p in m.parameters())
+
+
+@pytest.mark.parametrize("extra", VARIANTS, ids=str)
+def test_twin_critics_in_one_stack_train_as_two(extra, monkeypatch):
+    """The twin critics (and their targets) run as one stack of 2S members, bit for bit as two."""
+    checks.check_twin_critics_joined_train_as_apart(
+        lambda: _trainer(cql.CQLConfig(**SMALL, **extra), [0, 1], checks.arrays()), cql.CQLTrainer,
+        ("actor", "q1", "q2", "temperatures"), monkeypatch)

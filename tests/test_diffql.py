@@ -606,3 +606,12 @@ def test_the_sampler_compiled_equals_the_sampler_eager():
     compiled = torch.compile(sample, dynamic=False)(obs, x_T)
     assert not torch.equal(eager, x_T.clamp(-1, 1))
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(critic={"norm": "layernorm"}, grad_clip=1.0, oper_r=True),
+                                   dict(max_q_backup=False, guide_q="min"), dict(critic={"norm": "batchnorm"}),
+                                   dict(backup_dtype="bfloat16"), dict(critic={"dropout": 0.2}, dpm_order=2)])
+def test_twin_critics_in_one_stack_train_as_two(extra, monkeypatch):
+    """The twin critics (and their targets) run as one stack of 2S members, bit for bit as two."""
+    checks.check_twin_critics_joined_train_as_apart(lambda: _trainer(_cfg(**extra), [0, 1]), diffql.DiffQLTrainer,
+                                                    diffql.DiffQLNets.MODULES, monkeypatch)

@@ -234,6 +234,13 @@ class CQLTrainer(CriticTrainer):
         if cfg.cql_lagrange:
             self.optimizers["alpha_prime"] = opt([temps.log_alpha_prime], cfg.alpha_prime_lr or cfg.critic_lr)
         self.finish_setup()
+        self.join_critics()
+
+    def _q_min(self, x: torch.Tensor, q1, q2, target: bool = False) -> torch.Tensor:
+        """min(Q1, Q2)(x) [S, N, 1]: in one forward pass where the critics are joined."""
+        if self.twin is not None:
+            return self.twin_forward(x, target=target).amin(0)
+        return torch.minimum(q1(x), q2(x))
 
     @property
     def draws(self) -> list[Draw]:
@@ -272,12 +279,12 @@ class CQLTrainer(CriticTrainer):
             a2, logp2 = sample_actions(mean2, log_std2, draws["next_noise"])  # [S,B,(n,)A], [S,B(,n)]
             if cfg.max_target_backup:
                 x2 = torch.cat([s2.unsqueeze(2).expand(S, B, n, s2.shape[-1]), a2], -1).reshape(S, B * n, -1)
-                q_next = torch.minimum(q1_t(x2), q2_t(x2)).reshape(S, B, n)
+                q_next = self._q_min(x2, q1_t, q2_t, target=True).reshape(S, B, n)
                 q_next, best = q_next.max(-1)
                 logp2 = logp2.gather(-1, best.unsqueeze(-1)).squeeze(-1)
             else:
                 x2 = torch.cat([s2, a2], -1)
-                q_next = torch.minimum(q1_t(x2), q2_t(x2)).squeeze(-1)
+                q_next = self._q_min(x2, q1_t, q2_t, target=True).squeeze(-1)
             if cfg.backup_entropy:
                 q_next = q_next - alpha[:, None] * logp2
             td_target = r.squeeze(-1) + cfg.gamma * not_done.squeeze(-1) * q_next  # [S, B]
@@ -291,11 +298,11 @@ class CQLTrainer(CriticTrainer):
         if kind == "bc":  # CORL's warm start: maximise the likelihood of the dataset actions
             actor_loss = (alpha[:, None] * logp - action_log_prob(mean, log_std, a)).mean(-1)
         else:
-            q_params = critic_params(nets)
+            q_params = critic_params(nets) if self.twin is None else list(self.twin.joined.parameters())
             for p in q_params:  # backpropagate through the critics, skip their weight gradients
                 p.requires_grad_(False)
             xp = torch.cat([s, pi], -1)
-            q_pi = torch.minimum(nets.q1(xp), nets.q2(xp)).squeeze(-1)
+            q_pi = self._q_min(xp, nets.q1, nets.q2).squeeze(-1)
             for p in q_params:
                 p.requires_grad_(True)
             actor_loss = (alpha[:, None] * logp - q_pi).mean(-1)
@@ -311,7 +318,10 @@ class CQLTrainer(CriticTrainer):
         s_ood = torch.cat([s_rep, s_rep, s_rep], 2)
         x = torch.cat([torch.cat([s, a], -1), torch.cat([s_ood, ood], -1).reshape(S, B * 3 * n, -1)], 1)
         self._critic_mode(train=True)
-        q1_all, q2_all = nets.q1(x).squeeze(-1), nets.q2(x).squeeze(-1)  # [S, B * (1 + 3n)]
+        if self.twin is not None:  # both critics in one forward pass (`join_critics`)
+            q1_all, q2_all = self.twin_forward(x).squeeze(-1)  # [S, B * (1 + 3n)] each
+        else:
+            q1_all, q2_all = nets.q1(x).squeeze(-1), nets.q2(x).squeeze(-1)
         self._critic_mode(train=False)
         if cfg.cql_importance_sample:
             log_density = torch.cat([torch.full_like(cql_cur_logp, A * math.log(0.5)), cql_cur_logp, cql_next_logp], 2)
@@ -342,7 +352,11 @@ class CQLTrainer(CriticTrainer):
 
         for o in self.optimizers.values():
             o.zero_grad(set_to_none=set_to_none)
+        if self.twin is not None:
+            self.twin.zero_grad(set_to_none=set_to_none)
         losses.backward()  # each loss reaches only its own parameters (the others are detached)
+        if self.twin is not None:  # the critics' optimiser steps q1's and q2's parameters
+            self.twin.share_grads()
         self.record_nonfinite(critic_loss)
         out.update(critic_loss=critic_loss.detach(), td_loss=td_loss.detach(), cql_loss=cql_loss.detach(),
                    actor_loss=actor_loss.detach(), alpha=alpha, q_mean=q1_all[:, :B].detach().mean(-1),

@@ -571,6 +571,7 @@ class DiffQLTrainer(CriticTrainer):
                                      weight_decay=critic_weight_decay(cfg.critic)),
         }
         self.finish_setup()
+        self.join_critics()
         # The backup's sampler (solver steps of the actor over batch x backup_samples rows) is most
         # of the step; on CUDA it is compiled into fused kernels, like the LayerNorm chain
         # (SEEMRL_FUSED_POINTWISE=0: plain ops), in eager and graphed runs alike.
@@ -634,8 +635,11 @@ class DiffQLTrainer(CriticTrainer):
             a2 = nets.sample_actions(nets.actor_ema, s2, draws["backup_xT"], draws.get("backup_steps"))
             S, B, n, _ = a2.shape
             x2 = torch.cat([s2.unsqueeze(2).expand(S, B, n, s2.shape[-1]), a2.to(s2.dtype)], -1).reshape(S, B * n, -1)
-            q1 = nets.q1_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
-            q2 = nets.q2_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+            if self.twin is not None:  # both target critics in one forward pass (`join_critics`)
+                q1, q2 = self.twin_forward(x2, target=True).reshape(2, S, B, n).amax(-1, keepdim=True)
+            else:
+                q1 = nets.q1_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
+                q2 = nets.q2_target(x2).reshape(S, B, n).amax(-1, keepdim=True)
         return r + self.cfg.gamma * not_done * torch.minimum(q1, q2).float()
 
     def diffusion_terms(self, s: torch.Tensor, a: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
@@ -662,8 +666,13 @@ class DiffQLTrainer(CriticTrainer):
         target = self._backup(r, s2, not_done, draws)
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        q1 = nets.q1(x)
-        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        if self.twin is not None:
+            q = self.twin_forward(x)
+            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
+            critic_loss = se[0] + se[1]
+        else:
+            q1 = nets.q1(x)
+            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
         out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
         n1, n2 = self._clip(nets.q1), self._clip(nets.q2)
