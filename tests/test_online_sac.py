@@ -662,3 +662,18 @@ def test_recipe_sac_is_the_same_through_mps_beside_other_recipes(tmp_path):
     assert pd.read_pickle(alone_out / "episodes.pkl").equals(pd.read_pickle(mps_out / "episodes.pkl"))
     wa, wb = _weights(_final(alone_out), 0), _weights(_final(mps_out), 0)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("variant", sorted(osac.FIG11_VARIANTS))
+def test_twin_critics_in_one_stack_train_as_two(variant, monkeypatch):
+    """The twin critics (and their targets, where EMA) run as one stack of 2S members, bit for bit as two."""
+    rows = torch.as_tensor(np.random.default_rng(3).normal(size=(60, 2, 2 * 11 + 3 + 2)), dtype=torch.float32)
+    rows[..., -1] = 1.0
+
+    def make():
+        c = osac.OnlineSACConfig(**{**SMALL, **osac.FIG11_VARIANTS[variant]})
+        replay = osac.ReplayBuffers(2, 100, 11, 3, "cpu")
+        for row in rows:
+            replay.add(row)
+        return osac.SACTrainer(c, [0, 1], osac.build_nets(c, [0, 1], 11, 3), replay, "cpu")
+    checks.check_twin_critics_joined_train_as_apart(make, osac.SACTrainer, ("actor", "q1", "q2"), monkeypatch)

@@ -335,6 +335,7 @@ class SACTrainer(CriticTrainer):
         self._act_graph: torch.cuda.CUDAGraph | None = None
         self.compile_update = self.device.type == "cuda" and cfg.compile_update  # the engine compiles it, on CUDA only
         self.finish_setup()
+        self.join_critics()
 
     def compile_fallback(self):
         # a compiled update that fails part-way (first call only: the engine's warm-up when
@@ -395,27 +396,33 @@ class SACTrainer(CriticTrainer):
         with torch.no_grad():
             a2, logp2 = nets.sample(s2, noise[:, 0])
             x2 = torch.cat([s2, a2], -1)
-            q_next = torch.minimum(q1_t(x2), q2_t(x2)) - alpha[:, None, None] * logp2
+            q_min = self.twin_forward(x2, target=True).amin(0) if self.twin is not None else torch.minimum(q1_t(x2), q2_t(x2))
+            q_next = q_min - alpha[:, None, None] * logp2
             target = r + cfg.gamma * not_done * q_next
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        q1, q2 = nets.q1(x), nets.q2(x)
+        if self.twin is not None:  # both critics in one forward pass (`join_critics`)
+            q = self.twin_forward(x)
+            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
+            critic_loss = se[0] + se[1]
+        else:
+            q1, q2 = nets.q1(x), nets.q2(x)
+            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
         self._critic_mode(train=False)
-        critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
         critic_opt, actor_opt, alpha_opt = (self.optimizers[k] for k in ("critic", "actor", "alpha"))
-        critic_opt.zero_grad(set_to_none=set_to_none)
-        critic_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
+        self.critic_grads(critic_loss, set_to_none)  # a sum of per-seed losses: per-seed gradients
         out = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean((1, 2))}
         if grad_norm:  # the gradient the optimiser is about to apply
             out["critic_grad_norm"] = critic_grad_norm(nets)
         critic_opt.step()
 
-        q_params = critic_params(nets)
+        q_params = critic_params(nets) if self.twin is None else list(self.twin.joined.parameters())
         for p in q_params:  # backpropagate through the critics, skip their weight gradients
             p.requires_grad_(False)
         pi, logp = nets.sample(s, noise[:, 1])
         xp = torch.cat([s, pi], -1)
-        actor_loss = (alpha[:, None, None] * logp - torch.minimum(nets.q1(xp), nets.q2(xp))).mean((1, 2))
+        q_pi = self.twin_forward(xp).amin(0) if self.twin is not None else torch.minimum(nets.q1(xp), nets.q2(xp))
+        actor_loss = (alpha[:, None, None] * logp - q_pi).mean((1, 2))
         actor_opt.zero_grad(set_to_none=set_to_none)
         actor_loss.sum().backward()
         actor_opt.step()
