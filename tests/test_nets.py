@@ -107,3 +107,28 @@ def test_compiled_falls_back_to_plain_ops_and_puts_back_what_a_failed_piece_chan
     assert any("compiled test function unavailable (RuntimeError: no compiler)" in str(m.message) for m in caught)
     c(torch.ones(2))
     assert calls == ["plain", "plain"]  # the compiled function is not tried again
+
+
+def test_joined_stacks_share_memory_and_gradients():
+    """`JoinedStacks`: one forward of the joined stack is each stack's forward; the stacks' tensors
+    are views of the joined ones (a step on the joined parameters is a step on theirs), and
+    `share_grads` hands each stack its part of the gradients. Stacks of different shapes are refused."""
+    from seemrl.training.nets import JoinedStacks
+
+    a = StackedMLP(seed_generators([0, 1], 1), 5, 1, (8, 8), norm="batchnorm")
+    b = StackedMLP(seed_generators([0, 1], 2), 5, 1, (8, 8), norm="batchnorm")
+    x = torch.randn(2, 6, 5)
+    want = torch.cat([a(x), b(x)])
+    twin = JoinedStacks(a, b)
+    assert torch.equal(twin(x.repeat(2, 1, 1)), want)
+    with torch.no_grad():
+        twin.joined.weights[1][3] += 1.0  # member 3 = b's second member
+    assert torch.equal(b.weights[1][1], twin.joined.weights[1][3])
+    assert torch.equal(a.bn_running_mean_0, twin.joined.bn_running_mean_0[:2])  # buffers too
+    twin.zero_grad()
+    twin(x.repeat(2, 1, 1)).sum().backward()
+    twin.share_grads()
+    assert b.weights[0].grad.data_ptr() == twin.joined.weights[0].grad[2:].data_ptr()
+    assert a.biases[0].grad is None  # BatchNorm's unused bias: no gradient, then or now
+    with pytest.raises(ValueError, match="one architecture"):
+        JoinedStacks(a, StackedMLP(seed_generators([0, 1], 3), 5, 1, (8, 4)))
