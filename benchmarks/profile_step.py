@@ -14,12 +14,17 @@ On a CPU (`--tiny`, the test's plumbing run) there are no kernels: it counts the
 ATen ops, backward included (roughly what the eager step launches on a GPU), and their CPU time;
 a compiled step's own C++ kernels are not ATen ops and are not counted there.
 
+Modes: `eager`, `compiled`; `+critics-apart` keeps the twin critics as two stacks, as before
+`join_critics` held them as one stack of 2S members (so the two are set side by side in one run);
+`compiled+foreach-adam` lets Inductor write the Adam step (a trial, not a seemrl setting).
+
     python benchmarks/profile_step.py                       # TD3+BC and IQL, S = 1, 10, 40, LN off/on
     python benchmarks/profile_step.py --algos td3bc --seeds 10 --norms none --top 25
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import defaultdict
@@ -29,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DIMS = {"td3bc": (17, 6), "iql": (17, 6), "diffql": (29, 8)}  # (state, action): HalfCheetah's; AntMaze's
 KINDS = ("matmul", "triton", "elementwise", "reduction", "optimiser", "other")
-MODES = ("eager", "compiled", "compiled+foreach-adam")
+MODES = ("eager", "compiled", "compiled+foreach-adam", "eager+critics-apart", "compiled+critics-apart")
 
 
 def foreach_adam(trainer) -> None:
@@ -42,11 +47,26 @@ def foreach_adam(trainer) -> None:
                 group["fused"], group["foreach"] = False, True
 
 
+@contextlib.contextmanager
+def critics_apart():
+    """Trainers built inside keep their twin critics as two stacks (as before `join_critics`), so a
+    profile can set the joined critics' kernels beside the separate ones'."""
+    from seemrl.algos.base import CriticTrainer
+
+    join = CriticTrainer.join_critics
+    CriticTrainer.join_critics = lambda self: None
+    try:
+        yield
+    finally:
+        CriticTrainer.join_critics = join
+
+
 def make(algo, hidden, norm, seeds, device, data, mode: str, graph: bool):
     from common import peer_trainer
 
-    trainer = peer_trainer(algo, hidden, norm, seeds, device, data[algo], *DIMS[algo], compiled=mode != "eager",
-                           graph=graph)
+    with critics_apart() if mode.endswith("+critics-apart") else contextlib.nullcontext():
+        trainer = peer_trainer(algo, hidden, norm, seeds, device, data[algo], *DIMS[algo],
+                               compiled=mode.startswith("compiled"), graph=graph)
     if mode == "compiled+foreach-adam":
         foreach_adam(trainer)
     return trainer
@@ -138,7 +158,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="seed counts S (default 1 10 40)")
     p.add_argument("--norms", nargs="+", choices=("none", "layernorm"), default=["none", "layernorm"])
     p.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compiled"],
-                   help="compiled+foreach-adam: the compiled step with Adam's foreach path in place of the fused "
+                   help="+critics-apart: the twin critics as two stacks, as before they were joined (one stack of 2S); "
+                        "compiled+foreach-adam: the compiled step with Adam's foreach path in place of the fused "
                         "kernel, so that Inductor writes the Adam step too (a trial, not a seemrl setting)")
     p.add_argument("--steps", type=int, default=20, help="profiled steps per configuration")
     p.add_argument("--iters", type=int, default=1000, help="timed graphed steps per configuration (CUDA)")

@@ -282,6 +282,19 @@ def test_profile_step_counts_the_step_it_profiles(tmp_path):
         assert rows[(algo, "layernorm")]["per_step"] > rows[(algo, "none")]["per_step"]
 
 
+def test_profile_step_counts_fewer_matmuls_with_the_critics_joined(tmp_path):
+    """The twin critics as one stack of 2S members run one batched matmul per layer where two
+    stacks ran two: the profile of the same step with the critics kept apart counts more."""
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "profile_step.py"), "--tiny", "--steps", "2", "--seeds", "2",
+                           "--norms", "none", "--modes", "eager", "eager+critics-apart", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mm = {(r["algo"], r["mode"]): r["kinds"]["matmul"]["per_step"] for r in json.loads(out.read_text())["results"]}
+    for algo in ("td3bc", "iql"):
+        assert mm[algo, "eager"] < mm[algo, "eager+critics-apart"], mm
+
+
 def test_profile_step_leaves_out_ranges_drawn_on_the_device():
     """A record_function range shows as a device event spanning its kernels (on an H100, Adam's
     `Optimizer.step#Adam.step` added 130 us per step to the kernels' time); it is not a kernel.
