@@ -283,6 +283,20 @@ class CriticTrainer(StackedTrainer):
         q = (self.twin_target if target else self.twin)(x.repeat(2, 1, 1))
         return q.view(2, self.S, *q.shape[1:])
 
+    def critic_td_loss(self, x: torch.Tensor, target: torch.Tensor, twin_q: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q1(x) [S, B, 1], the per-seed loss [S]: the mean squared errors of Q1 and Q2 against
+        `target` [S, B, 1], summed; Q1's alone without `twin_q`). Both critics in one forward pass
+        where they are joined."""
+        if self.twin is not None:
+            q = self.twin_forward(x)
+            se = ((q - target) ** 2).mean((2, 3))
+            return q[0], se[0] + se[1]
+        q1 = self.nets.q1(x)
+        loss = ((q1 - target) ** 2).mean((1, 2))
+        if twin_q:
+            loss = loss + ((self.nets.q2(x) - target) ** 2).mean((1, 2))
+        return q1, loss
+
     def critic_grads(self, critic_loss: torch.Tensor, set_to_none: bool) -> None:
         """The critics' gradients of the sum of the per-seed losses (so per-seed gradients), in
         q1's and q2's parameters (views of the joined ones' where the critics are joined)."""

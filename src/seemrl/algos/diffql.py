@@ -666,13 +666,7 @@ class DiffQLTrainer(CriticTrainer):
         target = self._backup(r, s2, not_done, draws)
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        if self.twin is not None:
-            q = self.twin_forward(x)
-            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
-            critic_loss = se[0] + se[1]
-        else:
-            q1 = nets.q1(x)
-            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        q1, critic_loss = self.critic_td_loss(x, target)
         out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
         n1, n2 = self._clip(nets.q1), self._clip(nets.q2)

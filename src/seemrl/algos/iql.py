@@ -253,13 +253,7 @@ class IQLTrainer(CriticTrainer):
         with torch.no_grad():
             target = r + cfg.gamma * not_done * nets.value(s2)
         self._critic_mode(train=True)
-        if self.twin is not None:
-            q = self.twin_forward(x)
-            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
-            critic_loss = se[0] + se[1]
-        else:
-            q1 = nets.q1(x)
-            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        q1, critic_loss = self.critic_td_loss(x, target)
         self._modes(train=False)
         self.critic_grads(critic_loss, set_to_none)
         self.record_nonfinite(critic_loss)

@@ -401,13 +401,7 @@ class SACTrainer(CriticTrainer):
             target = r + cfg.gamma * not_done * q_next
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        if self.twin is not None:  # both critics in one forward pass (`join_critics`)
-            q = self.twin_forward(x)
-            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
-            critic_loss = se[0] + se[1]
-        else:
-            q1, q2 = nets.q1(x), nets.q2(x)
-            critic_loss = ((q1 - target) ** 2).mean((1, 2)) + ((q2 - target) ** 2).mean((1, 2))
+        q1, critic_loss = self.critic_td_loss(x, target)
         self._critic_mode(train=False)
         critic_opt, actor_opt, alpha_opt = (self.optimizers[k] for k in ("critic", "actor", "alpha"))
         self.critic_grads(critic_loss, set_to_none)  # a sum of per-seed losses: per-seed gradients

@@ -155,15 +155,7 @@ class TD3Trainer(CriticTrainer):
             target = r + cfg.gamma * not_done * q_next
         x = torch.cat([s, a], -1)
         self._critic_mode(train=True)
-        if self.twin is not None:
-            q = self.twin_forward(x)
-            q1, se = q[0], ((q - target) ** 2).mean((2, 3))
-            critic_loss = se[0] + se[1]
-        else:
-            q1 = nets.q1(x)
-            critic_loss = ((q1 - target) ** 2).mean((1, 2))
-            if cfg.twin_q:  # DDPG (twin_q=False) has one critic: q2 is never used nor updated
-                critic_loss = critic_loss + ((nets.q2(x) - target) ** 2).mean((1, 2))
+        q1, critic_loss = self.critic_td_loss(x, target, cfg.twin_q)  # DDPG: q2 is never used nor updated
         out = self.critic_backward(critic_loss, q1, set_to_none)
         critic_opt, actor_opt = self.optimizers["critic"], self.optimizers["actor"]
         if grad_norm:  # the gradient the optimiser is about to apply
