@@ -676,15 +676,16 @@ class DiffQLTrainer(CriticTrainer):
 
         # actor: denoising loss + Q of the one-step action, through the updated critics
         sp, ap = d.obs[actor_idx], d.action[actor_idx]
-        with _frozen(nets.q1, nets.q2):
+        with _frozen(nets.q1, nets.q2, *([self.twin.joined] if self.twin is not None else [])):
             bc_loss, a0 = self.diffusion_terms(sp, ap, draws["t"], draws["eps"])
             xp = torch.cat([sp, a0], -1)
             if cfg.guide_q == "q1":
                 q = nets.q1(xp)
-            elif cfg.guide_q == "min":
-                q = torch.minimum(nets.q1(xp), nets.q2(xp))
-            else:  # one head per seed and step, at random (EDP: u > 0.5 -> Q1)
-                q = torch.where((draws["head"] > 0.5).unsqueeze(-1), nets.q1(xp), nets.q2(xp))
+            else:  # both heads, in one forward pass where the critics are joined
+                q1p, q2p = self.twin_forward(xp) if self.twin is not None else (nets.q1(xp), nets.q2(xp))
+                # "min", or one head per seed and step, at random (EDP: u > 0.5 -> Q1)
+                q = torch.minimum(q1p, q2p) if cfg.guide_q == "min" else \
+                    torch.where((draws["head"] > 0.5).unsqueeze(-1), q1p, q2p)
             lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
             q_loss = -lmbda * q.mean((1, 2))
             actor_loss = cfg.bc_weight * bc_loss + q_loss
