@@ -301,9 +301,15 @@ class CriticTrainer(StackedTrainer):
         """The critics' gradients of the sum of the per-seed losses (so per-seed gradients), in
         q1's and q2's parameters (views of the joined ones' where the critics are joined)."""
         self.optimizers["critic"].zero_grad(set_to_none=set_to_none)
+        self.backward(critic_loss.sum(), set_to_none)
+
+    def backward(self, loss: torch.Tensor, set_to_none: bool) -> None:
+        """`loss.backward()`, the critics' gradients landing in q1's and q2's parameters (as views of
+        the joined ones' where the critics are joined, whose gradients are cleared first); the
+        caller clears the optimisers' gradients."""
         if self.twin is not None:
             self.twin.zero_grad(set_to_none=set_to_none)
-        critic_loss.sum().backward()
+        loss.backward()
         if self.twin is not None:  # the critics' optimiser steps q1's and q2's parameters
             self.twin.share_grads()
 

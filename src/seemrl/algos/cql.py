@@ -352,11 +352,7 @@ class CQLTrainer(CriticTrainer):
 
         for o in self.optimizers.values():
             o.zero_grad(set_to_none=set_to_none)
-        if self.twin is not None:
-            self.twin.zero_grad(set_to_none=set_to_none)
-        losses.backward()  # each loss reaches only its own parameters (the others are detached)
-        if self.twin is not None:  # the critics' optimiser steps q1's and q2's parameters
-            self.twin.share_grads()
+        self.backward(losses, set_to_none)  # each loss reaches only its own parameters (the others are detached)
         self.record_nonfinite(critic_loss)
         out.update(critic_loss=critic_loss.detach(), td_loss=td_loss.detach(), cql_loss=cql_loss.detach(),
                    actor_loss=actor_loss.detach(), alpha=alpha, q_mean=q1_all[:, :B].detach().mean(-1),
