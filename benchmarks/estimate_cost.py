@@ -154,7 +154,7 @@ def estimate(name: str, cache: dict, together: list[str] | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", help="names under config/paper/ (default: all of them)")
-    parser.add_argument("--together", nargs="+", choices=["percents", "datasets"],
+    parser.add_argument("--together", nargs="+", choices=["percents", "datasets", "algorithms"],
                         help="also each config as if its grids trained these axes' cells together "
                              "(`train_together`), a row beside each")
     args = parser.parse_args()

@@ -28,11 +28,14 @@ def _outputs(out: Path) -> dict:
             "progress": str(out / "progress.json")}
 
 
-def _together(tmp_path: Path, trainer: str, params: dict, resume: Path | None = None) -> dict:
+def _together(tmp_path: Path, trainer: str, params: dict, resume: Path | None = None,
+              cell_params: dict | None = None) -> dict:
+    """Train CELLS together; `cell_params`: cell name -> its own params (a sweep's cells)."""
     cells = []
     for name, c in CELLS.items():
         data = train_dataset(tmp_path / f"{name}.parquet", seed=c["seed"], n=c["n"])
-        cells.append({"data": str(data), "seeds": c["seeds"], "labels": {"cell": name},
+        own = {"params": cell_params[name]} if cell_params and name in cell_params else {}
+        cells.append({"data": str(data), "seeds": c["seeds"], "labels": {"cell": name}, **own,
                       **_outputs(tmp_path / "together" / name)})
     args = ["train-together", "--trainer", trainer, "--params", json.dumps(params), "--cells", json.dumps(cells),
             "--device", "cpu", "--threads", "1"]
@@ -91,6 +94,61 @@ def test_cells_trained_together_match_each_cell_alone(tmp_path, trainer, extra):
     assert not list((tmp_path / "together").glob(".together-*"))
 
 
+# settings that differ between a sweep's cells (each trainer's MEMBER_SETTINGS), the second cell's values
+SWEEPS = [("td3", {"bc_weight": 1.0}, {"alpha": 1.0, "bc_weight": 2.0}),
+          ("iql", {}, {"expectile": 0.9, "beta": 10.0}),
+          ("cql", {"critic": {"norm": "layernorm"}}, {"cql_alpha": 1.0}),
+          ("diffql", {"diffusion_steps": 3, "sample_steps": 3, "backup_samples": 2, "eval_samples": 3,
+                      "actor_ema_start": 10, "grad_clip": 2.0, "oper_r": True},
+           {"grad_clip": 0.05, "alpha": 1.0, "bc_weight": 1.5})]
+
+
+@pytest.mark.parametrize("trainer,extra,other", SWEEPS, ids=[s[0] for s in SWEEPS])
+def test_cells_of_a_sweep_trained_together_match_each_cell_alone(tmp_path, trainer, extra, other):
+    """Cells that differ in a per-member setting (e.g. Diffusion-QL's per-maze gradient clip) share
+    a stack; each member trains with its own cell's values, as that cell alone."""
+    params = {**PARAMS, **extra}
+    small = {**params, **other}
+    together = _together(tmp_path, trainer, params, cell_params={"small": small})
+    _assert_same_outputs(together["big"], _alone(tmp_path, trainer, params, "big"))
+    _assert_same_outputs(together["small"], _alone(tmp_path, trainer, small, "small"))
+    runs = {n: json.loads((together[n] / "run.json").read_text()) for n in CELLS}
+    assert runs["small"]["config_given"] == small and runs["big"]["config_given"] == params
+    for key, value in other.items():
+        assert runs["small"]["config"][key] == value != runs["big"]["config"][key]
+    # the settings matter: the small cell trained with the big one's differs
+    same = tmp_path / "same"
+    main(train_args(tmp_path / "small.parquet", same, None, params=params,
+                    seeds=",".join(map(str, CELLS["small"]["seeds"]))) + ["--trainer", trainer])
+    a = read_checkpoint(next((together["small"] / "checkpoints").glob("step_*90.pt")))
+    b = read_checkpoint(next((same / "checkpoints").glob("step_*90.pt")))
+    assert not all(torch.equal(a["actor"][k], b["actor"][k]) for k in a["actor"])
+
+
+def test_cells_that_differ_in_a_shared_setting_are_refused_by_name(tmp_path):
+    with pytest.raises(SystemExit, match="differ in tau"):
+        _together(tmp_path, "td3", PARAMS, cell_params={"small": {**PARAMS, "tau": 0.5}})
+    with pytest.raises(SystemExit, match="differ in critic_lr"):
+        _together(tmp_path, "iql", PARAMS, cell_params={"small": {**PARAMS, "critic_lr": 1e-3}})
+    with pytest.raises(ValueError, match="grad_clip: members without clipping"):
+        _together(tmp_path, "diffql", {**PARAMS, "diffusion_steps": 3, "sample_steps": 3},
+                  cell_params={"small": {**PARAMS, "diffusion_steps": 3, "sample_steps": 3, "grad_clip": 1.0}})
+    with pytest.raises(SystemExit, match="bad params of the cell"):
+        _together(tmp_path, "td3", PARAMS, cell_params={"small": {**PARAMS, "alpha": "high"}})
+
+
+def test_member_settings_refuse_what_cannot_vary_per_member():
+    from seemrl.algos.base import member_settings
+    from seemrl.algos.td3 import TD3Config
+
+    out = member_settings(TD3Config(), {"alpha": [1.0, 2.5, 2.5]}, 3, "cpu")
+    assert out["alpha"].dtype == torch.float32 and out["alpha"].tolist() == [1.0, 2.5, 2.5]
+    with pytest.raises(ValueError, match="'tau' of TD3Config cannot differ.*alpha, bc_weight"):
+        member_settings(TD3Config(), {"tau": [1.0, 0.5]}, 2, "cpu")
+    with pytest.raises(ValueError, match="2 values for a stack of 3"):
+        member_settings(TD3Config(), {"alpha": [1.0, 2.0]}, 3, "cpu")
+
+
 def test_cells_trained_together_with_a_resume_dir_match_alone(tmp_path):
     resume = tmp_path / "resume"
     together = _together(tmp_path, "td3", PARAMS, resume=resume)
@@ -116,6 +174,31 @@ def test_each_member_samples_its_own_table():
     assert draw.batches_exactly()
     with pytest.raises(ValueError, match="offset"):
         Draw("idx", "randint", (3,), 0, high=5, offset=(0,))
+
+
+def test_each_member_draws_oper_r_rows_from_its_own_table():
+    """OPER-R's actor batch of stacked tables: each member's rows from its own table's sampling
+    probabilities, the rows it draws alone shifted to its table's place."""
+    from seemrl.training.draws import sampling_cdf
+
+    def table(n, v, probs):
+        t = OfflineData.from_arrays(obs=torch.full((n, 2), float(v)), action=torch.zeros(n, 1), reward=torch.zeros(n),
+                                    next_obs=torch.zeros(n, 2), terminal=torch.zeros(n), mean=[0.0, 0.0],
+                                    std=[1.0, 1.0], device="cpu")
+        t.policy_cdf = sampling_cdf(probs, "cpu")
+        return t
+    small = table(4, 1.0, [0.0, 1.0, 0.0, 3.0])  # rows 1 and 3 only
+    big = table(6, 2.0, [1.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # rows 0 and 5 only
+    data = OfflineData.stack([small, big], [2, 1])
+    assert data.has_policy_probabilities and data.policy_cdf is None
+    u = torch.rand(3, 500, generator=torch.Generator().manual_seed(0))
+    rows = data.policy_rows(u)
+    assert torch.equal(rows[:2], small.policy_rows(u[:2])) and torch.equal(rows[2:], big.policy_rows(u[2:]) + 4)
+    assert set(rows[:2].unique().tolist()) == {1, 3} and set(rows[2].unique().tolist()) == {4, 9}
+    with pytest.raises(ValueError, match="with and without OPER-R"):
+        OfflineData.stack([small, OfflineData.from_arrays(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3),
+                                                          torch.zeros(3, 2), torch.zeros(3), [0.0, 0.0], [1.0, 1.0],
+                                                          "cpu")], [1, 1])
 
 
 def test_bad_together_jobs_are_refused_by_name(tmp_path):

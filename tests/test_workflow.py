@@ -323,6 +323,19 @@ def test_train_together_plans_one_job_per_group_and_trains_it(tmp_path):
                                                    "datasets": ["hopper-demo", "hopper-medium-v2"], "percents": [50]}]
     bad = snakemake(tmp_path, config, "-n", check=False)
     assert bad.returncode != 0 and "experiment[1].train_together" in bad.stdout + bad.stderr
+    # a sweep: algorithms that differ only in their trainer's per-member settings share a stack, across
+    # grids too, each cell with its own settings; one that differs in another setting trains alone
+    config = copy.deepcopy(TINY)
+    config["theory"] = None
+    config["algorithms"]["td3_a1"] = {**config["algorithms"]["td3_seem"], "alpha": 1.0}
+    config["algorithms"]["td3_tau"] = {**config["algorithms"]["td3_seem"], "tau": 0.5}
+    grid = {**config["experiment"], "percents": [100], "critic_norms": ["ln"], "train_together": ["algorithms"]}
+    config["experiment"] = [{**grid, "algorithms": ["td3_seem", "td3_tau"]}, {**grid, "algorithms": ["td3_a1"]}]
+    out = snakemake(tmp_path, config, "-n", "-p").stdout
+    counts = job_counts(out)
+    assert counts["train_together_hopper_demo_100pct_td3_seem_and_1_more_ln"] == 1 and counts["train"] == 1, counts
+    command = next(line for line in out.splitlines() if "seemrl train-together" in line)
+    assert command.count('"params": {') == 2 and '"alpha": 1.0' in command and '"tau": 0.5' not in command
     # Diffusion-QL's cells share a stack too
     config = copy.deepcopy(TINY)
     config["theory"] = None

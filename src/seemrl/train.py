@@ -229,22 +229,56 @@ def check_together_trainer(trainer: str) -> None:
 
 @dataclass
 class Cell:
-    """One cell of a job that trains several cells together: its data, seeds, labels, outputs."""
+    """One cell of a job that trains several cells together: its data, seeds, labels, outputs and,
+    for a cell of a sweep, its own algorithm settings (`params`; default: the job's)."""
 
     data: str
     seeds: list[int]
     labels: dict
     outputs: Outputs
+    params: dict | None = None
 
     @classmethod
     def from_json(cls, spec: dict) -> Cell:
-        """A cell from its JSON form: data, seeds, labels and the `Outputs` fields."""
-        unknown = set(spec) - {"data", "seeds", "labels", *Outputs.__dataclass_fields__}
+        """A cell from its JSON form: data, seeds, labels, params and the `Outputs` fields."""
+        unknown = set(spec) - {"data", "seeds", "labels", "params", *Outputs.__dataclass_fields__}
         if unknown or not {"data", "seeds", "checkpoints", "metrics", "run"} <= set(spec):
             raise ValueError(f"a cell needs data, seeds, checkpoints, metrics and run (and may have labels, "
-                             f"evaluations, progress); got keys {sorted(spec)}")
+                             f"params, evaluations, progress); got keys {sorted(spec)}")
         outputs = Outputs(**{k: v for k, v in spec.items() if k in Outputs.__dataclass_fields__})
-        return cls(spec["data"], [int(x) for x in spec["seeds"]], dict(spec.get("labels") or {}), outputs)
+        params = spec.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"a cell's params must be a JSON object of its algorithm's settings, got {params!r}")
+        return cls(spec["data"], [int(x) for x in spec["seeds"]], dict(spec.get("labels") or {}), outputs, params)
+
+
+def cell_configs(config_cls, cfg, params: dict, cells: list[Cell]) -> tuple[list, list[dict], dict[str, list[float]]]:
+    """Each cell's config and given params (its own `params`, else the job's) and the settings
+    that differ between them: name -> one value per member, for the trainer (`member_settings`).
+    Cells whose configs differ in a setting outside `config_cls.MEMBER_SETTINGS` cannot share a
+    stack: refused, naming the setting and the cells."""
+    from seemrl.config import build
+
+    cfgs, given = [], []
+    for cell in cells:
+        if cell.params is None:
+            cfgs.append(cfg)
+            given.append(params)
+            continue
+        try:
+            cfgs.append(build(config_cls, cell.params, f"params of cell {cell.data}"))
+        except ValueError as exc:
+            raise SystemExit(f"bad params of the cell of {cell.data}: {exc}")
+        given.append(cell.params)
+    first = dataclasses.asdict(cfgs[0])
+    differ = sorted({k for c in cfgs[1:] for k, v in dataclasses.asdict(c).items() if v != first[k]})
+    allowed = getattr(config_cls, "MEMBER_SETTINGS", ())
+    if set(differ) - set(allowed):
+        raise SystemExit(f"cells {cells[0].data} and others differ in {', '.join(k for k in differ if k not in allowed)}: "
+                         f"only cells that differ in {', '.join(allowed) or 'nothing'} besides their data and seeds "
+                         f"can share a stack")
+    settings = {k: [float(getattr(c, k)) for c, cell in zip(cfgs, cells) for _ in cell.seeds] for k in differ}
+    return cfgs, given, settings
 
 
 def load_members(dst, src, members: slice, modules) -> None:
@@ -332,7 +366,9 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
                            eval_overlap: bool = False) -> list[dict]:
     """Train several cells of one algorithm config (e.g. one dataset's X% subsets) in one stack:
     each cell's seeds sample only its own table, and each cell gets the outputs, evaluations and
-    checkpoints it would get alone (`train_offline`); returns each cell's run.json.
+    checkpoints it would get alone (`train_offline`); returns each cell's run.json. Cells of a
+    sweep may carry their own `params`, differing in the algorithm's MEMBER_SETTINGS
+    (`cell_configs`); each member then trains with its cell's values.
 
     The stack's checkpoints go to a temporary directory (or, with `resume_dir`, stay resumable
     there) and are split into the cells' checkpoint directories at the end, atomically per cell.
@@ -350,61 +386,64 @@ def train_offline_together(trainer: str, cfg, params: dict, cells: list[Cell], *
     if len(cells) < 2:
         raise SystemExit(f"training together needs at least two cells, got {len(cells)}")
     algo = trainer_module(trainer)
+    cfgs, given, settings = cell_configs(algo.Config, cfg, params, cells)
+    cfg = cfgs[0]  # the stack's; the settings that differ go per member
     tables, prepared, evaluators, spans, members = [], [], [], [], []
-    for cell in cells:
+    for cell, cell_cfg in zip(cells, cfgs):
         t = read_transitions(cell.data)
         if tables and (t.obs_dim, t.act_dim) != (tables[0].obs_dim, tables[0].act_dim):
             raise SystemExit(f"{cell.data}: state/action sizes {t.obs_dim}/{t.act_dim} differ from "
                              f"{cells[0].data}'s {tables[0].obs_dim}/{tables[0].act_dim}: these cells cannot share a stack")
         tables.append(t)
-        prepared.append(prepare(t, dataclasses.asdict(cfg)))
-        evaluators.append(evaluator(t.meta, cfg, cell.seeds, cell.data, workers=eval_workers))
+        prepared.append(prepare(t, dataclasses.asdict(cell_cfg)))
+        evaluators.append(evaluator(t.meta, cell_cfg, cell.seeds, cell.data, workers=eval_workers))
         spans.append(slice(len(members), len(members) + len(cell.seeds)))
         members += cell.seeds
     obs_dim, act_dim = tables[0].obs_dim, tables[0].act_dim
     data = OfflineData.stack([OfflineData.from_prepared(p, device) for p in prepared], [len(c.seeds) for c in cells])
     nets = algo.build_nets(cfg, members, obs_dim, act_dim)  # states come normalised per cell (the data, cell_nets)
-    cell_nets = [algo.build_nets(cfg, c.seeds, obs_dim, act_dim, p.obs_mean, p.obs_std).to(device)
-                 for c, p in zip(cells, prepared)]
+    cell_nets = [algo.build_nets(cc, c.seeds, obs_dim, act_dim, p.obs_mean, p.obs_std).to(device)
+                 for cc, c, p in zip(cfgs, cells, prepared)]
     modules = type(nets).MODULES
     hashes = [sha256_file(c.data) for c in cells]
-    resume = ResumeDir(resume_dir, {"together": [algo.run_identity(cfg, c.seeds, h) for c, h in zip(cells, hashes)]}) \
-        if resume_dir else None
+    resume = ResumeDir(resume_dir, {"together": [algo.run_identity(cc, c.seeds, h)
+                                                 for cc, c, h in zip(cfgs, cells, hashes)]}) if resume_dir else None
 
     evaluate = _CellsEvaluation([e for e, _ in evaluators], cell_nets, spans, modules, eval_overlap) \
         if cfg.eval_every else None
 
-    log.info("training %s, %d cells together (%d members) on %s transitions, device %s, config %s", trainer,
-             len(cells), len(members), "+".join(str(len(t)) for t in tables), device, json.dumps(params, sort_keys=True))
-    config = {"algorithm": trainer, **dataclasses.asdict(cfg)}
+    log.info("training %s, %d cells together (%d members) on %s transitions, device %s, config %s%s", trainer,
+             len(cells), len(members), "+".join(str(len(t)) for t in tables), device, json.dumps(given[0], sort_keys=True),
+             "".join(f", {k} per cell {sorted(set(v), key=v.index)}" for k, v in settings.items()))
     with contextlib.ExitStack() as stack:
-        monitors = [stack.enter_context(monitor(c.outputs.progress, c.seeds, cfg.steps, "train", c.labels, config))
-                    for c in cells]
+        monitors = [stack.enter_context(monitor(c.outputs.progress, c.seeds, cfg.steps, "train", c.labels,
+                                                {"algorithm": trainer, **dataclasses.asdict(cc)}))
+                    for cc, c in zip(cfgs, cells)]
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix=".together-", dir=Path(cells[0].outputs.checkpoints).parent)))
         combined = work / "checkpoints"
         combined.mkdir()
         result = algo.train(cfg, members, data, nets, combined, device=device, log=log.info,
                             evaluate=evaluate, resume=resume,
-                            monitor=_Fanout(monitors, spans, len(members)))
+                            monitor=_Fanout(monitors, spans, len(members)), settings=settings)
         # the stack's checkpoints, split: each cell's as its own run would have written them
         cell_dirs = [stack.enter_context(atomic_path(c.outputs.checkpoints, is_dir=True)) for c in cells]
         for path in checkpoint_paths(combined):
             ck = algo.load_checkpoint(path)
             for k, cell in enumerate(cells):
                 load_members(cell_nets[k], ck.nets, spans[k], modules)
-                algo.save_checkpoint(cell_dirs[k] / path.name, cell_nets[k], ck.config, cell.seeds, ck.step,
+                algo.save_checkpoint(cell_dirs[k] / path.name, cell_nets[k], cfgs[k], cell.seeds, ck.step,
                                      ck.diverged_step[spans[k]])
     runs = []
     others = [c.labels for c in cells]
-    for k, (cell, p, t) in enumerate(zip(cells, prepared, tables)):
+    for k, (cell, cell_cfg, p, t) in enumerate(zip(cells, cfgs, prepared, tables)):
         metrics = _member_rows(result.metrics, spans[k], len(members))
         evaluations = _member_rows(result.evaluations, spans[k], len(members))
         _write_frames({cell.outputs.metrics: metrics, cell.outputs.evaluations: evaluations})
-        evaluation = _evaluation_record(cfg, evaluators[k][1], evaluations)
+        evaluation = _evaluation_record(cell_cfg, evaluators[k][1], evaluations)
         part = dataclasses.replace(result, diverged_step=result.diverged_step[spans[k]])
         run = _run_record(
-            trainer, cfg, params, cell.seeds, cell.labels, part, device_info,
+            trainer, cell_cfg, given[k], cell.seeds, cell.labels, part, device_info,
             data_preparation=p.info, evaluation=evaluation, steps=cfg.steps,
             data={"path": cell.data, "n_transitions": len(t),
                   **{key: t.meta.get(key) for key in ("name", "env_id", "subset_percent", "subset_seed", "parent_sha256")}},

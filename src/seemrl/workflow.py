@@ -9,6 +9,7 @@ functions; nothing here runs a job.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -151,12 +152,16 @@ class Plan:
     def train_groups(self) -> dict[str, list[dict[str, str]]]:
         """Cells that train together in one job (a grid's `train_together`: the grid axes whose
         cells share a stack, e.g. [percents]): group name -> its cells (two or more); every other
-        cell trains in its own job. A cell in two groups is an error naming the grids."""
+        cell trains in its own job. Along `algorithms`, cells share a stack where their algorithms
+        differ only in their trainer's MEMBER_SETTINGS (a sweep, or e.g. Diffusion-QL's per-maze
+        gradient clips). Cells that differ only along a grid's axes share a stack across grids
+        too. A cell in two groups is an error naming the grid."""
+        from seemrl.algos import trainer_module
         from seemrl.train import TOGETHER_TRAINERS
 
-        axes_of = {"percents": 1, "datasets": 0}
-        owner: dict[tuple, str] = {}
-        groups: dict[str, list[tuple]] = {}
+        axes_of = {"datasets": 0, "percents": 1, "algorithms": 2}
+        owner: dict[tuple, tuple] = {}
+        groups: dict[tuple, list[tuple]] = {}
         for i, exp in enumerate(self.grids):
             axes = {axes_of[a] for a in exp.get("train_together") or []}
             if not axes:
@@ -166,29 +171,43 @@ class Plan:
                 if trainer not in TOGETHER_TRAINERS:
                     raise ValueError(f"config key experiment[{i}].train_together: algorithm {a} (trainer {trainer}) "
                                      f"cannot train cells together (only {', '.join(TOGETHER_TRAINERS)})")
-            shared: dict[tuple, list[tuple]] = {}
             for key in ((d, percent_label(p), a, n) for d in exp["datasets"] for p in exp["percents"]
                         for a in exp["algorithms"] for n in exp["critic_norms"]):
-                shared.setdefault(tuple("all" if j in axes else v for j, v in enumerate(key)), []).append(key)
-            for gkey, keys in shared.items():
-                if len(keys) < 2:
-                    continue
-                name = re.sub(r"[^A-Za-z0-9]+", "_", "_".join((gkey[0], f"{gkey[1]}pct", *gkey[2:])))
-                for key in keys:
-                    if owner.get(key, name) != name:
-                        raise ValueError(f"config key experiment[{i}].train_together: cell {key} is also in "
-                                         f"group {owner[key]}; a cell trains in one job")
-                    owner[key] = name
-                groups[name] = sorted(set(groups.get(name, [])) | set(keys), key=keys.index)
+                gkey = tuple("all" if j in axes else v for j, v in enumerate(key))
+                if 2 in axes:  # along algorithms: the trainer and the settings one stack shares
+                    trainer = self.config["algorithms"][key[2]]["trainer"]
+                    per_member = trainer_module(trainer).Config.MEMBER_SETTINGS
+                    shared = {k: v for k, v in dataclasses.asdict(self.resolved[key[2], key[3]]).items()
+                              if k not in per_member}
+                    gkey = (*gkey[:2], (trainer, json.dumps(shared, sort_keys=True, default=str)), gkey[3])
+                if owner.get(key, gkey) != gkey:
+                    raise ValueError(f"config key experiment[{i}].train_together: cell {key} is also in another "
+                                     f"group of cells trained together; a cell trains in one job")
+                owner[key] = gkey
+                groups.setdefault(gkey, [])
+                if key not in groups[gkey]:
+                    groups[gkey].append(key)
+        named: dict[str, list[tuple]] = {}
+        for gkey, keys in groups.items():
+            if len(keys) < 2:
+                continue
+            algos = list(dict.fromkeys(k[2] for k in keys))
+            algo = algos[0] if len(algos) == 1 else f"{algos[0]}_and_{len(algos) - 1}_more"
+            name = re.sub(r"[^A-Za-z0-9]+", "_", "_".join((gkey[0], f"{gkey[1]}pct", algo, gkey[3])))
+            if name in named:
+                raise ValueError(f"config key experiment: two groups of cells trained together are both named {name}")
+            named[name] = keys
         return {name: [dict(dataset=d, percent=p, algo=a, norm=n) for d, p, a, n in keys]
-                for name, keys in groups.items()}
+                for name, keys in named.items()}
 
     def together_cells_json(self, group: str) -> str:
         """The `--cells` of a group's `seemrl train-together` job (data, seeds, labels, outputs)."""
-        cells = []
-        for c in self.train_groups()[group]:
+        cells, members = [], self.train_groups()[group]
+        sweep = len({c["algo"] for c in members}) > 1  # then each cell names its own settings
+        for c in members:
             run = RUN.format(**c)
-            cells.append({"data": f"resources/datasets/{c['dataset']}/subset-{c['percent']}pct.parquet",
+            own = {"params": json.loads(self.train_params(c["algo"], c["norm"]))} if sweep else {}
+            cells.append({**own, "data": f"resources/datasets/{c['dataset']}/subset-{c['percent']}pct.parquet",
                           "seeds": self.cell_seeds[c["dataset"], c["percent"], c["algo"], c["norm"]],
                           "labels": {"dataset": c["dataset"], "percent": c["percent"], "algo": c["algo"],
                                      "critic_norm": c["norm"]},

@@ -109,6 +109,9 @@ class OfflineConfig(RunSettings):
     reward_transform: str = "none"  # data.preparation.REWARD_TRANSFORMS, applied before training
 
     RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {"reward_mode": ("reward_transform",)}
+    # settings that may differ between cells trained in one stack (a sweep's cells: `train_together:
+    # [algorithms]`); each member then uses its own cell's value (`CriticTrainer.setting`)
+    MEMBER_SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         self.hidden, self.critic = tuple(self.hidden), dict(self.critic)  # given as list / mapping
@@ -235,6 +238,24 @@ class OfflineNets:
 
 
 # ------------------------------------------------------------------ the trainer
+def member_settings(cfg, settings: dict[str, Sequence[float]] | None, members: int, device) -> dict[str, torch.Tensor]:
+    """Settings whose value differs between the members of a stack (cells of a sweep trained
+    together): name -> one float32 value per member [S] on `device`. A member's arithmetic with its
+    value is then the arithmetic of its cell alone with the config's (a Python float meets a
+    float32 tensor as float32). Refuses, by name, a setting the algorithm keeps one for the stack
+    (not in its Config's MEMBER_SETTINGS) and a list of the wrong length."""
+    allowed = getattr(type(cfg), "MEMBER_SETTINGS", ())
+    out = {}
+    for name, values in (settings or {}).items():
+        if name not in allowed:
+            raise ValueError(f"setting {name!r} of {type(cfg).__name__} cannot differ between the cells of one "
+                             f"stack (those that can: {', '.join(allowed) or 'none'})")
+        if len(values) != members:
+            raise ValueError(f"setting {name!r}: {len(values)} values for a stack of {members} members")
+        out[name] = torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
+    return out
+
+
 class CriticTrainer(StackedTrainer):
     """A `StackedTrainer` configured from `cfg` (steps, checkpoint_every, cuda_graph,
     matmul_precision, critic) with networks `nets` that hold twin critics q1 and q2.
@@ -244,12 +265,19 @@ class CriticTrainer(StackedTrainer):
     """
 
     def __init__(self, cfg, seeds: Sequence[int], data, nets, device, *, steps: int | None = None,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None, settings: dict[str, Sequence[float]] | None = None):
         self.cfg, self.nets = cfg, nets.to(device)
         self.matmul_precision = cfg.matmul_precision
         super().__init__(seeds, data, device, steps=cfg.steps if steps is None else steps,
                          checkpoint_every=cfg.checkpoint_every if checkpoint_every is None else checkpoint_every,
                          cuda_graph=cfg.cuda_graph, compile_update=cfg.compile_update)
+        self.settings = member_settings(cfg, settings, len(seeds), self.device)
+
+    def setting(self, name: str, ndim: int = 1):
+        """A setting's value: the config's, or one per member ([S], then [S, 1, ...] to `ndim`
+        dimensions) where cells of different values of it share the stack (`member_settings`)."""
+        value = self.settings.get(name)
+        return getattr(self.cfg, name) if value is None else value.reshape(-1, *([1] * (ndim - 1)))
 
     def dropout_modules(self) -> tuple[nn.Module, ...]:
         """The networks that may draw dropout masks inside the step (the critics' spec's)."""

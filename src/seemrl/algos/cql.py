@@ -77,6 +77,7 @@ class CQLConfig(OfflineConfig):
     bc_steps: int = 0  # first steps with the BC actor loss alpha log pi - log pi(a_data|s) (CORL MuJoCo 0)
 
     RENAMED = {**OfflineConfig.RENAMED, "policy_lr": ("actor_lr",)}
+    MEMBER_SETTINGS = ("cql_alpha",)  # may differ between cells of one stack (a sweep of the CQL weight)
 
     def __post_init__(self):
         check_optimizer(self.optimizer)
@@ -214,9 +215,10 @@ class CQLTrainer(CriticTrainer):
     run eagerly (`CriticTrainer`).
     """
 
-    def __init__(self, cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, device):
+    def __init__(self, cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, device,
+                 settings: dict | None = None):
         self.act_dim = nets.actor.act_dim
-        super().__init__(cfg, seeds, data, nets, device)
+        super().__init__(cfg, seeds, data, nets, device, settings=settings)
         self.target_entropy = -float(self.act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "temperatures": nets.temperatures}
         self.targets = {name: copy.deepcopy(self.networks[name]).eval() for name in ("q1", "q2")}
@@ -336,16 +338,16 @@ class CQLTrainer(CriticTrainer):
                 diff = diff.clamp(cfg.cql_clip_diff_min, cfg.cql_clip_diff_max)
             td_losses.append(((q_pred - td_target) ** 2).mean(-1))
             cql_diffs.append(diff.mean(-1))  # [S]
-        out = {}
+        out, cql_alpha = {}, self.setting("cql_alpha")
         if cfg.cql_lagrange:
             alpha_prime = temps.log_alpha_prime.exp().clamp(0.0, ALPHA_PRIME_MAX)  # [S]
             gaps = [c - cfg.cql_target_action_gap for c in cql_diffs]
-            cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gaps[0] + gaps[1])
-            alpha_prime_loss = -0.5 * alpha_prime * cfg.cql_alpha * (gaps[0].detach() + gaps[1].detach())
+            cql_loss = alpha_prime.detach() * cql_alpha * (gaps[0] + gaps[1])
+            alpha_prime_loss = -0.5 * alpha_prime * cql_alpha * (gaps[0].detach() + gaps[1].detach())
             losses = losses + alpha_prime_loss.sum()
             out["alpha_prime"] = alpha_prime.detach()
         else:
-            cql_loss = cfg.cql_alpha * (cql_diffs[0] + cql_diffs[1])
+            cql_loss = cql_alpha * (cql_diffs[0] + cql_diffs[1])
         td_loss = td_losses[0] + td_losses[1]
         critic_loss = td_loss + cql_loss
         losses = losses + critic_loss.sum()  # sums of per-seed losses: per-seed gradients
@@ -377,9 +379,10 @@ METRIC_KEYS = ("critic_loss", "td_loss", "cql_loss", "actor_loss", "alpha", "q_m
 
 def train(cfg: CQLConfig, seeds: list[int], data: OfflineData, nets: CQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None, settings: dict | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`."""
+    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`; `settings`: per-member values
+    of MEMBER_SETTINGS (cells of a sweep in one stack)."""
     keys = (*METRIC_KEYS, *(("alpha_prime",) if cfg.cql_lagrange else ()), "critic_grad_norm")
-    return train_offline(CQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir, keys,
+    return train_offline(CQLTrainer(cfg, seeds, data, nets, device, settings), save_checkpoint, checkpoint_dir, keys,
                          critic_param_norms, log, evaluate, resume, monitor)

@@ -25,7 +25,7 @@ from seemrl.algos.base import (CriticTrainer, OfflineConfig, OfflineNets, check_
                                check_positive, critic_grad_norm, critic_param_norms, critic_params, critic_weight_decay,
                                load_offline_checkpoint, obs_stats, run_identity_of, save_offline_checkpoint,
                                train_offline, twin_critics)
-from seemrl.training.draws import Draw, OfflineData, weighted_indices
+from seemrl.training.draws import Draw, OfflineData
 from seemrl.training.loop import Checkpoint, TrainResult
 from seemrl.training.nets import (ACTIVATIONS, Compiled, StackedMLP, enable_fused_pointwise, per_seed_norm,
                                   seed_generators, stacked_affine)
@@ -85,6 +85,8 @@ class DiffQLConfig(OfflineConfig):
     eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
 
     RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
+    # may differ between cells of one stack: e.g. the authors' per-maze gradient clips (Table 1)
+    MEMBER_SETTINGS = ("grad_clip", "alpha", "bc_weight")
     LATER_SETTINGS = {**OfflineConfig.LATER_SETTINGS, "backup_dtype": "float32"}
 
     def __post_init__(self):
@@ -557,11 +559,16 @@ class DiffQLTrainer(CriticTrainer):
     inside the forward pass, so they run eagerly (`CriticTrainer`).
     """
 
-    def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device):
-        if cfg.oper_r and getattr(data, "policy_cdf", None) is None:
+    def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device,
+                 settings: dict | None = None):
+        if cfg.oper_r and not data.has_policy_probabilities:
             raise ValueError("oper_r needs the actor batch's sampling probabilities: prepare the data with "
                              "seemrl.data.preparation.prepare (oper_r=True)")
-        super().__init__(cfg, seeds, data, nets, device)
+        clips = (settings or {}).get("grad_clip")
+        if clips is not None and len({float(c) > 0 for c in clips} | {cfg.grad_clip > 0}) > 1:
+            raise ValueError(f"grad_clip: members without clipping (0) and with a clip cannot share a stack, "
+                             f"got {sorted(set(map(float, clips)))}")
+        super().__init__(cfg, seeds, data, nets, device, settings=settings)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         self.targets = {"actor": nets.actor_ema, "q1": nets.q1_target, "q2": nets.q2_target}
         self.optimizers = {
@@ -621,7 +628,7 @@ class DiffQLTrainer(CriticTrainer):
         """(critic batch, actor batch) indices [S, B]: uniform; OPER-R draws the actor's by return."""
         idx = draws["idx"]
         if self.cfg.oper_r:
-            return idx, weighted_indices(self.data.policy_cdf, draws["policy_u"])
+            return idx, self.data.policy_rows(draws["policy_u"])
         return idx, idx
 
     @torch.no_grad()
@@ -686,9 +693,11 @@ class DiffQLTrainer(CriticTrainer):
                 # "min", or one head per seed and step, at random (EDP: u > 0.5 -> Q1)
                 q = torch.minimum(q1p, q2p) if cfg.guide_q == "min" else \
                     torch.where((draws["head"] > 0.5).unsqueeze(-1), q1p, q2p)
-            lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
+            # alpha / mean|Q| as Python computes a float over a tensor (reciprocal, then the product),
+            # so that a member's own alpha (`setting`) computes it alike
+            lmbda = q.abs().mean((1, 2)).detach().reciprocal() * self.setting("alpha")
             q_loss = -lmbda * q.mean((1, 2))
-            actor_loss = cfg.bc_weight * bc_loss + q_loss
+            actor_loss = self.setting("bc_weight") * bc_loss + q_loss
             actor_opt.zero_grad(set_to_none=set_to_none)
             actor_loss.sum().backward()
         na = self._clip(nets.actor)
@@ -703,7 +712,7 @@ class DiffQLTrainer(CriticTrainer):
     def _clip(self, module: nn.Module) -> torch.Tensor | None:
         if self.cfg.grad_clip <= 0:
             return None
-        return clip_grad_norm_per_seed(list(module.parameters()), self.cfg.grad_clip)
+        return clip_grad_norm_per_seed(list(module.parameters()), self.setting("grad_clip"))
 
     def _lerp(self, names: Sequence[str], tau: float) -> None:
         """Targets (parameters and buffers) of `names` move towards their online networks."""
@@ -752,11 +761,12 @@ METRIC_KEYS = ("critic_loss", "actor_loss", "bc_loss", "q_loss", "q_mean")
 
 def train(cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None, settings: dict | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
     `data` is prepared (`seemrl.data.preparation`, OPER-R's probabilities included); `evaluate`
-    and `resume` as in `seemrl.algos.base.train_offline`."""
-    return train_offline(DiffQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+    and `resume` as in `seemrl.algos.base.train_offline`; `settings`: per-member values of
+    MEMBER_SETTINGS (cells of a sweep in one stack)."""
+    return train_offline(DiffQLTrainer(cfg, seeds, data, nets, device, settings), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, "critic_grad_norm", "actor_grad_norm"), _param_norms, log, evaluate, resume, monitor)
 
 

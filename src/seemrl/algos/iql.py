@@ -60,6 +60,8 @@ class IQLConfig(OfflineConfig):
     actor_dropout: float = 0.0  # dropout on the actor's hidden activations (original: 0.1 on Kitchen/Adroit only)
     value_norm_like_critic: bool = True  # V gets the critic's normalisation spec and weight decay; False: plain MLP
 
+    MEMBER_SETTINGS = ("expectile", "beta")  # may differ between cells of one stack (a sweep)
+
     def __post_init__(self):
         check_optimizer(self.optimizer)
         check_positive(self, ("actor_lr", "critic_lr", "value_lr"))
@@ -143,8 +145,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # ------------------------------------------------------------------ the update step
-def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Per-seed mean of |expectile - 1[u < 0]| * u^2 over [S, B, 1] -> [S]."""
+def expectile_loss(u: torch.Tensor, expectile: float | torch.Tensor) -> torch.Tensor:
+    """Per-seed mean of |expectile - 1[u < 0]| * u^2 over [S, B, 1] -> [S] (expectile: one, or [S, 1, 1])."""
     weight = torch.abs(expectile - (u < 0).to(u.dtype))
     return (weight * u.pow(2)).mean((1, 2))
 
@@ -157,8 +159,9 @@ class IQLTrainer(CriticTrainer):
     inside the forward pass, so such configurations run eagerly.
     """
 
-    def __init__(self, cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, device):
-        super().__init__(cfg, seeds, data, nets, device)
+    def __init__(self, cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, device,
+                 settings: dict | None = None):
+        super().__init__(cfg, seeds, data, nets, device, settings=settings)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2, "value": nets.value}
         self.targets = {name: copy.deepcopy(self.networks[name]).eval() for name in ("q1", "q2")}
         weight_decay = float(critic_weight_decay(cfg.critic))
@@ -226,7 +229,7 @@ class IQLTrainer(CriticTrainer):
         nets.value.train(True)
         v = nets.value(s)
         nets.value.train(False)
-        value_loss = expectile_loss(q_target - v, cfg.expectile)
+        value_loss = expectile_loss(q_target - v, self.setting("expectile", 3))
         v_opt.zero_grad(set_to_none=set_to_none)
         value_loss.sum().backward()  # a sum of per-seed losses: per-seed gradients
         if grad_norm:
@@ -235,7 +238,7 @@ class IQLTrainer(CriticTrainer):
 
         # 2. actor step: advantage-weighted regression with the updated V and the target critics
         with torch.no_grad():
-            weight = torch.exp(cfg.beta * (q_target - nets.value(s))).clamp(max=cfg.exp_adv_max)
+            weight = torch.exp(self.setting("beta", 3) * (q_target - nets.value(s))).clamp(max=cfg.exp_adv_max)
         mean = torch.tanh(self._actor_mean(s, draws.get("actor_dropout")))
         if nets.actor.log_std is not None:
             log_std = nets.actor.log_std.clamp(cfg.log_std_min, cfg.log_std_max)
@@ -285,10 +288,11 @@ GRAD_NORM_KEYS = ("critic_grad_norm", "value_grad_norm")
 
 def train(cfg: IQLConfig, seeds: list[int], data: OfflineData, nets: IQLNets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None, settings: dict | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`. `data`
-    is prepared (`seemrl.data.preparation`); `evaluate` and `resume` as in `base.train_offline`."""
-    return train_offline(IQLTrainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+    is prepared (`seemrl.data.preparation`); `evaluate` and `resume` as in `base.train_offline`;
+    `settings`: per-member values of MEMBER_SETTINGS (cells of a sweep in one stack)."""
+    return train_offline(IQLTrainer(cfg, seeds, data, nets, device, settings), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, *GRAD_NORM_KEYS), _param_norms, log, evaluate, resume, monitor)
 
 

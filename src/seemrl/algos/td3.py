@@ -50,6 +50,7 @@ class TD3Config(OfflineConfig):
     bc_weight: float = 0.0  # weight of the BC term (pi - a)^2; 0 in the SEEM setting
 
     RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
+    MEMBER_SETTINGS = ("alpha", "bc_weight")  # may differ between cells of one stack (a TD3+BC alpha sweep)
 
     def __post_init__(self):
         check_optimizer(self.optimizer)
@@ -104,8 +105,9 @@ class TD3Trainer(CriticTrainer):
     from CPU generators inside the forward pass, so they run eagerly (`CriticTrainer`).
     """
 
-    def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device):
-        super().__init__(cfg, seeds, data, nets, device)
+    def __init__(self, cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, device,
+                 settings: dict | None = None):
+        super().__init__(cfg, seeds, data, nets, device, settings=settings)
         self.networks = {"actor": nets.actor, "q1": nets.q1, "q2": nets.q2}
         self.actor_params = list(nets.actor.parameters())
         if cfg.tau < 1.0:
@@ -164,8 +166,10 @@ class TD3Trainer(CriticTrainer):
         if actor_update:
             pi = torch.tanh(nets.actor(s))
             q = nets.q1(torch.cat([s, pi], -1))
-            lmbda = cfg.alpha / q.abs().mean((1, 2)).detach()
-            actor_loss = -lmbda * q.mean((1, 2)) + cfg.bc_weight * ((pi - a) ** 2).mean((1, 2))
+            # alpha / mean|Q| as Python computes a float over a tensor (reciprocal, then the product),
+            # so that a member's own alpha (`setting`) computes it alike
+            lmbda = q.abs().mean((1, 2)).detach().reciprocal() * self.setting("alpha")
+            actor_loss = -lmbda * q.mean((1, 2)) + self.setting("bc_weight") * ((pi - a) ** 2).mean((1, 2))
             actor_opt.zero_grad(set_to_none=set_to_none)
             # the actor's gradients only: autograd then skips Q1's weight gradients (GEMMs that the
             # critic optimiser's next zero_grad would drop)
@@ -189,8 +193,9 @@ METRIC_KEYS = ("critic_loss", "actor_loss", "q_mean")
 
 def train(cfg: TD3Config, seeds: list[int], data: OfflineData, nets: TD3Nets, checkpoint_dir: Path,
           device="cpu", log: Callable[[str], None] = print, evaluate: Callable | None = None,
-          resume: ResumeDir | None = None, monitor=None) -> TrainResult:
+          resume: ResumeDir | None = None, monitor=None, settings: dict | None = None) -> TrainResult:
     """Train all seeds for `cfg.steps` steps; the checkpoints end up in `checkpoint_dir`.
-    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`."""
-    return train_offline(TD3Trainer(cfg, seeds, data, nets, device), save_checkpoint, checkpoint_dir,
+    `evaluate` and `resume` as in `seemrl.algos.base.train_offline`; `settings`: per-member values
+    of MEMBER_SETTINGS (cells of a sweep in one stack)."""
+    return train_offline(TD3Trainer(cfg, seeds, data, nets, device, settings), save_checkpoint, checkpoint_dir,
                          (*METRIC_KEYS, "critic_grad_norm"), critic_param_norms, log, evaluate, resume, monitor)

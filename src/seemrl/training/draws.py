@@ -32,6 +32,21 @@ class OfflineData:
     policy_cdf: torch.Tensor | None = None  # OPER-R: cumulative sampling probabilities of the actor batch
     # several tables stacked (`stack`): per member of the trainer's stack, (first row, rows) of its table
     members: tuple[tuple[int, int], ...] | None = None
+    # ... and, with OPER-R, per table: (its policy_cdf, its first member, the member after its last, its first row)
+    policy_parts: tuple[tuple[torch.Tensor, int, int, int], ...] | None = None
+
+    @property
+    def has_policy_probabilities(self) -> bool:
+        """Whether the table (every stacked table) carries OPER-R's sampling probabilities."""
+        return self.policy_cdf is not None or self.policy_parts is not None
+
+    def policy_rows(self, u: torch.Tensor) -> torch.Tensor:
+        """OPER-R's actor batch [S, B]: rows drawn with the sampling probabilities from uniforms u
+        [S, B] (`weighted_indices`); stacked tables: each member from its own table's probabilities,
+        as if it trained on that table alone."""
+        if self.policy_parts is None:
+            return weighted_indices(self.policy_cdf, u)
+        return torch.cat([weighted_indices(cdf, u[lo:hi]) + first for cdf, lo, hi, first in self.policy_parts])
 
     @classmethod
     def from_prepared(cls, p, device) -> "OfflineData":
@@ -62,15 +77,19 @@ class OfflineData:
         and serve the next members[k] members of the trainer's stack (`index_draw`)."""
         if len(tables) != len(members) or not tables:
             raise ValueError(f"need one member count per table: {len(tables)} tables, {len(members)} counts")
-        if any(t.policy_cdf is not None or t.members is not None for t in tables):
-            raise ValueError("only plain tables stack (no OPER-R sampling probabilities, no stacked tables)")
-        rows, first = [], 0
+        if any(t.members is not None for t in tables):
+            raise ValueError("stacked tables do not stack again")
+        weighted = {t.policy_cdf is not None for t in tables}
+        if len(weighted) > 1:
+            raise ValueError("tables with and without OPER-R sampling probabilities do not stack")
+        rows, parts, first = [], [], 0
         for t, m in zip(tables, members):
+            parts.append((t.policy_cdf, len(rows), len(rows) + m, first))
             rows += [(first, len(t))] * m
             first += len(t)
         cat = lambda name: torch.cat([getattr(t, name) for t in tables])
         return cls(obs=cat("obs"), action=cat("action"), reward=cat("reward"), next_obs=cat("next_obs"),
-                   not_done=cat("not_done"), members=tuple(rows))
+                   not_done=cat("not_done"), members=tuple(rows), policy_parts=tuple(parts) if True in weighted else None)
 
     def index_draw(self, name: str, batch: int, stream: int) -> Draw:
         """The draw of `batch` row indices per member: uniform over the whole table, or over the

@@ -46,12 +46,15 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
-def clip_grad_norm_per_seed(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm_per_seed(params: Sequence[torch.Tensor], max_norm: float | torch.Tensor) -> torch.Tensor:
     """Scale each seed's gradients (stacked params [S, ...]) so their joint L2 norm is at most
-    `max_norm`, seed by seed, on the device (no host sync). Returns the norms before clipping [S]."""
+    `max_norm` (one, or one per seed [S]), seed by seed, on the device (no host sync). Returns the
+    norms before clipping [S]."""
     grads = [p.grad for p in params if p.grad is not None]
     norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    # max_norm / norm as Python computes a float over a tensor (reciprocal, then the product), so
+    # that a per-seed max_norm computes it alike
+    scale = ((norms + 1e-6).reciprocal() * max_norm).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.reshape(-1, *([1] * (g.dim() - 1))))
     return norms
