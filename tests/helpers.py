@@ -99,7 +99,7 @@ TINY["theory"] = {"toy": {"seem_every": 5}, "ntk_map": {"hidden": 256, "resoluti
 
 
 PAPER_CONFIGS = {  # config -> (target, training jobs, SEEM jobs, online jobs, theory jobs)
-    "table1.yaml": ("all", 6, 6 * 4, 0, 0),  # each algorithm's mazes in one job (Diffusion-QL's: per critic, OPER-R)
+    "table1.yaml": ("all", 4, 6 * 4, 0, 0),  # each algorithm's mazes in one job (Diffusion-QL's: one per critic)
     "xpercent.yaml": ("all", 9 * 4 * 4 * 2, 9 * 4 * 4 * 2, 0, 0),
     "seem_figures.yaml": ("all", 5 * 2 * 2 + 5, 5 * 2 * 2 + 5, 0, 0),
     "normalizations.yaml": ("all", 2 * 10 + 3 * 9 + 4, 2 * 10 + 3 * 9 + 4, 0, 0),

@@ -17,7 +17,7 @@ BENCH = ROOT / "benchmarks"
     ("antmaze_eval_speed.py", ["--tiny"], "| 2 | 80 |"),
     # the cost table of the README: jobs from the config, GPU-hours from the measured rates, disk measured
     # (AntMaze evaluation from step 550k: 10 of 20 evaluations, 8.3 h instead of 16.6)
-    ("estimate_cost.py", ["table1.yaml", "theory"], "| table1.yaml | 6 | 0 | 11.2 | 0.1 | 8.3 | 11.4 |"),
+    ("estimate_cost.py", ["table1.yaml", "theory"], "| table1.yaml | 4 | 0 | 10.7 | 0.1 | 8.3 | 11.4 |"),
     # (a job of its own, with torch's default thread count in new threads: the evaluation thread
     # must compute on the job's one thread, or its actions round differently; this caught it)
     ("eval_overlap.py", ["--steps", "60", "--eval-every", "20", "--episodes", "1", "--seeds", "0", "--rows", "400"],

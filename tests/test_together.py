@@ -100,7 +100,7 @@ SWEEPS = [("td3", {"bc_weight": 1.0}, {"alpha": 1.0, "bc_weight": 2.0}),
           ("cql", {"critic": {"norm": "layernorm"}}, {"cql_alpha": 1.0}),
           ("diffql", {"diffusion_steps": 3, "sample_steps": 3, "backup_samples": 2, "eval_samples": 3,
                       "actor_ema_start": 10, "grad_clip": 2.0, "oper_r": True},
-           {"grad_clip": 0.05, "alpha": 1.0, "bc_weight": 1.5})]
+           {"grad_clip": 0.05, "alpha": 1.0, "bc_weight": 1.5, "oper_r": False})]
 
 
 @pytest.mark.parametrize("trainer,extra,other", SWEEPS, ids=[s[0] for s in SWEEPS])
@@ -195,10 +195,13 @@ def test_each_member_draws_oper_r_rows_from_its_own_table():
     rows = data.policy_rows(u)
     assert torch.equal(rows[:2], small.policy_rows(u[:2])) and torch.equal(rows[2:], big.policy_rows(u[2:]) + 4)
     assert set(rows[:2].unique().tolist()) == {1, 3} and set(rows[2].unique().tolist()) == {4, 9}
-    with pytest.raises(ValueError, match="with and without OPER-R"):
-        OfflineData.stack([small, OfflineData.from_arrays(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3),
-                                                          torch.zeros(3, 2), torch.zeros(3), [0.0, 0.0], [1.0, 1.0],
-                                                          "cpu")], [1, 1])
+    # a table without probabilities (a cell without OPER-R): its members keep the rows given for them
+    plain = OfflineData.from_arrays(torch.zeros(3, 2), torch.zeros(3, 1), torch.zeros(3), torch.zeros(3, 2),
+                                    torch.zeros(3), [0.0, 0.0], [1.0, 1.0], "cpu")
+    mixed = OfflineData.stack([small, plain], [2, 1])
+    uniform = torch.randint(3, (3, 500), generator=torch.Generator().manual_seed(1)) + 4
+    rows = mixed.policy_rows(u, uniform)
+    assert torch.equal(rows[:2], small.policy_rows(u[:2])) and torch.equal(rows[2], uniform[2])
 
 
 def test_bad_together_jobs_are_refused_by_name(tmp_path):

@@ -85,8 +85,9 @@ class DiffQLConfig(OfflineConfig):
     eval_seed: int = 0  # episode resets and the evaluation policy's sampling noise derive from it
 
     RENAMED = {**OfflineConfig.RENAMED, "lr": ("actor_lr", "critic_lr")}
-    # may differ between cells of one stack: e.g. the authors' per-maze gradient clips (Table 1)
-    MEMBER_SETTINGS = ("grad_clip", "alpha", "bc_weight")
+    # may differ between cells of one stack: e.g. the authors' per-maze gradient clips and OPER-R (Table 1);
+    # a member draws OPER-R's actor batch where its cell's table carries the sampling probabilities
+    MEMBER_SETTINGS = ("grad_clip", "alpha", "bc_weight", "oper_r")
     LATER_SETTINGS = {**OfflineConfig.LATER_SETTINGS, "backup_dtype": "float32"}
 
     def __post_init__(self):
@@ -561,7 +562,9 @@ class DiffQLTrainer(CriticTrainer):
 
     def __init__(self, cfg: DiffQLConfig, seeds: list[int], data: OfflineData, nets: DiffQLNets, device,
                  settings: dict | None = None):
-        if cfg.oper_r and not data.has_policy_probabilities:
+        # OPER-R for the stack when any member has it (`OfflineData.policy_rows`: the others keep the critic's batch)
+        self.oper_r = cfg.oper_r or any((settings or {}).get("oper_r", ()))
+        if self.oper_r and not data.has_policy_probabilities:
             raise ValueError("oper_r needs the actor batch's sampling probabilities: prepare the data with "
                              "seemrl.data.preparation.prepare (oper_r=True)")
         clips = (settings or {}).get("grad_clip")
@@ -600,7 +603,7 @@ class DiffQLTrainer(CriticTrainer):
                  Draw("t", "randint", (b,), STREAM_DIFF_T, high=cfg.diffusion_steps),
                  Draw("eps", "normal", (b, A), STREAM_DIFF_NOISE),
                  Draw("backup_xT", "normal", (b, n, A), STREAM_BACKUP_XT)]
-        if cfg.oper_r:
+        if self.oper_r:
             draws.append(Draw("policy_u", "uniform", (b,), STREAM_POLICY_BATCH))
         if cfg.guide_q == "random":
             draws.append(Draw("head", "uniform", (1,), STREAM_HEAD))
@@ -627,8 +630,8 @@ class DiffQLTrainer(CriticTrainer):
     def batch_indices(self, draws: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(critic batch, actor batch) indices [S, B]: uniform; OPER-R draws the actor's by return."""
         idx = draws["idx"]
-        if self.cfg.oper_r:
-            return idx, self.data.policy_rows(draws["policy_u"])
+        if self.oper_r:
+            return idx, self.data.policy_rows(draws["policy_u"], idx)
         return idx, idx
 
     @torch.no_grad()

@@ -32,21 +32,24 @@ class OfflineData:
     policy_cdf: torch.Tensor | None = None  # OPER-R: cumulative sampling probabilities of the actor batch
     # several tables stacked (`stack`): per member of the trainer's stack, (first row, rows) of its table
     members: tuple[tuple[int, int], ...] | None = None
-    # ... and, with OPER-R, per table: (its policy_cdf, its first member, the member after its last, its first row)
-    policy_parts: tuple[tuple[torch.Tensor, int, int, int], ...] | None = None
+    # ... and, with OPER-R, per table: (its policy_cdf or None, its first member, the member after its last,
+    # its first row)
+    policy_parts: tuple[tuple[torch.Tensor | None, int, int, int], ...] | None = None
 
     @property
     def has_policy_probabilities(self) -> bool:
         """Whether the table (every stacked table) carries OPER-R's sampling probabilities."""
         return self.policy_cdf is not None or self.policy_parts is not None
 
-    def policy_rows(self, u: torch.Tensor) -> torch.Tensor:
+    def policy_rows(self, u: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
         """OPER-R's actor batch [S, B]: rows drawn with the sampling probabilities from uniforms u
         [S, B] (`weighted_indices`); stacked tables: each member from its own table's probabilities,
-        as if it trained on that table alone."""
+        as if it trained on that table alone, and the members of a table without any (a cell
+        without OPER-R) take their rows of `uniform`, e.g. the critic's batch."""
         if self.policy_parts is None:
             return weighted_indices(self.policy_cdf, u)
-        return torch.cat([weighted_indices(cdf, u[lo:hi]) + first for cdf, lo, hi, first in self.policy_parts])
+        return torch.cat([uniform[lo:hi] if cdf is None else weighted_indices(cdf, u[lo:hi]) + first
+                          for cdf, lo, hi, first in self.policy_parts])
 
     @classmethod
     def from_prepared(cls, p, device) -> "OfflineData":
@@ -80,8 +83,6 @@ class OfflineData:
         if any(t.members is not None for t in tables):
             raise ValueError("stacked tables do not stack again")
         weighted = {t.policy_cdf is not None for t in tables}
-        if len(weighted) > 1:
-            raise ValueError("tables with and without OPER-R sampling probabilities do not stack")
         rows, parts, first = [], [], 0
         for t, m in zip(tables, members):
             parts.append((t.policy_cdf, len(rows), len(rows) + m, first))
