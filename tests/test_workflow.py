@@ -336,6 +336,14 @@ def test_train_together_plans_one_job_per_group_and_trains_it(tmp_path):
     assert counts["train_together_hopper_demo_100pct_td3_seem_and_1_more_ln"] == 1 and counts["train"] == 1, counts
     command = next(line for line in out.splitlines() if "seemrl train-together" in line)
     assert command.count('"params": {') == 2 and '"alpha": 1.0' in command and '"tau": 0.5' not in command
+    # the README's sweep plans as it says: one job for its three algorithms, 15 members
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("**Sweeps in one stack.**"):].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = {**copy.deepcopy(TINY), **yaml.safe_load(block), "theory": None}
+    out = snakemake(tmp_path, config, "-n", "-p").stdout
+    assert training_jobs(job_counts(out)) == 1
+    command = next(line for line in out.splitlines() if "seemrl train-together" in line)
+    assert command.count('"seeds": [0, 1, 2, 3, 4]') == 3 and all(f'"alpha": {a}' in command for a in (1.0, 2.5, 10.0))
     # Diffusion-QL's cells share a stack too
     config = copy.deepcopy(TINY)
     config["theory"] = None
