@@ -220,8 +220,15 @@ def d3rlpy_summary(results: dict[int, dict], seeds: list[int], steps: int, proce
             "steps_per_second_per_seed": steps / float(np.mean(walls)) if walls else None}
 
 
-def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, compile_graph: bool):
-    """d3rlpy's model of `algo` (seeded) and its dataset from the table `t`, prepared as seemrl's."""
+# How d3rlpy runs its update on CUDA (elsewhere always eager): `compile` is its compile_graph (torch.compile,
+# then CUDA graphs); `graph` the same CUDA graphs of its own eager update, without torch.compile
+# (d3rlpy's CudaGraphWrapper with compile_func off), for where its compilation fails (CQL on torch 2.11).
+UPDATES = ("eager", "compile", "graph")
+
+
+def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, update: str = "eager"):
+    """d3rlpy's model of `algo` (seeded) and its dataset from the table `t`, prepared as seemrl's, its
+    update run as `update` says (UPDATES)."""
     import d3rlpy
 
     from seemrl.data.preparation import prepare
@@ -234,31 +241,63 @@ def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, compile_graph
     raw_std = prepared.obs_std - 1e-3  # seemrl's std has the 1e-3 added; d3rlpy adds its eps itself
     d3rlpy.seed(seed)
     config = d3rlpy_config(algo, steps, prepared.obs_mean, raw_std)
-    config.compile_graph = compile_graph  # d3rlpy's CUDA graphs + torch.compile (CUDA only; ignored elsewhere)
-    return config.create(device=_d3_device(device)), dataset
+    config.compile_graph = update != "eager"  # d3rlpy's CUDA graphs (+ torch.compile); CUDA only, ignored elsewhere
+    if update == "graph":
+        # d3rlpy's graph wrapper, which compiles what it captures unless told not to (CudaGraphWrapper's
+        # compile_func), is made in the model's build: one process runs one update mode
+        init = d3rlpy.torch_utility.CudaGraphWrapper.__init__
+        if init.__defaults__ not in ((3, True), (3, False)):
+            raise SystemExit(f"d3rlpy {d3rlpy.__version__}: CudaGraphWrapper's defaults {init.__defaults__} are not "
+                             "(warmup_steps=3, compile_func=True) as in 2.8.1; --d3rlpy-update graph cannot set them")
+        init.__defaults__ = (3, False)
+    model = config.create(device=_d3_device(device))
+    if update == "graph" and model.compiled:
+        model.build_with_dataset(dataset)  # what fit() would do first (the same draws), so that
+        capturable(model)                  # the optimisers exist to be marked
+    return model, dataset
 
 
-def probe(algos: list[str], t, steps: int, device: str, compile_graph: bool) -> dict[str, float]:
+def capturable(model) -> None:
+    """Mark the model's Adam optimisers capturable, their step counts on the GPU. d3rlpy's SAC and CQL
+    step the temperature's optimiser inside the actor's gradient function, which d3rlpy captures as a
+    CUDA graph; under torch.compile that step is compiled into the graph, without it an optimiser in
+    a capture must be capturable (the same Adam update, its bias correction computed on the GPU)."""
+    import d3rlpy
+    import torch
+
+    for field in dataclasses.fields(model.impl.modules):
+        wrapper = getattr(model.impl.modules, field.name)
+        if not isinstance(wrapper, d3rlpy.optimizers.OptimizerWrapper):
+            continue
+        for group in wrapper.optim.param_groups:
+            group["capturable"] = True
+            for param in group["params"]:
+                state = wrapper.optim.state.get(param, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(param.device, dtype=torch.float32)
+
+
+def probe(algos: list[str], t, steps: int, device: str, update: str) -> dict[str, float]:
     """d3rlpy's steps/s per algorithm, one seed alone in this process: `steps` timed after 50 of
     warm-up (graph capture and compilation fall in those)."""
     import d3rlpy
 
     rates = {}
     for algo in algos:
-        model, dataset = d3rlpy_model(algo, t, 0, steps, device, compile_graph)
+        model, dataset = d3rlpy_model(algo, t, 0, steps, device, update)
         for n in (50, steps):
             t0 = time.perf_counter()
             model.fit(dataset, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=10**9,
                       logger_adapter=d3rlpy.logging.NoopAdapterFactory())
         rates[algo] = steps / (time.perf_counter() - t0)
-        print(f"d3rlpy {algo}: {rates[algo]:,.0f} steps/s (one seed alone, compile_graph={compile_graph})", flush=True)
+        print(f"d3rlpy {algo}: {rates[algo]:,.0f} steps/s (one seed alone, {update} update)", flush=True)
     return rates
 
 
 def _d3rlpy_seed(task) -> dict:
     """One seed of d3rlpy: train, evaluate in seemrl's evaluator, mean Q on the rows."""
     global HIDDEN
-    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN, compile_graph, state_dir, save_every = task
+    algo, data_path, seed, steps, device, eval_episodes, q_rows, HIDDEN, update, state_dir, save_every = task
     import logging
 
     import d3rlpy
@@ -270,9 +309,11 @@ def _d3rlpy_seed(task) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     torch.set_num_threads(1)
     t = load(data_path)
-    model, dataset = d3rlpy_model(algo, t, seed, steps, device, compile_graph)
+    model, dataset = d3rlpy_model(algo, t, seed, steps, device, update)
     state = D3State(state_dir, algo, seed, steps) if state_dir else None
     done, wall_before = state.restore(model, dataset) if state else (0, 0.0)
+    if done and update == "graph" and model.compiled:
+        capturable(model)  # the loaded optimiser state brings its own param groups
     t0 = time.perf_counter()
     every = max(1, steps // 10)
 
@@ -334,7 +375,8 @@ class D3State:
         import d3rlpy
 
         meta = json.loads(self.meta_path.read_text())
-        model.build_with_dataset(dataset)
+        if model.impl is None:
+            model.build_with_dataset(dataset)
         model.load_model(str(self.model_path))
         d3rlpy.seed(self.seed * 1_000_003 + meta["step"])
         print(f"resuming from step {meta['step']:,} ({self.model_path})", file=sys.stderr, flush=True)
@@ -375,10 +417,12 @@ def mean_std(v: list[float]) -> str:
 
 def print_table(report: dict) -> None:
     devices, probes = report["devices"], report.get("probes", [])
-    alone = next((pr for pr in probes if pr["device"] == devices.get("seemrl") and pr["compile_graph"]), None) or \
+    for pr in probes:  # files before --d3rlpy-update said compile_graph only
+        pr.setdefault("update", "compile" if pr.get("compile_graph") else "eager")
+    alone = next((pr for pr in probes if pr["device"] == devices.get("seemrl") and pr["update"] != "eager"), None) or \
         next((pr for pr in probes if pr["device"] == devices.get("seemrl")), None)
     print(f"\nseemrl trained on {devices.get('seemrl') or '-'}; d3rlpy on {devices.get('d3rlpy') or '-'}"
-          + (f"; d3rlpy alone on {alone['device']} (compile_graph={alone['compile_graph']}) from --probe {alone['steps']}"
+          + (f"; d3rlpy alone on {alone['device']} ({alone['update']} update) from --probe {alone['steps']}"
              if alone else ""))
     print("\n| algorithm | seemrl score | d3rlpy score | Welch p | mean Q on data, seemrl | mean Q, d3rlpy "
           "| Q at the policy's action, seemrl | d3rlpy "
@@ -508,8 +552,11 @@ def main() -> None:
                    "host, so its seeds may run on the host's cores while seemrl has the GPU")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths of both sides (default: the workflow's)")
     p.add_argument("--jobs", type=int, default=1, help="d3rlpy runs (algorithm, seed) trained at once, one process each")
-    p.add_argument("--d3rlpy-compile", action="store_true",
-                   help="d3rlpy's compile_graph (CUDA graphs + torch.compile; CUDA only): its fastest update")
+    p.add_argument("--d3rlpy-update", choices=UPDATES, default="eager",
+                   help="d3rlpy's update on CUDA: eager; compile (its compile_graph: torch.compile + CUDA graphs, "
+                        "its fastest where it compiles); graph (its CUDA graphs without torch.compile)")
+    p.add_argument("--d3rlpy-compile", dest="d3rlpy_update", action="store_const", const="compile",
+                   help="the same as --d3rlpy-update compile")
     p.add_argument("--probe", type=int, metavar="STEPS",
                    help="only time d3rlpy: STEPS steps of one seed per algorithm, alone (after 50 of warm-up)")
     p.add_argument("--d3rlpy-state", metavar="DIR",
@@ -572,13 +619,15 @@ def main() -> None:
     if a.probe:
         if not peer:
             raise SystemExit(f"--probe times d3rlpy, which is not importable: {why}")
-        report.update(devices={}, probes=[{"device": d3_name, "compile_graph": a.d3rlpy_compile, "steps": a.probe,
-                                           "rates": probe(a.algos, t, a.probe, d3_device, a.d3rlpy_compile)}])
+        report.update(devices={}, probes=[{"device": d3_name, "update": a.d3rlpy_update,
+                                           "compile_graph": a.d3rlpy_update == "compile", "steps": a.probe,
+                                           "rates": probe(a.algos, t, a.probe, d3_device, a.d3rlpy_update)}])
         save()
         return
     if why and "d3rlpy" in a.sides:
         print(f"d3rlpy half skipped: {why}", flush=True)
-    report.update(steps=a.steps, seeds=seeds, jobs=a.jobs, d3rlpy_compile_graph=a.d3rlpy_compile,
+    report.update(steps=a.steps, seeds=seeds, jobs=a.jobs, d3rlpy_compile_graph=a.d3rlpy_update == "compile",
+                  d3rlpy_update=a.d3rlpy_update,
                   devices={"seemrl": name if "seemrl" in a.sides else None,
                            "d3rlpy": d3_name if "d3rlpy" in a.sides and peer else None},
                   algorithms={algo: {"seemrl": None, "d3rlpy": None, "differences": DIFFERENCES[algo], "welch_p": None}
@@ -597,7 +646,7 @@ def main() -> None:
         seemrl_runs()
     if peer and "d3rlpy" in a.sides:
         slowest_first = sorted(a.algos, key=lambda algo: -COST[algo])
-        tasks = [(algo, a.data, s, a.steps, d3_device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_compile,
+        tasks = [(algo, a.data, s, a.steps, d3_device, a.eval_episodes, q_rows, HIDDEN, a.d3rlpy_update,
                   a.d3rlpy_state, a.d3rlpy_save_every) for algo in slowest_first for s in seeds]
         results = {algo: {} for algo in a.algos}
         processes = max(1, min(a.jobs, len(tasks)))

@@ -126,12 +126,13 @@ def test_peer_check_plumbing(tmp_path):
     peer_installed = json.loads((tmp_path / "a.json").read_text())["d3rlpy"] is not None
     # --probe times d3rlpy alone (and writes its rates for the table), or says why it cannot
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--data", str(tmp_path / "whole.parquet"),
-                           "--hidden", "16", "16", "--device", "cpu", "--algos", "td3bc", "--probe", "5",
+                           "--hidden", "16", "16", "--device", "cpu", "--algos", "td3bc", "--probe", "5", "--d3rlpy-update", "graph",
                            "--out", str(tmp_path / "probe.json")], capture_output=True, text=True, timeout=300)
     if not peer_installed:
         assert proc.returncode != 0 and "--probe times d3rlpy, which is not importable" in proc.stderr
     else:
-        assert proc.returncode == 0 and "d3rlpy td3bc: " in proc.stdout and "steps/s (one seed alone" in proc.stdout
+        assert proc.returncode == 0 and "d3rlpy td3bc: " in proc.stdout and "(one seed alone, graph update)" in proc.stdout
+        assert json.loads((tmp_path / "probe.json").read_text())["probes"][0]["update"] == "graph"
     files = [str(tmp_path / f) for f in ("a.json", "b.json", "c.json", "probe.json") if (tmp_path / f).exists()]
     proc = subprocess.run([sys.executable, str(BENCH / "peer_check.py"), "--merge", *files,
                            "--out", str(tmp_path / "peer.json")], capture_output=True, text=True, timeout=120)
@@ -156,7 +157,8 @@ def test_peer_check_plumbing(tmp_path):
         assert cql["welch_p"] is not None  # both sides, from two files: the test is taken on the merged scores
         assert report["probes"][0]["rates"]["td3bc"] > 0
         assert re.search(r"^\| td3bc \|.*\| [0-9,]+ \|$", proc.stdout, re.M)  # the probe's column is filled
-        assert json.loads((tmp_path / "c.json").read_text())["d3rlpy_compile_graph"] is True
+        c = json.loads((tmp_path / "c.json").read_text())
+        assert c["d3rlpy_compile_graph"] is True and c["d3rlpy_update"] == "compile"
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["devices"]["seemrl"].startswith("CPU (") and b["devices"]["d3rlpy"] is None and len(b["data_sha256"]) == 64
     assert not (tmp_path / "b.json.tmp").exists()
