@@ -17,7 +17,9 @@ seemrl's runs go first, each algorithm alone on the device; then every d3rlpy (a
 d3rlpy processes, seemrl's CUDA-graph CQL and d3rlpy alike ran 5-10x slower (benchmarks/README.md).
 d3rlpy's update is bound by the host (one core ran its TD3+BC at 115 steps/s, an H100 at 155), so
 `--d3rlpy-device cpu` trains its seeds on the host's cores while seemrl has the GPU; `--probe`
-times d3rlpy alone on a device for the speed column. The JSON is rewritten after every run that
+times d3rlpy alone on a device for the speed column. On a GPU, `--d3rlpy-update graph` replays
+d3rlpy's gradient functions as CUDA graphs (its own wrapper, without the torch.compile that its
+`compile_graph` adds and that fails on CQL in torch 2.11). The JSON is rewritten after every run that
 ends, so a run cut short keeps what it finished; `--merge` combines runs of some algorithms or of
 one side each, and probes, into one table.
 
@@ -230,6 +232,7 @@ def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, update: str =
     """d3rlpy's model of `algo` (seeded) and its dataset from the table `t`, prepared as seemrl's, its
     update run as `update` says (UPDATES)."""
     import d3rlpy
+    import torch
 
     from seemrl.data.preparation import prepare
 
@@ -250,6 +253,9 @@ def d3rlpy_model(algo: str, t, seed: int, steps: int, device: str, update: str =
             raise SystemExit(f"d3rlpy {d3rlpy.__version__}: CudaGraphWrapper's defaults {init.__defaults__} are not "
                              "(warmup_steps=3, compile_func=True) as in 2.8.1; --d3rlpy-update graph cannot set them")
         init.__defaults__ = (3, False)
+        # torch.distributions checks its arguments' values by default, which reads them back to the
+        # host: not allowed inside a capture (torch.compile traces that check away). Only checks.
+        torch.distributions.Distribution.set_default_validate_args(False)
     model = config.create(device=_d3_device(device))
     if update == "graph" and model.compiled:
         model.build_with_dataset(dataset)  # what fit() would do first (the same draws), so that
