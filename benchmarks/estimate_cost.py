@@ -40,7 +40,6 @@ RATES = {("td3", False): 17_356, ("td3", True): 15_535, ("iql", False): 10_892, 
 RATES_40 = {("td3", False): 42_069, ("td3", True): 37_535, ("iql", False): 27_154, ("iql", True): 27_154,
             ("cql", False): 4_929, ("cql", True): 4_267, ("diffql", False): 3_532, ("diffql", True): 3_379}
 SEEM_SECONDS = 0.049  # per checkpoint and seed, N=2560, 256-256 critic, Krylov-Schur eigen-solve (one H100; benchmarks/README.md)
-DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6), "AntMaze": (29, 8)}
 # AntMaze evaluation (benchmarks/README.md, lent H200 host): 7,822 env steps/s with 4 worker processes;
 # Diffusion-QL's policy 5.4 ms per call of 250 states (50 sampled actions each); an MLP policy's calls are
 # negligible beside the physics
@@ -138,7 +137,7 @@ def estimate(name: str, cache: dict, together: list[str] | None = None) -> dict:
         seem_s += checkpoints * seeds * SEEM_SECONDS
         entry = plan.registry_entry(c["dataset"])
         env = entry["env_id"]
-        dims = next(d for prefix, d in DIMS.items() if env.startswith(prefix))
+        dims = plan.dataset_dims(c["dataset"])
         if env.startswith("AntMaze"):
             from seemrl.training.antmaze import antmaze_task
 

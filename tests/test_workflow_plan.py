@@ -125,3 +125,25 @@ def test_the_claims_report_reads_what_the_config_has(config):
     config["online"]["envs"] = ["Hopper-v5"]
     inputs = Plan(config, ROOT).claims_inputs()
     assert "scores" not in inputs and "seeds" not in inputs and len(inputs["online_metrics"]) == 3
+
+
+def test_datasets_of_different_sizes_are_refused_in_one_stack_at_plan_time(config):
+    """`train_together: [datasets]` groups cells into one stack, which holds one (state, action)
+    shape: Hopper's (11, 3) beside Walker2d's (17, 6) is refused when the plan is made, naming the
+    grid and both datasets; Walker2d beside HalfCheetah (17, 6 both) and AntMaze's d4rl mazes (29, 8)
+    group, and a Minari maze (31, 8: its goals are in its observation) does not join the d4rl ones."""
+    config["experiment"].update(datasets=["walker2d-medium-v2", "halfcheetah-medium-v2"], train_together=["datasets"])
+    groups = Plan(config, ROOT).train_groups()
+    assert [len(cells) for cells in groups.values()] == [2, 2, 2, 2]  # 2 percents x 2 norms, each of 2 datasets
+    config["experiment"]["datasets"] = ["walker2d-medium-v2", "hopper-medium-v2"]
+    with pytest.raises(ValueError, match=r"experiment\[0\]\.train_together: datasets walker2d-medium-v2 .*\(17, 6\)"
+                                         r".* hopper-medium-v2 \(\(11, 3\)\)"):
+        Plan(config, ROOT).train_groups()
+    plan = Plan(config, ROOT)
+    assert plan.dataset_dims("antmaze-large-play-v2") == (29, 8) and plan.dataset_dims("antmaze-umaze-v0") == (29, 8)
+    assert plan.dataset_dims("minari-antmaze-umaze-v1") == (31, 8)
+    config["experiment"]["datasets"] = ["antmaze-umaze-v2", "antmaze-large-play-v2", "minari-antmaze-umaze-v1"]
+    with pytest.raises(ValueError, match="minari-antmaze-umaze-v1 \\(\\(31, 8\\)\\)"):
+        Plan(config, ROOT).train_groups()
+    config["experiment"].pop("train_together")  # cells that train alone may differ
+    assert Plan(config, ROOT).train_groups() == {}

@@ -42,6 +42,12 @@ THEORY_FILES = {
 }
 
 
+# (state, action) sizes of the MuJoCo locomotion tasks by env id prefix (Gymnasium v5, as D4RL's v2
+# datasets); AntMaze's come from its task (the observation layout decides). Known before any data exists.
+LOCOMOTION_DIMS = {"Hopper": (11, 3), "Walker2d": (17, 6), "HalfCheetah": (17, 6)}
+ANTMAZE_ACT_DIM = 8
+
+
 def percent_label(p) -> str:
     """10 -> '10', 0.5 -> '0.5': the {percent} wildcard of a subset."""
     return str(int(p)) if float(p).is_integer() else repr(float(p))
@@ -79,6 +85,17 @@ class Plan:
             raise ValueError(f"unknown dataset {name!r}: not in {self.config['registry']}"
                              f"{f'; did you mean {close}?' if close else ''}")
         return self.registry[name]
+
+    def dataset_dims(self, name: str) -> tuple[int, int] | None:
+        """A registry dataset's (state, action) sizes where its environment tells them before the data
+        exists (MuJoCo locomotion, AntMaze); None for any other."""
+        entry = self.registry_entry(name)
+        env = str(entry.get("env_id") or "")
+        if env.startswith("AntMaze") or "maze" in entry:
+            from seemrl.training.antmaze import antmaze_task
+
+            return antmaze_task(name, entry).obs_dim, ANTMAZE_ACT_DIM
+        return next((dims for prefix, dims in LOCOMOTION_DIMS.items() if env.startswith(prefix)), None)
 
     def registry_entry_json(self, name: str) -> str:
         """A registry entry as the JSON a `dataset_table` job gets (the data carries it onward)."""
@@ -155,13 +172,15 @@ class Plan:
         cell trains in its own job. Along `algorithms`, cells share a stack where their algorithms
         differ only in their trainer's MEMBER_SETTINGS (a sweep, or e.g. Diffusion-QL's per-maze
         gradient clips). Cells that differ only along a grid's axes share a stack across grids
-        too. A cell in two groups is an error naming the grid."""
+        too. A cell in two groups is an error naming the grid, and so are datasets of different
+        state or action sizes in one group (one stack holds one shape)."""
         from seemrl.algos import trainer_module
         from seemrl.train import TOGETHER_TRAINERS
 
         axes_of = {"datasets": 0, "percents": 1, "algorithms": 2}
         owner: dict[tuple, tuple] = {}
         groups: dict[tuple, list[tuple]] = {}
+        shapes: dict[tuple, tuple[str, tuple[int, int]]] = {}  # a group's first dataset of known sizes
         for i, exp in enumerate(self.grids):
             axes = {axes_of[a] for a in exp.get("train_together") or []}
             if not axes:
@@ -184,6 +203,13 @@ class Plan:
                     raise ValueError(f"config key experiment[{i}].train_together: cell {key} is also in another "
                                      f"group of cells trained together; a cell trains in one job")
                 owner[key] = gkey
+                dims = self.dataset_dims(key[0]) if 0 in axes else None
+                if dims is not None:
+                    first, first_dims = shapes.setdefault(gkey, (key[0], dims))
+                    if dims != first_dims:
+                        raise ValueError(f"config key experiment[{i}].train_together: datasets {first} (state, action "
+                                         f"sizes {first_dims}) and {key[0]} ({dims}) cannot train in one stack; "
+                                         "group only datasets of one environment's sizes")
                 groups.setdefault(gkey, [])
                 if key not in groups[gkey]:
                     groups[gkey].append(key)
